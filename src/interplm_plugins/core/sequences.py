@@ -1,0 +1,153 @@
+"""Protein sequences: reading FASTA strictly, and the deterministic train/valid/test split.
+
+Policy for imperfect FASTA (each case is tested):
+- lowercase letters are upper-cased; CRLF line endings and blank lines are accepted;
+- one trailing ``*`` (stop) is dropped; a ``*`` inside a sequence is an error;
+- gaps (``-`` or ``.``), digits and other symbols are errors naming the record and position;
+- empty records and duplicate ids are errors;
+- X, U, O, B, Z are kept: ESM's alphabet has tokens for them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from interplm_plugins.errors import InterPLMError
+
+#: Letters a protein sequence may contain (the 20 standard residues and X, U, O, B, Z).
+PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXUOBZ")
+#: Longest sequence accepted; longer ones are almost certainly not a single protein chain.
+MAX_SEQUENCE_LENGTH = 100_000
+
+_UNIPROT_ID = re.compile(r"^(?:sp|tr)\|([^|]+)\|")
+
+
+@dataclass(frozen=True)
+class ProteinRecord:
+    """One protein: ``id`` is the UniProt accession for ``sp|ACC|NAME`` headers, else the first word."""
+
+    id: str
+    sequence: str
+    description: str = ""
+
+
+def protein_id_from_header(header: str) -> str:
+    """The id of a FASTA header (without ``>``): the accession of UniProt headers, else the first word."""
+    first = header.split(None, 1)[0] if header.strip() else ""
+    match = _UNIPROT_ID.match(first)
+    return match.group(1) if match else first
+
+
+def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, record: str | None = None) -> str:
+    """Validate and normalise one sequence (see the module policy); raise :class:`InterPLMError`."""
+    seq = "".join(sequence.split()).upper()
+    if seq.endswith("*"):
+        seq = seq[:-1]
+    if not seq:
+        raise InterPLMError("empty sequence", file=file, record=record)
+    if len(seq) > MAX_SEQUENCE_LENGTH:
+        raise InterPLMError(
+            f"sequence of {len(seq)} residues exceeds the {MAX_SEQUENCE_LENGTH}-residue limit", file=file, record=record
+        )
+    bad = set(seq) - PROTEIN_LETTERS
+    if bad:
+        pos = next(i for i, c in enumerate(seq) if c in bad)
+        char = seq[pos]
+        what = "gap" if char in "-." else "stop codon" if char == "*" else "invalid character"
+        raise InterPLMError(
+            f"{what} {char!r} at position {pos + 1} (allowed: {''.join(sorted(PROTEIN_LETTERS))})",
+            file=file,
+            record=record,
+        )
+    return seq
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict", newline=None)
+    return open(path, "r", encoding="utf-8", errors="strict", newline=None)
+
+
+def iter_fasta(path: str | os.PathLike) -> Iterator[ProteinRecord]:
+    """Stream the records of a FASTA file (plain or .gz), validated; raise :class:`InterPLMError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InterPLMError("no such file", file=path)
+    seen: set[str] = set()
+    header: str | None = None
+    chunks: list[str] = []
+    line_no = 0
+
+    def finish() -> ProteinRecord:
+        assert header is not None
+        pid = protein_id_from_header(header)
+        if not pid:
+            raise InterPLMError(f"empty header before line {line_no}", file=path)
+        if pid in seen:
+            raise InterPLMError("duplicate id", file=path, record=pid)
+        seen.add(pid)
+        seq = clean_sequence("".join(chunks), file=path, record=pid)
+        desc = header.split(None, 1)[1].strip() if len(header.split(None, 1)) > 1 else ""
+        return ProteinRecord(pid, seq, desc)
+
+    try:
+        with _open_text(path) as handle:
+            for line_no, line in enumerate(handle, 1):
+                line = line.rstrip("\r\n")
+                if line.startswith(">"):
+                    if header is not None:
+                        yield finish()
+                    header, chunks = line[1:].strip(), []
+                elif line.strip():
+                    if header is None:
+                        raise InterPLMError(f"line {line_no}: sequence data before the first '>' header", file=path)
+                    chunks.append(line)
+                elif line.startswith(";"):
+                    continue
+    except UnicodeDecodeError as exc:
+        raise InterPLMError(f"not a text FASTA file ({exc.reason} at byte {exc.start})", file=path) from None
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise InterPLMError(f"cannot read file ({exc})", file=path) from None
+    if header is None:
+        raise InterPLMError("no FASTA records found", file=path)
+    yield finish()
+
+
+def read_fasta(path: str | os.PathLike) -> list[ProteinRecord]:
+    """Read every record of a FASTA file (see :func:`iter_fasta`)."""
+    return list(iter_fasta(path))
+
+
+def write_fasta(records: Iterable[ProteinRecord], path: str | os.PathLike, width: int = 60) -> None:
+    """Write records as FASTA, atomically."""
+    from interplm_plugins.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for rec in records:
+            out.write(f">{rec.id} {rec.description}".rstrip() + "\n")
+            for i in range(0, len(rec.sequence), width):
+                out.write(rec.sequence[i : i + width] + "\n")
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def protein_split(protein_id: str, valid_fraction: float = 0.15, test_fraction: float = 0.15) -> str:
+    """Deterministic split of a protein by a hash of its id: ``"train"``, ``"valid"`` or ``"test"``.
+
+    The same id always lands in the same split, so the demo PLM, the SAE and the concept metrics
+    agree on which proteins are held out, across machines and runs.
+    """
+    digest = hashlib.sha1(protein_id.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
