@@ -1,0 +1,268 @@
+"""Structures to sequences: the protein chains of a PDB/mmCIF file and their residue-level mapping.
+
+Which residues make up a protein chain (the same rules for Biopython's parse of a file and for the
+atom table PyMOL hands over, because both go through :func:`residue_letter`):
+
+- the first model only (or ``model_index``) of NMR ensembles;
+- alternate locations are one residue (for point mutations, the alternative listed first names it);
+- insertion codes are distinct residues (``52``, ``52A``, ``52B``); negative and offset numbering is
+  kept as it is in the file;
+- the 20 standard amino acids from ATOM records; ``UNK`` -> ``X``, ``SEC`` -> ``U``, ``PYL`` -> ``O``;
+- modified residues (HETATM or ATOM) map to their parent amino acid by Biopython's table of the PDB
+  Chemical Component Dictionary (``Bio.Data.PDBData.protein_letters_3to1_extended``, ~1000 entries:
+  ``MSE`` -> ``M``, ``SEP`` -> ``S``, ``MLY`` -> ``K``, ...);
+- everything else is left out: water, ligands, ions, sugars, nucleotides, D-amino acids, and a
+  standard amino acid in a HETATM record (a free amino-acid ligand, not part of the chain);
+- a chain with no amino-acid residue at all (only ligands or water, a nucleic acid) is not a
+  protein chain and is not returned.
+
+Chains and residues are kept in the order the file first lists them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from interplm_plugins.errors import InterPLMError
+
+#: The 20 standard amino acids (three-letter -> one-letter).
+STANDARD_AMINO_ACIDS: dict[str, str] = {
+    "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
+    "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S",
+    "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V",
+}  # fmt: skip
+#: Residues that are not one of the 20 but have their own letter in ESM's alphabet.
+SPECIAL_AMINO_ACIDS: dict[str, str] = {"UNK": "X", "SEC": "U", "PYL": "O"}
+
+_STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+_RESI = re.compile(r"^\s*(-?\d+)\s*([A-Za-z]?)\s*$")
+
+
+def _modified_residue_parents() -> dict[str, str]:
+    from Bio.Data.PDBData import protein_letters_3to1_extended
+
+    return {name: letter for name, letter in protein_letters_3to1_extended.items() if name not in STANDARD_AMINO_ACIDS}
+
+
+_MODIFIED_PARENTS = _modified_residue_parents()
+
+
+def residue_letter(resn: str, hetero: bool = False) -> str | None:
+    """One-letter code of a residue of a protein chain, or ``None`` if it is not part of one (see module rules)."""
+    name = resn.strip().upper()
+    if name in STANDARD_AMINO_ACIDS:
+        return None if hetero else STANDARD_AMINO_ACIDS[name]
+    return SPECIAL_AMINO_ACIDS.get(name) or _MODIFIED_PARENTS.get(name)
+
+
+@dataclass(frozen=True)
+class StructureResidue:
+    """One modelled residue: chain id, residue number, insertion code (``""`` if none), name, letter."""
+
+    chain: str
+    resi: int
+    icode: str
+    resn: str
+    one_letter: str
+
+    @property
+    def label(self) -> str:
+        """The residue number as PyMOL's ``resi`` string and PDB files write it: ``"52"``, ``"52A"``, ``"-3"``."""
+        return f"{self.resi}{self.icode}"
+
+
+@dataclass(frozen=True)
+class StructureChain:
+    """The modelled protein residues of one chain, in file order."""
+
+    chain_id: str
+    residues: tuple[StructureResidue, ...]
+
+    @cached_property
+    def sequence(self) -> str:
+        """The one-letter sequence of the modelled residues (gaps of unmodelled residues are not filled)."""
+        return "".join(r.one_letter for r in self.residues)
+
+    def __len__(self) -> int:
+        return len(self.residues)
+
+
+def chain_sequence(chain: StructureChain) -> str:
+    """The one-letter sequence of ``chain``'s modelled residues."""
+    return chain.sequence
+
+
+def parse_resi(resi: str | int, *, file: str | os.PathLike | None = None, record: str | None = None) -> tuple[int, str]:
+    """Split a residue label such as ``"52A"``, ``"-3"`` or ``7`` into (number, insertion code)."""
+    match = _RESI.match(str(resi))
+    if not match:
+        raise InterPLMError(f"residue number {str(resi)!r} is not an integer with an optional insertion code", file=file, record=record)
+    return int(match.group(1)), match.group(2).upper()
+
+
+class _ChainBuilder:
+    """Collects residues into chains by the module rules; the single place both parsers go through."""
+
+    def __init__(self) -> None:
+        self._chains: dict[str, list[StructureResidue]] = {}
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def add(self, chain: str, resi: int, icode: str, resn: str, hetero: bool) -> None:
+        chain = chain.strip()
+        icode = icode.strip().upper()
+        key = (chain, resi, icode)
+        residues = self._chains.setdefault(chain, [])  # chains come in the order the file first names them
+        if key in self._seen:  # alternate locations (or more atoms) of a residue already taken
+            return
+        letter = residue_letter(resn, hetero)
+        if letter is None:
+            return
+        self._seen.add(key)
+        residues.append(StructureResidue(chain, resi, icode, resn.strip().upper(), letter))
+
+    def chains(self) -> list[StructureChain]:
+        return [StructureChain(cid, tuple(residues)) for cid, residues in self._chains.items() if residues]
+
+
+def chain_from_atoms(rows: Iterable[Sequence]) -> list[StructureChain]:
+    """Protein chains from an atom table such as PyMOL's: rows of ``(chain, resi, resn)`` or ``(chain, resi, resn, hetatm)``.
+
+    ``resi`` is a residue label (``"52A"``, ``"-3"``); one row per atom is fine (atoms of a residue
+    collapse into it). The residue rules are those of :func:`read_structure`.
+    """
+    builder = _ChainBuilder()
+    for row in rows:
+        if len(row) not in (3, 4):
+            raise InterPLMError(f"atom row {tuple(row)!r} is not (chain, resi, resn[, hetatm])")
+        chain, resi, resn = row[0], row[1], row[2]
+        hetero = bool(row[3]) if len(row) == 4 else False
+        number, icode = parse_resi(resi, record=f"chain {chain}")
+        builder.add(str(chain), number, icode, str(resn), hetero)
+    return builder.chains()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                return fh.read()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InterPLMError(f"not a text structure file ({exc.reason} at byte {exc.start})", file=path) from None
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise InterPLMError(f"cannot read structure file ({exc})", file=path) from None
+
+
+def _is_mmcif(text: str) -> bool:
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            return line.startswith("data_")
+    return False
+
+
+def read_structure(path: str | os.PathLike, model_index: int = 0) -> list[StructureChain]:
+    """The protein chains of a PDB or mmCIF file (``.pdb``, ``.ent``, ``.cif``, ``.mmcif``, optionally ``.gz``).
+
+    The format is recognised from the content (mmCIF starts with ``data_``). Raises
+    :class:`InterPLMError` for unreadable files, broken records and files without a protein chain.
+    """
+    from Bio.PDB import MMCIFParser, PDBParser
+    from Bio.PDB.Residue import DisorderedResidue
+    from Bio.PDB.PDBExceptions import PDBConstructionException
+
+    path = Path(path)
+    if not path.is_file():
+        raise InterPLMError("no such file", file=path)
+    text = _read_text(path)
+    if not text.strip():
+        raise InterPLMError("empty file", file=path)
+    mmcif = _is_mmcif(text)
+    parser = MMCIFParser(QUIET=True) if mmcif else PDBParser(QUIET=True)
+    try:
+        structure = parser.get_structure(path.stem, io.StringIO(text))
+    except PDBConstructionException as exc:
+        raise InterPLMError(f"broken {'mmCIF' if mmcif else 'PDB'} record ({exc})", file=path) from None
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        # MMCIF2Dict and the PDB column parser fail with these on files that are not what they claim to be.
+        what = "mmCIF" if mmcif else "PDB"
+        raise InterPLMError(f"not a readable {what} file ({type(exc).__name__}: {exc})", file=path) from None
+    models = list(structure)
+    if not models:
+        known = path.name.lower().removesuffix(".gz").endswith(_STRUCTURE_SUFFIXES)
+        hint = "" if known else f" (expected a PDB or mmCIF file: {', '.join(_STRUCTURE_SUFFIXES)})"
+        raise InterPLMError(f"no atoms found: not a structure file{hint}", file=path)
+    if not 0 <= model_index < len(models):
+        raise InterPLMError(f"model index {model_index} out of range: the file has {len(models)} model(s)", file=path)
+    builder = _ChainBuilder()
+    for chain in models[model_index]:
+        for residue in chain:
+            if isinstance(residue, DisorderedResidue):  # a point mutation: Biopython selects the last one
+                residue = residue.disordered_get_list()[0]
+            hetflag, number, icode = residue.id
+            builder.add(chain.id, int(number), icode, residue.get_resname(), hetero=hetflag.strip() != "")
+    chains = builder.chains()
+    if not chains:
+        raise InterPLMError("no protein chain (only ligands, water or nucleic acids)", file=path)
+    return chains
+
+
+def _scoring_letters(sequence: str) -> str:
+    # BLOSUM62 has no rows for selenocysteine and pyrrolysine; score them as their parents.
+    return sequence.upper().replace("U", "C").replace("O", "K").replace("J", "X")
+
+
+def _aligner():
+    from Bio.Align import PairwiseAligner, substitution_matrices
+
+    aligner = PairwiseAligner()
+    aligner.mode = "global"
+    aligner.substitution_matrix = substitution_matrices.load("BLOSUM62")
+    aligner.open_gap_score = -10.0
+    aligner.extend_gap_score = -0.5
+    # Free end gaps on both sides: a structure covers part of the protein and may carry a tag.
+    aligner.end_gap_score = 0.0
+    return aligner
+
+
+def align_to_reference(
+    chain_sequence: str,
+    reference_sequence: str,
+    *,
+    min_identity: float = 0.9,
+    min_coverage: float = 0.5,
+    file: str | os.PathLike | None = None,
+    record: str | None = None,
+) -> np.ndarray:
+    """Map each structure residue to its 0-based position in ``reference_sequence``, or -1 if it has none.
+
+    Semi-global alignment (BLOSUM62, free end gaps), so a partial structure, unmodelled loops and
+    expression tags map correctly. Raises :class:`InterPLMError` if fewer than ``min_coverage`` of
+    the structure residues align or their identity is below ``min_identity`` (wrong protein).
+    """
+    if not chain_sequence or not reference_sequence:
+        raise InterPLMError("cannot align an empty sequence", file=file, record=record)
+    alignment = _aligner().align(_scoring_letters(chain_sequence), _scoring_letters(reference_sequence))[0]
+    mapping = np.full(len(chain_sequence), -1, dtype=np.int64)
+    for (s0, s1), (r0, r1) in zip(*alignment.aligned):
+        mapping[s0:s1] = np.arange(r0, r1)
+    mapped = np.flatnonzero(mapping >= 0)
+    same = sum(chain_sequence[i].upper() == reference_sequence[mapping[i]].upper() for i in mapped)
+    coverage = len(mapped) / len(chain_sequence)
+    identity = same / len(mapped) if len(mapped) else 0.0
+    if coverage < min_coverage or identity < min_identity:
+        raise InterPLMError(
+            f"structure sequence does not match the reference: {len(mapped)} of {len(chain_sequence)} residues "
+            f"align ({coverage:.0%}, need {min_coverage:.0%}) at {identity:.1%} identity (need {min_identity:.0%})",
+            file=file,
+            record=record,
+        )
+    return mapping
