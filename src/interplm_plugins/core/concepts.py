@@ -1,0 +1,651 @@
+"""Swiss-Prot concepts as per-residue labels, and how well SAE features match them (InterPLM's metrics).
+
+Concepts (following InterPLM, Simon & Zou 2025, ``interplm/concept``):
+
+- each feature family of the UniProt feature table (:data:`FAMILIES`) gives concepts; families
+  with many kinds are split into sub-concepts named ``"<family>: <kind>"``, by ligand for binding
+  sites (``"Binding site: ATP"``) and by the first clause of the note for the others
+  (``"Domain: Protein kinase"``, ``"Modified residue: Phosphoserine"``), with repeat numbers
+  dropped (``"Kringle 1"`` and ``"Kringle 2"`` are both ``"Domain: Kringle"``);
+- families that are one thing (``"Helix"``, ``"Signal peptide"``), and most split families as a
+  whole (``"Binding site"``), are concepts too; as in InterPLM, there is no whole-family concept
+  for Domain, Region, Motif, Compositional bias, Modified residue and Topological domain, whose
+  kinds have nothing in common;
+- every feature occurrence is one *instance*; instance ids are numbered per concept across the
+  whole dataset, so a label value identifies one domain / site / bond. Disulfide bonds and
+  cross-links label only their two bonded residues, sharing one id. Where two occurrences of
+  one concept overlap, the later one owns the shared residues;
+- concepts are *residue-level* (active site, modified residue, glycosylation, lipidation,
+  disulfide bond, cross-link, site: InterPLM's per-amino-acid concepts) or *domain-level* (all
+  others). A domain-level concept is recalled per instance: a feature that fires anywhere in a
+  kinase domain has found that domain.
+
+Concept size: InterPLM keeps a sub-concept with at least 100 occurrences in all of Swiss-Prot
+(10 in its 1,000-protein walkthrough) and evaluates a concept only if the evaluation split has
+enough examples. For our few hundred to few thousand proteins the defaults are
+``min_instances=10`` occurrences in at least ``min_proteins=3`` proteins over the whole file;
+concepts without any example in the validation or the test split are left out of the reported
+metrics.
+
+Metrics (InterPLM's definitions), for a feature ``f`` at threshold ``t`` and a concept ``c``:
+a residue is *active* when its normalised activation is strictly greater than ``t`` (``>``, as
+InterPLM, so ``t = 0`` means "fires at all"); ``tp`` = active residues labelled ``c``, ``fp`` =
+active residues not labelled ``c``, ``tp_per_domain`` = instances of ``c`` with at least one active
+residue; precision = tp / (tp + fp), recall = tp / labelled residues, recall_per_domain =
+tp_per_domain / instances, f1 and f1_per_domain the harmonic means of precision with each recall.
+The F1 that selects a feature for a concept (``selection_f1``) is f1 for residue-level concepts
+and f1_per_domain for domain-level ones. The feature and threshold are chosen on the validation
+proteins and reported on the test proteins (split by :func:`core.sequences.protein_split`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.sequences import protein_split
+from interplm_plugins.core.uniprot import UniProtEntry
+from interplm_plugins.errors import InterPLMError
+
+#: Activation thresholds of InterPLM (activations are normalised to [0, 1]).
+THRESHOLDS: tuple[float, ...] = (0.0, 0.15, 0.5, 0.6, 0.8)
+DEFAULT_MIN_INSTANCES = 10
+DEFAULT_MIN_PROTEINS = 3
+
+LABELS_FILE = "labels.npz"
+CONCEPTS_FILE = "concepts.tsv"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """How one UniProt feature family becomes concepts.
+
+    ``split_by`` is ``"ligand"``, ``"note"`` or ``None`` (one concept); ``whole_family`` adds a
+    concept for the family as a whole; ``paired`` labels only the two ends (bonds).
+    """
+
+    family: str
+    keys: frozenset[str]
+    split_by: str | None
+    residue_level: bool
+    whole_family: bool = True
+    paired: bool = False
+
+
+def _family(family, keys, split_by, residue_level, whole_family=True, paired=False) -> FamilySpec:
+    return FamilySpec(family, frozenset(keys.split()), split_by, residue_level, whole_family, paired)
+
+
+#: The concept families, in the order concepts are listed.
+FAMILIES: tuple[FamilySpec, ...] = (
+    _family("Binding site", "BINDING METAL NP_BIND CA_BIND", "ligand", False),
+    _family("Active site", "ACT_SITE", "note", True),
+    _family("Signal peptide", "SIGNAL", None, False),
+    _family("Transit peptide", "TRANSIT", "note", False),
+    _family("Helix", "HELIX", None, False),
+    _family("Beta strand", "STRAND", None, False),
+    _family("Turn", "TURN", None, False),
+    _family("Coiled coil", "COILED", None, False),
+    _family("Disulfide bond", "DISULFID", None, True, paired=True),
+    _family("Zinc finger", "ZN_FING", "note", False),
+    _family("Domain", "DOMAIN", "note", False, whole_family=False),
+    _family("Motif", "MOTIF", "note", False, whole_family=False),
+    _family("Region", "REGION", "note", False, whole_family=False),
+    _family("Compositional bias", "COMPBIAS", "note", False, whole_family=False),
+    _family("Modified residue", "MOD_RES", "note", True, whole_family=False),
+    _family("Glycosylation", "CARBOHYD", "note", True),
+    _family("Lipidation", "LIPID", "note", True),
+    _family("Transmembrane", "TRANSMEM", None, False),
+    _family("Intramembrane", "INTRAMEM", None, False),
+    _family("Topological domain", "TOPO_DOM", "note", False, whole_family=False),
+    _family("Repeat", "REPEAT", "note", False),
+    _family("DNA binding", "DNA_BIND", "note", False),
+    _family("Cross-link", "CROSSLNK", "note", True, paired=True),
+    _family("Site", "SITE", "note", True),
+)
+_FAMILY_OF_KEY = {key: spec for spec in FAMILIES for key in spec.keys}
+_FAMILY_BY_NAME = {spec.family: spec for spec in FAMILIES}
+_REPEAT_NUMBER = re.compile(r"\s+\d+$")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept: its name, its family and whether it is residue-level (else domain-level)."""
+
+    name: str
+    family: str
+    residue_level: bool
+
+
+def concept_kind(spec: FamilySpec, ligand: str, description: str) -> str:
+    """The sub-concept kind of a feature: ligand or first clause of the note, repeat number dropped."""
+    text = ligand if spec.split_by == "ligand" else description if spec.split_by == "note" else ""
+    kind = " ".join(text.split(";")[0].split()).rstrip(".")
+    return _REPEAT_NUMBER.sub("", kind)
+
+
+def _feature_concepts(spec: FamilySpec, ligand: str, description: str) -> list[str]:
+    names = []
+    if spec.split_by is None or spec.whole_family:
+        names.append(spec.family)
+    if spec.split_by is not None:
+        kind = concept_kind(spec, ligand, description)
+        if kind:
+            names.append(f"{spec.family}: {kind}")
+    return names
+
+
+class ConceptLabels:
+    """Per-residue concept labels of a set of proteins.
+
+    ``concepts`` lists the :class:`Concept` columns; :meth:`matrix` gives a protein's labels as a
+    sparse int32 ``[L, C]`` matrix whose nonzero values are instance ids (:meth:`dense` as an
+    array); :meth:`stack` concatenates proteins for :func:`count_matches`.
+    """
+
+    def __init__(
+        self,
+        concepts: Sequence[Concept],
+        sequences: dict[str, str],
+        matrices: dict[str, sparse.csr_matrix],
+    ):
+        self.concepts = list(concepts)
+        self.sequences = dict(sequences)
+        self._matrices = matrices
+        for pid, mat in matrices.items():
+            if mat.shape != (len(self.sequences[pid]), len(self.concepts)):
+                raise InterPLMError(f"label matrix of shape {mat.shape} does not fit the sequence", record=pid)
+
+    @property
+    def proteins(self) -> list[str]:
+        """Protein ids (UniProt accessions), in file order."""
+        return list(self.sequences)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.concepts]
+
+    @property
+    def families(self) -> list[str]:
+        return [c.family for c in self.concepts]
+
+    @property
+    def residue_level(self) -> np.ndarray:
+        """Boolean mask ``[C]``: True for residue-level concepts."""
+        return np.array([c.residue_level for c in self.concepts], dtype=bool)
+
+    def matrix(self, protein_id: str) -> sparse.csr_matrix:
+        """Sparse int32 ``[L, C]`` labels of one protein (nonzero = instance id)."""
+        try:
+            return self._matrices[protein_id]
+        except KeyError:
+            raise InterPLMError("protein has no concept labels", record=protein_id) from None
+
+    def dense(self, protein_id: str) -> np.ndarray:
+        """Dense int32 ``[L, C]`` labels of one protein."""
+        return self.matrix(protein_id).toarray()
+
+    def stack(self, protein_ids: Iterable[str]) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """Labels of several proteins stacked: ``(csr [sum L, C], offsets [n + 1])``; protein i is rows offsets[i]:offsets[i+1]."""
+        ids = list(protein_ids)
+        mats = [self.matrix(pid) for pid in ids]
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([m.shape[0] for m in mats])
+        if not mats:
+            return sparse.csr_matrix((0, len(self.concepts)), dtype=np.int32), offsets
+        return sparse.vstack(mats, format="csr", dtype=np.int32), offsets
+
+    def proteins_in_split(self, split: str) -> list[str]:
+        """The proteins that :func:`protein_split` puts in ``split`` ("train", "valid" or "test")."""
+        return [pid for pid in self.sequences if protein_split(pid) == split]
+
+    def summary(self) -> pd.DataFrame:
+        """One row per concept: name, family, level, instances, residues, proteins."""
+        stacked, offsets = self.stack(self.proteins)
+        n_residues, n_instances = label_totals(stacked)
+        per_protein = np.zeros(len(self.concepts), dtype=np.int64)
+        for pid in self.proteins:
+            per_protein += np.diff(self.matrix(pid).tocsc().indptr) > 0
+        return pd.DataFrame(
+            {
+                "concept": self.names,
+                "family": self.families,
+                "level": ["residue" if c.residue_level else "domain" for c in self.concepts],
+                "instances": n_instances,
+                "residues": n_residues,
+                "proteins": per_protein,
+            }
+        )
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write ``labels.npz`` (sparse labels, offsets, ids, sequences) and ``concepts.tsv``, atomically."""
+        out_dir = Path(out_dir)
+        stacked, offsets = self.stack(self.proteins)
+        with atomic_path(out_dir / LABELS_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                data=stacked.data.astype(np.int32),
+                indices=stacked.indices.astype(np.int32),
+                indptr=stacked.indptr.astype(np.int64),
+                shape=np.array(stacked.shape, dtype=np.int64),
+                offsets=offsets,
+                proteins=np.array(self.proteins, dtype=str),
+                sequences=np.array([self.sequences[p] for p in self.proteins], dtype=str),
+                concepts=np.array(self.names, dtype=str),
+            )
+        write_text_atomic(out_dir / CONCEPTS_FILE, self.summary().to_csv(sep="\t", index=False))
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "ConceptLabels":
+        """Read what :meth:`save` wrote."""
+        out_dir = Path(out_dir)
+        labels_path, concepts_path = out_dir / LABELS_FILE, out_dir / CONCEPTS_FILE
+        for path in (labels_path, concepts_path):
+            if not path.is_file():
+                raise InterPLMError("no such file (write it with `interplm concepts`)", file=path)
+        try:
+            with np.load(labels_path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            table = pd.read_csv(concepts_path, sep="\t", keep_default_na=False)
+            stacked = sparse.csr_matrix(
+                (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"])
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise InterPLMError(f"cannot read concept labels ({exc})", file=labels_path) from None
+        if list(table["concept"]) != [str(c) for c in arrays["concepts"]]:
+            raise InterPLMError(f"concepts do not match {labels_path.name}", file=concepts_path)
+        concepts = [
+            Concept(str(r.concept), str(r.family), r.level == "residue") for r in table.itertuples(index=False)
+        ]
+        offsets = arrays["offsets"]
+        sequences = {str(p): str(s) for p, s in zip(arrays["proteins"], arrays["sequences"])}
+        matrices = {
+            pid: stacked[offsets[i] : offsets[i + 1]].tocsr() for i, pid in enumerate(sequences)
+        }
+        return cls(concepts, sequences, matrices)
+
+
+def build_concept_labels(
+    entries: Iterable[UniProtEntry],
+    min_instances: int = DEFAULT_MIN_INSTANCES,
+    min_proteins: int = DEFAULT_MIN_PROTEINS,
+    families: Iterable[str] | None = None,
+) -> ConceptLabels:
+    """Turn UniProt entries into concept labels, keeping concepts with enough examples.
+
+    A concept is kept when it has at least ``min_instances`` feature occurrences in at least
+    ``min_proteins`` proteins. ``families`` restricts to some of :data:`FAMILIES` (by name).
+    Feature types of no family (CHAIN, VARIANT, unknown types, ...) are ignored.
+    """
+    entries = list(entries)
+    if families is None:
+        specs = list(FAMILIES)
+    else:
+        unknown = sorted(set(families) - set(_FAMILY_BY_NAME))
+        if unknown:
+            raise InterPLMError(f"unknown concept families {unknown} (known: {', '.join(_FAMILY_BY_NAME)})")
+        wanted = set(families)
+        specs = [s for s in FAMILIES if s.family in wanted]
+    key_to_spec = {k: s for s in specs for k in s.keys}
+
+    occurrences: Counter[str] = Counter()
+    proteins_with: dict[str, set[str]] = defaultdict(set)
+    per_entry: list[list[tuple[FamilySpec, int, int, list[str]]]] = []
+    for entry in entries:
+        placed = []
+        for feat in entry.features:
+            spec = key_to_spec.get(feat.type)
+            if spec is None:
+                continue
+            names = _feature_concepts(spec, feat.ligand, feat.description)
+            placed.append((spec, feat.start, feat.end, names))
+            for name in names:
+                occurrences[name] += 1
+                proteins_with[name].add(entry.accession)
+        per_entry.append(placed)
+
+    family_order = {s.family: i for i, s in enumerate(FAMILIES)}
+    kept = sorted(
+        (n for n, k in occurrences.items() if k >= min_instances and len(proteins_with[n]) >= min_proteins),
+        key=lambda n: (family_order[n.split(":")[0]], ":" in n, n.lower()),
+    )
+    concepts = [
+        Concept(n, n.split(":")[0], _FAMILY_BY_NAME[n.split(":")[0]].residue_level) for n in kept
+    ]
+    column = {c.name: j for j, c in enumerate(concepts)}
+    next_instance = np.ones(len(concepts), dtype=np.int64)
+
+    sequences: dict[str, str] = {}
+    matrices: dict[str, sparse.csr_matrix] = {}
+    for entry, placed in zip(entries, per_entry):
+        labels = np.zeros((len(entry.sequence), len(concepts)), dtype=np.int32)
+        for spec, start, end, names in placed:
+            rows = [start - 1, end - 1] if spec.paired else slice(start - 1, end)
+            for name in names:
+                j = column.get(name)
+                if j is None:
+                    continue
+                labels[rows, j] = next_instance[j]  # a later overlapping occurrence owns shared residues
+                next_instance[j] += 1
+        if next_instance.max(initial=0) > np.iinfo(np.int32).max:
+            raise InterPLMError("more concept instances than int32 labels can hold")
+        sequences[entry.accession] = entry.sequence
+        matrices[entry.accession] = sparse.csr_matrix(labels)
+    return ConceptLabels(concepts, sequences, matrices)
+
+
+# --- counting matches --------------------------------------------------------------------------
+
+
+def _as_labels_csr(labels) -> sparse.csr_matrix:
+    mat = sparse.csr_matrix(labels)
+    if mat.dtype.kind not in "iub":
+        raise InterPLMError(f"concept labels must be integer instance ids, not {mat.dtype}")
+    mat = mat.astype(np.int64)
+    mat.eliminate_zeros()
+    if mat.nnz and mat.data.min() < 0:
+        raise InterPLMError("concept labels must be non-negative instance ids")
+    return mat
+
+
+def label_totals(labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per concept: labelled residues and distinct instances, each ``[C]`` int64."""
+    mat = _as_labels_csr(labels).tocsc()
+    n_positive = np.diff(mat.indptr).astype(np.int64)
+    n_instances = np.array(
+        [np.unique(mat.data[mat.indptr[j] : mat.indptr[j + 1]]).size for j in range(mat.shape[1])], dtype=np.int64
+    )
+    return n_positive, n_instances
+
+
+def _active(activations, threshold: float) -> sparse.csr_matrix:
+    """0/1 int64 csr of residues whose activation is strictly above ``threshold``."""
+    if sparse.issparse(activations):
+        active = sparse.csr_matrix(activations, copy=True)
+        active.data = (active.data > threshold).astype(np.int64)
+        active.eliminate_zeros()
+        return active.astype(np.int64)
+    return sparse.csr_matrix((activations > threshold).astype(np.int64))
+
+
+def count_matches(
+    activations: np.ndarray | sparse.spmatrix,
+    labels: np.ndarray | sparse.spmatrix,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, for every concept, feature and threshold, how feature activity overlaps concept labels.
+
+    ``activations``: residues x features (dense array or scipy.sparse), normalised activations.
+    ``labels``: residues x concepts integers (dense or sparse); nonzero values are instance ids,
+    unique per concept (an instance is one domain, site or bond).
+    A residue is active for a feature at threshold ``t`` when its activation is ``> t`` (strictly,
+    as InterPLM); thresholds must be >= 0 so that implicit zeros of sparse input are inactive.
+
+    Returns ``(tp, fp, tp_per_domain)``, each int64 of shape ``(concepts, features, thresholds)``:
+    ``tp`` = active residues labelled with the concept, ``fp`` = active residues not labelled with
+    it, ``tp_per_domain`` = distinct instances of the concept with at least one active residue.
+    """
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or any(not np.isfinite(t) or t < 0 for t in thresholds):
+        raise InterPLMError(f"thresholds must be finite and >= 0, got {thresholds}")
+    labels_csr = _as_labels_csr(labels)
+    if not sparse.issparse(activations):
+        activations = np.asarray(activations)
+    if activations.ndim != 2 or activations.shape[0] != labels_csr.shape[0]:
+        raise InterPLMError(
+            f"activations of shape {activations.shape} do not match labels of shape {labels_csr.shape} (residues differ)"
+        )
+    values = activations.data if sparse.issparse(activations) else activations
+    if np.isnan(values).any():
+        raise InterPLMError("activations contain NaN")
+    n_concepts, n_features = labels_csr.shape[1], activations.shape[1]
+
+    positive = labels_csr.copy()
+    positive.data[:] = 1
+    positive_t = positive.T.tocsr()
+    # One column per (concept, instance id): residue -> instance incidence, and instance -> concept.
+    coo = labels_csr.tocoo()
+    pairs, instance_of = np.unique(np.stack([coo.col, coo.data]), axis=1, return_inverse=True)
+    instance_of = np.asarray(instance_of).ravel()
+    n_inst = pairs.shape[1]
+    incidence_t = sparse.csr_matrix(
+        (np.ones(coo.nnz, dtype=np.int64), (instance_of, coo.row)), shape=(n_inst, labels_csr.shape[0])
+    )
+    concept_of_instance = sparse.csr_matrix(
+        (np.ones(n_inst, dtype=np.int64), (pairs[0], np.arange(n_inst))), shape=(n_concepts, n_inst)
+    )
+
+    shape = (n_concepts, n_features, len(thresholds))
+    tp, fp, tp_per_domain = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+    for ti, threshold in enumerate(thresholds):
+        active = _active(activations, threshold)
+        tp[:, :, ti] = (positive_t @ active).toarray()
+        fp[:, :, ti] = np.asarray(active.sum(axis=0)).ravel()[None, :] - tp[:, :, ti]
+        hit = incidence_t @ active  # active residues per (instance, feature)
+        hit.data[:] = 1
+        tp_per_domain[:, :, ti] = (concept_of_instance @ hit).toarray()
+    return tp, fp, tp_per_domain
+
+
+@dataclass
+class ConceptCounts:
+    """Counts of :func:`count_matches` summed over proteins, with the totals the metrics need."""
+
+    concepts: list[Concept]
+    thresholds: tuple[float, ...]
+    tp: np.ndarray
+    fp: np.ndarray
+    tp_per_domain: np.ndarray
+    n_positive: np.ndarray
+    n_instances: np.ndarray
+    n_proteins: int
+    n_residues: int
+
+    @property
+    def residue_level(self) -> np.ndarray:
+        return np.array([c.residue_level for c in self.concepts], dtype=bool)
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """:func:`concept_metrics` of these counts."""
+        return concept_metrics(
+            self.tp, self.fp, self.tp_per_domain, self.n_positive, self.n_instances, self.residue_level
+        )
+
+
+class ConceptMatchCounter:
+    """Accumulates :func:`count_matches` protein by protein, so activations never need stacking.
+
+    The result equals one :func:`count_matches` on the stacked proteins, because instances never
+    span two proteins.
+    """
+
+    def __init__(self, concept_labels: ConceptLabels, num_features: int, thresholds: Sequence[float] = THRESHOLDS):
+        self.labels = concept_labels
+        self.num_features = int(num_features)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        shape = (len(concept_labels.concepts), self.num_features, len(self.thresholds))
+        self._tp, self._fp, self._tpd = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+        self._n_positive = np.zeros(shape[0], dtype=np.int64)
+        self._n_instances = np.zeros(shape[0], dtype=np.int64)
+        self._seen: set[str] = set()
+        self._n_residues = 0
+
+    def add(self, protein_id: str, activations: np.ndarray | sparse.spmatrix) -> None:
+        """Count one protein's activations ``[L, F]`` against its labels."""
+        if protein_id in self._seen:
+            raise InterPLMError("protein added twice to the concept counts", record=protein_id)
+        labels = self.labels.matrix(protein_id)
+        if activations.shape != (labels.shape[0], self.num_features):
+            raise InterPLMError(
+                f"activations of shape {tuple(activations.shape)} do not fit a {labels.shape[0]}-residue protein"
+                f" and {self.num_features} features",
+                record=protein_id,
+            )
+        tp, fp, tpd = count_matches(activations, labels, self.thresholds)
+        self._tp += tp
+        self._fp += fp
+        self._tpd += tpd
+        n_positive, n_instances = label_totals(labels)
+        self._n_positive += n_positive
+        self._n_instances += n_instances
+        self._n_residues += labels.shape[0]
+        self._seen.add(protein_id)
+
+    def result(self) -> ConceptCounts:
+        """The counts so far (copies)."""
+        return ConceptCounts(
+            list(self.labels.concepts),
+            self.thresholds,
+            self._tp.copy(),
+            self._fp.copy(),
+            self._tpd.copy(),
+            self._n_positive.copy(),
+            self._n_instances.copy(),
+            len(self._seen),
+            self._n_residues,
+        )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64))
+    out = np.zeros(num.shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def concept_metrics(
+    tp: np.ndarray,
+    fp: np.ndarray,
+    tp_per_domain: np.ndarray,
+    n_positive: np.ndarray,
+    n_instances: np.ndarray,
+    residue_level_mask: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Precision, recall, recall_per_domain, f1, f1_per_domain and selection_f1, each ``[C, F, T]``.
+
+    ``n_positive``/``n_instances`` ``[C]``: labelled residues and instances per concept;
+    ``residue_level_mask`` ``[C]``: True where the concept is residue-level. A ratio with a zero
+    denominator is 0. ``selection_f1`` is f1 for residue-level and f1_per_domain for domain-level
+    concepts (InterPLM's choice).
+    """
+    per_concept = (slice(None), None, None)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, np.asarray(n_positive)[per_concept])
+    recall_per_domain = _ratio(tp_per_domain, np.asarray(n_instances)[per_concept])
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    f1_per_domain = _ratio(2 * precision * recall_per_domain, precision + recall_per_domain)
+    mask = np.asarray(residue_level_mask, dtype=bool)[per_concept]
+    return {
+        "precision": precision,
+        "recall": recall,
+        "recall_per_domain": recall_per_domain,
+        "f1": f1,
+        "f1_per_domain": f1_per_domain,
+        "selection_f1": np.where(mask, f1, f1_per_domain),
+    }
+
+
+def _best_index(selection: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """Per concept, the flat (feature, threshold) index of the highest selection F1, then F1, then lowest index."""
+    c = selection.shape[0]
+    sel, tie = selection.reshape(c, -1), tiebreak.reshape(c, -1)
+    best = sel == sel.max(axis=1, keepdims=True)
+    return np.argmax(np.where(best, tie, -1.0), axis=1)
+
+
+def best_feature_per_concept(valid: ConceptCounts, test: ConceptCounts) -> pd.DataFrame:
+    """For each concept, the (feature, threshold) with the best validation selection F1, scored on test.
+
+    Ties go to the higher plain F1, then the lower feature index and threshold. Concepts without a
+    labelled residue in either split are left out. Columns: concept, family, level, feature,
+    threshold, valid_f1, valid_precision, valid_recall, valid_recall_per_domain, test_f1,
+    test_precision, test_recall, test_recall_per_domain, test_f1_residue, test_f1_per_domain,
+    valid_instances, test_instances (``*_f1`` is the selection F1).
+    """
+    if [c.name for c in valid.concepts] != [c.name for c in test.concepts] or valid.thresholds != test.thresholds:
+        raise InterPLMError("validation and test counts are over different concepts or thresholds")
+    vm, tm = valid.metrics(), test.metrics()
+    n_thresholds = len(valid.thresholds)
+    flat = _best_index(vm["selection_f1"], vm["f1"])
+    feature, t_index = np.divmod(flat, n_thresholds)
+    rows = np.arange(len(valid.concepts))
+
+    def pick(metrics: dict[str, np.ndarray], key: str) -> np.ndarray:
+        return metrics[key][rows, feature, t_index]
+
+    table = pd.DataFrame(
+        {
+            "concept": [c.name for c in valid.concepts],
+            "family": [c.family for c in valid.concepts],
+            "level": ["residue" if c.residue_level else "domain" for c in valid.concepts],
+            "feature": feature.astype(np.int64),
+            "threshold": np.asarray(valid.thresholds)[t_index],
+            "valid_f1": pick(vm, "selection_f1"),
+            "valid_precision": pick(vm, "precision"),
+            "valid_recall": pick(vm, "recall"),
+            "valid_recall_per_domain": pick(vm, "recall_per_domain"),
+            "test_f1": pick(tm, "selection_f1"),
+            "test_precision": pick(tm, "precision"),
+            "test_recall": pick(tm, "recall"),
+            "test_recall_per_domain": pick(tm, "recall_per_domain"),
+            "test_f1_residue": pick(tm, "f1"),
+            "test_f1_per_domain": pick(tm, "f1_per_domain"),
+            "valid_instances": valid.n_instances,
+            "test_instances": test.n_instances,
+        }
+    )
+    present = (valid.n_positive > 0) & (test.n_positive > 0)
+    return table[present].reset_index(drop=True)
+
+
+def evaluate_concept_counts(
+    activation_iter: Iterable[tuple[str, np.ndarray | sparse.spmatrix]],
+    labels: ConceptLabels,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> tuple[ConceptCounts, ConceptCounts]:
+    """Accumulate ``(protein_id, activations [L, F])`` into validation and test counts.
+
+    Proteins of the "train" split are skipped (pass only ``labels.proteins_in_split("valid")``
+    and ``"test"`` to save work); a protein without labels is an error.
+    """
+    counters: dict[str, ConceptMatchCounter] = {}
+    num_features = None
+    for protein_id, activations in activation_iter:
+        split = protein_split(protein_id)
+        if protein_id not in labels.sequences:
+            raise InterPLMError("protein has no concept labels", record=protein_id)
+        if split == "train":
+            continue
+        if num_features is None:
+            num_features = int(activations.shape[1])
+            counters = {s: ConceptMatchCounter(labels, num_features, thresholds) for s in ("valid", "test")}
+        counters[split].add(protein_id, activations)
+    if num_features is None:
+        raise InterPLMError("no validation or test proteins among the activations")
+    valid, test = counters["valid"].result(), counters["test"].result()
+    for name, counts in (("validation", valid), ("test", test)):
+        if counts.n_proteins == 0:
+            raise InterPLMError(f"no {name} proteins among the activations")
+    return valid, test
+
+
+def evaluate_features_on_concepts(
+    activation_iter: Iterable[tuple[str, np.ndarray | sparse.spmatrix]],
+    labels: ConceptLabels,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> pd.DataFrame:
+    """The best feature per concept, chosen on validation proteins and scored on test proteins.
+
+    ``activation_iter`` yields ``(protein_id, activations [L, F])`` (normalised); see
+    :func:`evaluate_concept_counts` and :func:`best_feature_per_concept`.
+    """
+    return best_feature_per_concept(*evaluate_concept_counts(activation_iter, labels, thresholds))
