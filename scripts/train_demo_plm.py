@@ -21,7 +21,6 @@ import math
 import random
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from esm.data import Alphabet
 from esm.model.esm2 import ESM2
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
 from interplm_plugins.core.sequences import protein_split, read_fasta
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
@@ -94,29 +94,6 @@ def unigram_perplexity(train: list[str], held_out: list[str]) -> float:
     return math.exp(nll / m)
 
 
-def save_fair_esm_checkpoint(model: ESM2, args: Namespace, out: Path, name: str) -> Path:
-    """Write ``<name>.pt`` (fair-esm v2 layout) and ``<name>-contact-regression.pt`` beside it."""
-    state = {f"encoder.{k}": v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()
-             if not k.startswith("contact_head.regression")}
-    cfg_model = Namespace(
-        encoder_layers=args.layers,
-        encoder_embed_dim=args.dim,
-        encoder_attention_heads=args.heads,
-        token_dropout=True,
-    )
-    ckpt = {"cfg": {"model": cfg_model}, "model": state}
-    path = out / f"{name}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    # fair-esm's local loader insists on the contact-regression file; the demo model's contact
-    # head is not trained (stated in the model card), so it holds the head's initial weights.
-    reg = {"model": {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()
-                     if k.startswith("contact_head.regression")}}
-    with atomic_path(out / f"{name}-contact-regression.pt") as tmp:
-        torch.save(reg, tmp)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("../shared/data/sequences"))
@@ -143,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     train, held_out = load_sequences(args.data)
     print(f"training proteins {len(train)} ({sum(map(len, train))} residues), held out {len(held_out)}", flush=True)
 
-    model = ESM2(num_layers=args.layers, embed_dim=args.dim, attention_heads=args.heads, alphabet=alphabet, token_dropout=True)
-    # BERT-style small init: with the LM head tied to the embedding, PyTorch's N(0, 1) embedding
-    # init gives initial logits of std ~sqrt(dim) and a loss of ~28 instead of ~3.
-    torch.nn.init.normal_(model.embed_tokens.weight, std=0.02)
-    with torch.no_grad():
-        model.embed_tokens.weight[alphabet.padding_idx].zero_()
+    model = new_esm2(args.layers, args.dim, args.heads, seed=args.seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     lr_at = lambda s: args.lr * min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     gen = torch.Generator().manual_seed(args.seed)
@@ -158,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     state_file = args.work / "state.pt"
     if state_file.exists():
-        st = torch.load(state_file, weights_only=False)  # our own resume file, written below
+        st = torch.load(state_file, weights_only=True)
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"]); rng.setstate(st["rng"]); start_step = st["step"]
         print(f"resumed at step {start_step}", flush=True)
@@ -200,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     uni = unigram_perplexity(train, held_out)
     print(f"held-out masked-LM perplexity {ppl:.2f} (unigram baseline {uni:.2f})", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = save_fair_esm_checkpoint(model, args, args.out, args.name)
+    path = save_esm2_checkpoint(model, args.out / f"{args.name}.pt")
     metrics = {
         "name": args.name, "architecture": "fair-esm ESM2", "layers": args.layers, "embed_dim": args.dim,
         "attention_heads": args.heads, "parameters": sum(p.numel() for p in model.parameters()),

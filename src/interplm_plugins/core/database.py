@@ -50,7 +50,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -447,8 +447,8 @@ def build_feature_database(
     activation_iter: Iterable[tuple[Any, Any]],
     *,
     provenance: dict,
-    concept_table: pd.DataFrame | None = None,
-    concept_summary: pd.DataFrame | None = None,
+    concept_table: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
+    concept_summary: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
     top_k: int = 10,
     quantile_bins: int = 5,
     examples_per_bin: int = 2,
@@ -467,9 +467,10 @@ def build_feature_database(
     ``concept_table`` holds concept matches (columns ``feature, concept, f1`` and optionally
     ``family, split`` (default ``"test"``), ``threshold, precision, recall, f1_per_domain,
     recall_per_domain``); ``concept_summary`` the vocabulary (``concept`` and optionally ``family,
-    level, n_instances, n_residues, n_proteins``). Quantile examples are drawn from a uniform
-    reservoir sample of ``reservoir_size`` (default ``4 * quantile_bins * examples_per_bin``, at
-    least 20) active proteins per feature.
+    level, n_instances, n_residues, n_proteins``); either may be a function, called after the
+    pass so that concept metrics can be counted from the same stream. Quantile examples are drawn
+    from a uniform reservoir sample of ``reservoir_size`` (default ``4 * quantile_bins *
+    examples_per_bin``, at least 20) active proteins per feature.
     """
     path = Path(path)
     for name, value in (("top_k", top_k), ("quantile_bins", quantile_bins), ("examples_per_bin", examples_per_bin)):
@@ -508,6 +509,10 @@ def build_feature_database(
             if acc is None:
                 raise InterPLMError("no proteins to build the feature database from", file=path)
 
+            if callable(concept_table):
+                concept_table = concept_table()
+            if callable(concept_summary):
+                concept_summary = concept_summary()
             match_rows = _concept_rows(concept_table, acc.num_features) if concept_table is not None else []
             con.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?)", acc.feature_rows())
             con.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", acc.example_rows(quantile_bins, examples_per_bin))

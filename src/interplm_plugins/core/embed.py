@@ -1,0 +1,394 @@
+"""Per-residue ESM-2 embeddings and the on-disk embedding store that SAE training streams from.
+
+``embed_sequences`` batches proteins by a token budget over length-sorted sequences, runs the
+forward pass only as deep as the deepest requested layer, drops BOS/EOS, and embeds proteins
+longer than the model's 1,022-residue window as overlapping windows: each residue takes its
+vector from the window in which it lies furthest from an edge, so every residue has context on
+both sides wherever the protein allows. Non-standard residues (X, U, O, B, Z) are tokenised by
+ESM's own alphabet, which has a token for each.
+
+An :class:`EmbeddingStore` is a folder::
+
+    store.json          # format, metadata (PLM name and identity, layer, dim, dtype), shard table
+    shard_00000.npy     # [rows, dim] residue vectors of whole proteins, memory-mapped on read
+    shard_00001.npy ...
+
+``store.json`` is rewritten atomically after each shard, so an interrupted ``embed_to_store``
+resumes with the proteins it had not finished, and a reader never sees a shard without its index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.plm import PLM
+from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.errors import InterPLMError
+
+STORE_FORMAT = "interplm-plugins-embedding-store/1"
+STORE_INDEX = "store.json"
+#: Residues ESM-2 embeds at once (its 1,024 positions less BOS and EOS).
+MAX_WINDOW = 1022
+
+
+# ------------------------------------------------------------------------------ forward pass
+
+
+def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """fair-esm's ``ESM2.forward`` representations for ``layers``, stopping after the deepest one.
+
+    Returns ``{layer: (B, T, E)}`` exactly as ``model(tokens, repr_layers=layers)["representations"]``
+    would (the last layer after ``emb_layer_norm_after``), without computing deeper blocks or logits.
+    """
+    model = plm.model
+    wanted = sorted({plm.check_layer(layer) for layer in layers})
+    deepest = wanted[-1]
+    padding_mask = tokens.eq(model.padding_idx)
+    x = model.embed_scale * model.embed_tokens(tokens)
+    if model.token_dropout:  # the same rescaling ESM2.forward applies (it depends on <mask> counts)
+        x = x.masked_fill((tokens == model.mask_idx).unsqueeze(-1), 0.0)
+        mask_ratio_train = 0.15 * 0.8
+        src_lengths = (~padding_mask).sum(-1)
+        mask_ratio_observed = (tokens == model.mask_idx).sum(-1).to(x.dtype) / src_lengths
+        x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+    x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+    out: dict[int, torch.Tensor] = {}
+    if 0 in wanted:
+        out[0] = x
+    x = x.transpose(0, 1)
+    attn_mask = padding_mask if padding_mask.any() else None
+    for index, block in enumerate(model.layers[:deepest]):
+        x, _ = block(x, self_attn_padding_mask=attn_mask, need_head_weights=False)
+        if index + 1 in wanted and index + 1 != model.num_layers:
+            out[index + 1] = x.transpose(0, 1)
+    if deepest == model.num_layers:
+        out[deepest] = model.emb_layer_norm_after(x).transpose(0, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------- batching
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One window of one protein: residues ``start:end`` of record ``index``."""
+
+    index: int
+    start: int
+    end: int
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """Start offsets of windows of ``window`` residues covering ``length`` with at least ``overlap`` shared."""
+    if length <= window:
+        return [0]
+    if not 0 <= overlap < window:
+        raise InterPLMError(f"window overlap {overlap} must be >= 0 and smaller than the window ({window})")
+    step = window - overlap
+    count = -(-(length - window) // step) + 1
+    # Spread the windows evenly so the last one ends exactly at the protein's end.
+    return [round(i * (length - window) / (count - 1)) for i in range(count)]
+
+
+def _window_owner(starts: list[int], window: int, length: int) -> np.ndarray:
+    """For each residue, the index of the window in which it lies furthest from an edge."""
+    pos = np.arange(length)[:, None]
+    begin = np.asarray(starts)[None, :]
+    end = np.minimum(begin + window, length)
+    inside = (pos >= begin) & (pos < end)
+    margin = np.where(inside, np.minimum(pos - begin, end - 1 - pos), -1)
+    return margin.argmax(axis=1)
+
+
+def _token_batches(pieces: list[_Piece], toks_per_batch: int) -> Iterator[list[_Piece]]:
+    """Group length-sorted pieces so that ``(longest + 2) * count <= toks_per_batch`` (one piece at least)."""
+    batch: list[_Piece] = []
+    longest = 0
+    for piece in pieces:
+        size = piece.end - piece.start + 2
+        if batch and max(longest, size) * (len(batch) + 1) > toks_per_batch:
+            yield batch
+            batch, longest = [], 0
+        batch.append(piece)
+        longest = max(longest, size)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def embed_sequences(
+    plm: PLM,
+    records: Iterable[ProteinRecord],
+    layers: int | Sequence[int],
+    toks_per_batch: int = 4096,
+    window: int = MAX_WINDOW,
+    overlap: int = 256,
+    progress: bool = False,
+) -> Iterator[tuple[str, dict[int, np.ndarray]]]:
+    """Yield ``(protein id, {layer: float32 [length, dim]})`` for each record, BOS/EOS removed.
+
+    Proteins are processed in length order (so padding is small) and yielded as soon as all
+    their windows are done; the order of the output is therefore not the input order.
+    """
+    layer_list = [layers] if isinstance(layers, int) else list(layers)
+    if not layer_list:
+        raise InterPLMError("no layer requested")
+    for layer in layer_list:
+        plm.check_layer(layer)
+    window = min(int(window), MAX_WINDOW)
+    records = list(records)
+    pieces: list[_Piece] = []
+    owners: dict[int, tuple[list[int], np.ndarray]] = {}
+    for i, rec in enumerate(records):
+        starts = window_starts(len(rec.sequence), window, overlap)
+        owners[i] = (starts, _window_owner(starts, window, len(rec.sequence)))
+        pieces.extend(_Piece(i, s, min(s + window, len(rec.sequence))) for s in starts)
+    pieces.sort(key=lambda p: (p.end - p.start, p.index, p.start))
+    pending: dict[int, dict[int, dict[int, np.ndarray]]] = {}  # record -> window start -> layer -> array
+    converter = plm.alphabet.get_batch_converter()
+    device = next(plm.model.parameters()).device
+    total = sum(len(r.sequence) for r in records)
+    with tqdm(total=total, unit="res", desc="embed", disable=not progress) as bar:
+        for batch in _token_batches(pieces, toks_per_batch):
+            data = [(str(p.index), records[p.index].sequence[p.start : p.end]) for p in batch]
+            _, _, tokens = converter(data)
+            reps = forward_layers(plm, tokens.to(device), layer_list)
+            for row, piece in enumerate(batch):
+                n = piece.end - piece.start
+                got = {layer: reps[layer][row, 1 : n + 1].float().cpu().numpy() for layer in layer_list}
+                pending.setdefault(piece.index, {})[piece.start] = got
+                bar.update(n)
+                starts, owner = owners[piece.index]
+                if len(pending[piece.index]) == len(starts):
+                    done = pending.pop(piece.index)
+                    yield records[piece.index].id, _stitch(done, starts, owner, layer_list)
+
+
+def _stitch(parts: dict[int, dict[int, np.ndarray]], starts: list[int], owner: np.ndarray, layers: list[int]) -> dict[int, np.ndarray]:
+    if len(starts) == 1:
+        return parts[starts[0]]
+    out = {}
+    for layer in layers:
+        dim = parts[starts[0]][layer].shape[1]
+        full = np.empty((len(owner), dim), dtype=np.float32)
+        for w, start in enumerate(starts):
+            rows = np.nonzero(owner == w)[0]
+            full[rows] = parts[start][layer][rows - start]
+        out[layer] = full
+    return out
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class EmbeddingStore:
+    """A read-only, memory-mapped store of one layer's per-residue embeddings (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        index_file = self.path / STORE_INDEX
+        if not index_file.is_file():
+            raise InterPLMError(f"not an embedding store (no {STORE_INDEX})", file=self.path)
+        try:
+            index = json.loads(index_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InterPLMError(f"unreadable store index ({exc})", file=index_file) from None
+        if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
+            raise InterPLMError(f"not an embedding store of format {STORE_FORMAT}", file=index_file)
+        self.metadata: dict = index["metadata"]
+        self.complete: bool = bool(index.get("complete"))
+        self.dim = int(self.metadata["dim"])
+        self._shards: list[dict] = index["shards"]
+        self.proteins: list[str] = []
+        self.lengths: list[int] = []
+        self._where: dict[str, tuple[int, int, int]] = {}  # id -> (shard, row offset, length)
+        for s, shard in enumerate(self._shards):
+            offset = 0
+            for pid, length in zip(shard["proteins"], shard["lengths"]):
+                self._where[pid] = (s, offset, length)
+                self.proteins.append(pid)
+                self.lengths.append(length)
+                offset += length
+        self.num_residues = int(sum(self.lengths))
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.proteins)
+
+    def __contains__(self, protein_id: str) -> bool:
+        return protein_id in self._where
+
+    def _shard(self, s: int) -> np.ndarray:
+        if s not in self._open:
+            file = self.path / self._shards[s]["file"]
+            try:
+                array = np.load(file, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise InterPLMError(f"unreadable embedding shard ({exc})", file=file) from None
+            expected = (int(self._shards[s]["rows"]), self.dim)
+            if array.shape != expected:
+                raise InterPLMError(f"shard has shape {array.shape}, index says {expected} (truncated?)", file=file)
+            self._open[s] = array
+        return self._open[s]
+
+    def get(self, protein_id: str) -> np.ndarray:
+        """The ``[length, dim]`` embeddings of one protein (a read-only memory-mapped view)."""
+        if protein_id not in self._where:
+            raise InterPLMError("protein not in the embedding store", file=self.path, record=protein_id)
+        s, offset, length = self._where[protein_id]
+        return self._shard(s)[offset : offset + length]
+
+    def iter_proteins(self, proteins: Iterable[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """``(id, [length, dim])`` for ``proteins`` (default: all, in store order)."""
+        for pid in self.proteins if proteins is None else proteins:
+            yield pid, self.get(pid)
+
+    def iter_batches(
+        self, batch_size: int, seed: int = 0, start_batch: int = 0, epochs: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Shuffled ``[batch_size, dim]`` residue batches, streaming one shard at a time.
+
+        Each epoch visits the shards in a seeded random order and each shard's rows in a seeded
+        random permutation, so only one shard is in memory and the stream is a deterministic
+        function of ``seed``: ``start_batch=n`` gives exactly what the first call gives after
+        ``n`` batches (how training resumes). ``epochs=None`` cycles forever; a finite run ends
+        with a last, possibly short, batch.
+        """
+        if self.num_residues == 0:
+            raise InterPLMError("the embedding store holds no residues", file=self.path)
+        if batch_size <= 0:
+            raise InterPLMError(f"batch size must be positive, got {batch_size}")
+        skip = start_batch * batch_size
+        if epochs is not None and skip >= epochs * self.num_residues:
+            return
+        epoch, skip = divmod(skip, self.num_residues)
+        buffer: list[np.ndarray] = []
+        buffered = 0
+        while epochs is None or epoch < epochs:
+            rng = np.random.default_rng([seed, epoch])
+            for s in rng.permutation(len(self._shards)):
+                rows = int(self._shards[s]["rows"])
+                perm = rng.permutation(rows)  # drawn even for skipped shards: the stream must not depend on skip
+                if skip >= rows:
+                    skip -= rows
+                    continue
+                chunk = np.asarray(self._shard(int(s))[np.sort(perm[skip:])])[np.argsort(np.argsort(perm[skip:]))]
+                skip = 0
+                buffer.append(chunk)
+                buffered += len(chunk)
+                while buffered >= batch_size:
+                    joined = np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
+                    yield joined[:batch_size]
+                    rest = joined[batch_size:]
+                    buffer, buffered = ([rest] if len(rest) else []), len(rest)
+            epoch += 1
+        if buffered:
+            yield np.concatenate(buffer)
+
+
+class _StoreWriter:
+    """Appends proteins to a store folder shard by shard; ``store.json`` is the commit point."""
+
+    def __init__(self, path: Path, metadata: dict, shard_residues: int, resume: bool):
+        self.path = path
+        self.shard_residues = shard_residues
+        index_file = path / STORE_INDEX
+        if index_file.exists() and resume:
+            existing = EmbeddingStore(path)
+            for key in ("plm_identity", "layer", "dim", "dtype"):
+                if existing.metadata.get(key) != metadata.get(key):
+                    raise InterPLMError(
+                        f"store was made with {key}={existing.metadata.get(key)!r}, not {metadata.get(key)!r}; "
+                        "use another output folder or --overwrite",
+                        file=path,
+                    )
+            self.shards = existing._shards
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            self.shards = []
+        path.mkdir(parents=True, exist_ok=True)
+        self.metadata = metadata
+        self.dtype = np.dtype(metadata["dtype"])
+        self.done = {pid for shard in self.shards for pid in shard["proteins"]}
+        self._ids: list[str] = []
+        self._arrays: list[np.ndarray] = []
+        self._rows = 0
+        # Shards a killed run wrote but never indexed are garbage: remove them.
+        indexed = {shard["file"] for shard in self.shards}
+        for stray in path.glob("shard_*.npy"):
+            if stray.name not in indexed:
+                stray.unlink()
+
+    def add(self, protein_id: str, array: np.ndarray) -> None:
+        self._ids.append(protein_id)
+        self._arrays.append(array.astype(self.dtype, copy=False))
+        self._rows += len(array)
+        if self._rows >= self.shard_residues:
+            self.flush()
+
+    def flush(self, complete: bool = False) -> None:
+        if self._ids:
+            name = f"shard_{len(self.shards):05d}.npy"
+            with atomic_path(self.path / name) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.concatenate(self._arrays))
+            self.shards.append({"file": name, "rows": self._rows, "proteins": self._ids, "lengths": [len(a) for a in self._arrays]})
+            self._ids, self._arrays, self._rows = [], [], 0
+        index = {"format": STORE_FORMAT, "metadata": self.metadata, "complete": complete, "shards": self.shards}
+        write_text_atomic(self.path / STORE_INDEX, json.dumps(index))
+
+
+def store_path_for_layer(out_dir: str | os.PathLike, layer: int, layers: Sequence[int]) -> Path:
+    """Where ``embed_to_store`` puts ``layer``: ``out_dir`` itself for one layer, ``out_dir/layer_<n>`` for several."""
+    return Path(out_dir) if len(layers) == 1 else Path(out_dir) / f"layer_{layer}"
+
+
+def embed_to_store(
+    plm: PLM,
+    records: Sequence[ProteinRecord],
+    layers: int | Sequence[int],
+    out_dir: str | os.PathLike,
+    toks_per_batch: int = 4096,
+    shard_residues: int = 200_000,
+    dtype: str = "float32",
+    resume: bool = True,
+    progress: bool = False,
+    **embed_options,
+) -> dict[int, EmbeddingStore]:
+    """Embed ``records`` into one store per layer (see :func:`store_path_for_layer`); resumable.
+
+    Proteins already in an existing store of the same PLM, layer and dtype are skipped (unless
+    ``resume`` is false, which starts afresh).
+    """
+    layer_list = [layers] if isinstance(layers, int) else sorted(set(layers))
+    if dtype not in ("float32", "float16"):
+        raise InterPLMError(f"store dtype must be float32 or float16, not {dtype}")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InterPLMError("duplicate protein id", record=dup)
+    writers = {}
+    for layer in layer_list:
+        plm.check_layer(layer)
+        meta = {"plm": plm.name, "plm_identity": plm.identity, "plm_source": plm.source, "layer": layer, "dim": plm.embed_dim, "dtype": dtype}
+        writers[layer] = _StoreWriter(store_path_for_layer(out_dir, layer, layer_list), meta, shard_residues, resume)
+    done = set.intersection(*(w.done for w in writers.values()))
+    todo = [r for r in records if r.id not in done]
+    for pid, arrays in embed_sequences(plm, todo, layer_list, toks_per_batch=toks_per_batch, progress=progress, **embed_options):
+        for layer, writer in writers.items():
+            if pid not in writer.done:
+                writer.add(pid, arrays[layer])
+    for writer in writers.values():
+        writer.flush(complete=True)
+    return {layer: EmbeddingStore(w.path) for layer, w in writers.items()}

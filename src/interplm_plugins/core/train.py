@@ -1,0 +1,383 @@
+"""Training sparse autoencoders on an embedding store, with exact resume after a crash.
+
+Losses (per residue, averaged over the batch):
+- ReLU: ``|x - x_hat|^2 + l1 * sum_i f_i |W_dec[:, i]|`` (L1 weighted by decoder column norms,
+  Anthropic's April 2024 update), the L1 coefficient ramped up linearly over the first
+  ``l1_warmup_fraction`` of the steps. Dead features are *resampled* every ``resample_every``
+  steps (Anthropic / dictionary_learning): re-initialised towards inputs the SAE reconstructs badly.
+- TopK / BatchTopK: ``|x - x_hat|^2 + auxk_alpha * AuxK`` with unit-norm decoder columns. AuxK
+  (Gao et al. 2024) asks the top ``auxk_k`` *dead* features to reconstruct the residual, so they
+  get gradient again. BatchTopK estimates its inference threshold as a running mean of the
+  smallest activation it keeps.
+
+A feature is dead when it has not fired on the last ``dead_after_tokens`` training residues.
+Adam; learning rate warmed up linearly over ``warmup_steps`` and decayed linearly to 0 over the
+last ``decay_fraction`` of the steps; gradients clipped to norm ``grad_clip``.
+
+Checkpoints (``out_dir/checkpoint.pt``, atomic, every ``checkpoint_every`` steps) hold the
+weights, the Adam state, the random generator, the dead-feature counters, the step and the log;
+the learning rate and L1 ramps are functions of the step and the data position is the step
+(``store.iter_batches(..., start_batch=step)``), so resuming after a SIGKILL reproduces the
+uninterrupted run bit for bit (on the same machine and thread count).
+
+The model/optimizer construction (:func:`make_training_state`) and the update
+(:func:`train_step`) are separate from the loop so that a distributed (DDP) driver can wrap them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+from interplm_plugins.errors import InterPLMError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "interplm-plugins-train-checkpoint/1"
+SAE_NAME = "sae.safetensors"
+LOG_NAME = "train_log.jsonl"
+#: TrainConfig fields that may differ between a checkpoint and the run resuming it.
+RESUMABLE_CHANGES = ("checkpoint_every", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; see the module docstring for what each part does."""
+
+    steps: int = 20_000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    decay_fraction: float = 0.2
+    l1_warmup_fraction: float = 0.05
+    dead_feature_remedy: bool = True
+    dead_after_tokens: int = 1_000_000
+    resample_every: int = 2_000
+    auxk_alpha: float = 1 / 32
+    auxk_k: int | None = None  # default d_in // 2
+    threshold_beta: float = 0.999
+    threshold_start_step: int = 100
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "resample_every", "dead_after_tokens", "checkpoint_every", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InterPLMError(f"training {name} must be a positive integer, not {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InterPLMError(f"learning rate must be positive, not {self.lr!r}")
+        if self.warmup_steps < 0 or not 0 <= self.decay_fraction <= 1 or not 0 <= self.l1_warmup_fraction <= 1:
+            raise InterPLMError("warmup_steps must be >= 0 and decay_fraction, l1_warmup_fraction in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, constant, linear decay to 0."""
+    factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    decay_start = config.steps * (1 - config.decay_fraction)
+    if config.decay_fraction > 0 and step >= decay_start:
+        factor *= max(0.0, (config.steps - step) / (config.steps - decay_start))
+    return config.lr * factor
+
+
+def l1_scale(config: TrainConfig, step: int) -> float:
+    """Fraction of the L1 coefficient applied at ``step`` (linear ramp)."""
+    ramp = math.ceil(config.l1_warmup_fraction * config.steps)
+    return min(1.0, (step + 1) / ramp) if ramp else 1.0
+
+
+def weighted_l1(f: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+    """Mean over residues of ``sum_i f_i * |decoder_weight[:, i]|``."""
+    return (f * decoder_weight.norm(dim=0)).sum(dim=-1).mean()
+
+
+def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Gao et al.'s auxiliary loss: reconstruct ``residual`` from the top ``k_aux`` dead features,
+    normalised by the residual's variance; 0 when nothing is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    masked = torch.where(dead[None, :], torch.relu(pre), torch.full_like(pre, -math.inf))
+    top = masked.topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+    reconstruction = sae.decoder(acts)
+    error = (reconstruction - residual).pow(2).sum(dim=-1).mean()
+    variance = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+    return torch.nan_to_num(error / variance, nan=0.0, posinf=0.0)
+
+
+@dataclass
+class TrainingState:
+    """Everything a training run needs to continue exactly: see :func:`train_step`."""
+
+    sae: SparseAutoencoder
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    config: TrainConfig
+    tokens_since_fired: torch.Tensor
+    step: int = 0
+    log: list = dataclasses.field(default_factory=list)
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired >= self.config.dead_after_tokens
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "tokens_since_fired": self.tokens_since_fired.clone(),
+            "log": list(self.log),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.step = int(state["step"])
+        self.log = list(state["log"])
+
+
+def make_training_state(sae_config: SAEConfig, config: TrainConfig) -> TrainingState:
+    """A fresh SAE (initialised from ``config.seed``), its Adam optimiser and counters."""
+    generator = torch.Generator().manual_seed(config.seed)
+    sae = SparseAutoencoder(sae_config, generator=generator).train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    return TrainingState(sae, optimizer, generator, config, torch.zeros(sae_config.d_hidden, dtype=torch.int64))
+
+
+@torch.no_grad()
+def _unit_norm_decoder(sae: SparseAutoencoder) -> None:
+    w = sae.decoder.weight
+    w.div_(w.norm(dim=0, keepdim=True).clamp_min(torch.finfo(w.dtype).eps))
+
+
+@torch.no_grad()
+def _remove_parallel_gradient(sae: SparseAutoencoder) -> None:
+    """Project out the gradient component that would change decoder column norms."""
+    w, grad = sae.decoder.weight, sae.decoder.weight.grad
+    if grad is None:
+        return
+    unit = w / w.norm(dim=0, keepdim=True).clamp_min(1e-6)
+    grad.sub_((grad * unit).sum(dim=0, keepdim=True) * unit)
+
+
+@torch.no_grad()
+def resample_dead_features(state: TrainingState, x: torch.Tensor) -> int:
+    """Re-initialise dead features towards badly reconstructed inputs of ``x``; return how many.
+
+    Inputs are drawn with probability proportional to their squared reconstruction error;
+    feature ``i`` gets decoder column ``v`` (unit) and encoder row ``0.2 * mean alive encoder
+    norm * v``, zero encoder bias, and fresh Adam moments.
+    """
+    sae, dead = state.sae, state.dead_mask()
+    n = min(int(dead.sum()), len(x))
+    if n == 0:
+        return 0
+    x_hat, _ = sae(x)
+    weights = (x - x_hat).pow(2).sum(dim=-1).double() + 1e-12
+    picks = torch.multinomial(weights, n, replacement=False, generator=state.generator)
+    features = dead.nonzero().flatten()[:n]
+    directions = x[picks] - sae.bias
+    directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    alive = ~dead
+    alive_norm = sae.encoder.weight[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(1.0)
+    sae.encoder.weight[features] = directions * alive_norm * 0.2
+    sae.encoder.bias[features] = 0.0
+    sae.decoder.weight[:, features] = directions.T
+    for param, index in ((sae.encoder.weight, (features,)), (sae.encoder.bias, (features,)), (sae.decoder.weight, (slice(None), features))):
+        moments = state.optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments:
+                moments[key][index] = 0.0
+    state.tokens_since_fired[features] = 0
+    return n
+
+
+def train_step(state: TrainingState, x: torch.Tensor) -> dict[str, float]:
+    """One optimisation step on the batch ``x`` ``[B, d_in]``; returns the step's metrics."""
+    sae, config, step = state.sae, state.config, state.step
+    sae.train()
+    if step == 0:
+        with torch.no_grad():
+            sae.bias.copy_(x.mean(dim=0))  # start the pre-encoder bias at the data's centre
+    lr = learning_rate(config, step)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    dead_before = state.dead_mask()
+
+    pre = sae.pre_activations(x)
+    f = sae.sparsify(pre)
+    x_hat = sae.decode(f)
+    mse = (x - x_hat).pow(2).sum(dim=-1).mean()
+    metrics: dict[str, float] = {}
+    if sae.kind == "relu":
+        sparsity = weighted_l1(f, sae.decoder.weight)
+        loss = mse + sae.config.l1_coefficient * l1_scale(config, step) * sparsity
+        metrics["l1"] = sparsity.item()
+    else:
+        loss = mse
+        if config.dead_feature_remedy and config.auxk_alpha > 0:
+            aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2))
+            loss = loss + config.auxk_alpha * aux
+            metrics["auxk"] = aux.item()
+
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sae.kind != "relu":
+        _remove_parallel_gradient(sae)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+    state.optimizer.step()
+    if sae.kind != "relu":
+        _unit_norm_decoder(sae)
+
+    with torch.no_grad():
+        fired = (f > 0).any(dim=0)
+        state.tokens_since_fired += len(x)
+        state.tokens_since_fired[fired] = 0
+        if sae.kind == "batchtopk" and step >= config.threshold_start_step:
+            kept = f[f > 0]
+            smallest = kept.min() if kept.numel() else torch.tensor(0.0)
+            beta = config.threshold_beta if float(sae.threshold) >= 0 else 0.0
+            sae.threshold.copy_(beta * sae.threshold + (1 - beta) * smallest)
+        if sae.kind == "relu" and config.dead_feature_remedy and (step + 1) % config.resample_every == 0:
+            metrics["resampled"] = resample_dead_features(state, x)
+    state.step += 1
+    metrics.update(
+        step=state.step,
+        loss=loss.item(),
+        mse=mse.item(),
+        l0=float((f > 0).sum(dim=-1).float().mean()),
+        dead_fraction=float(state.dead_mask().float().mean()),
+        lr=lr,
+    )
+    return metrics
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+def _store_identity(store) -> dict[str, Any]:
+    meta = getattr(store, "metadata", {}) or {}
+    return {"dim": int(store.dim), "num_residues": int(store.num_residues), "plm_identity": meta.get("plm_identity"), "layer": meta.get("layer")}
+
+
+def _save_checkpoint(state: TrainingState, out_dir: Path, sae_config: SAEConfig, store_id: dict[str, Any]) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "sae_config": sae_config.to_dict(),
+        "train_config": state.config.to_dict(),
+        "store": store_id,
+        **state.state_dict(),
+    }
+    with atomic_path(out_dir / CHECKPOINT_NAME) as tmp:
+        torch.save(payload, tmp)
+    write_text_atomic(out_dir / LOG_NAME, "".join(json.dumps(entry) + "\n" for entry in state.log))
+
+
+def _load_checkpoint(path: Path, sae_config: SAEConfig, config: TrainConfig, store_id: dict[str, Any]) -> dict[str, Any]:
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a foreign or damaged file; atomic writes make a torn one unlikely
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InterPLMError(f"cannot read training checkpoint ({reason}); rerun with --no-resume", file=path) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InterPLMError("not a training checkpoint of this toolkit; rerun with --no-resume", file=path)
+    differences = []
+    saved_sae = payload["sae_config"]
+    for key, value in sae_config.to_dict().items():
+        if saved_sae.get(key) != value:
+            differences.append(f"{key}: {saved_sae.get(key)!r} -> {value!r}")
+    for key, value in config.to_dict().items():
+        if key not in RESUMABLE_CHANGES and payload["train_config"].get(key) != value:
+            differences.append(f"{key}: {payload['train_config'].get(key)!r} -> {value!r}")
+    for key, value in store_id.items():
+        if payload["store"].get(key) != value:
+            differences.append(f"store {key}: {payload['store'].get(key)!r} -> {value!r}")
+    if differences:
+        raise InterPLMError(
+            f"checkpoint was made with different settings ({'; '.join(differences)}); rerun with --no-resume or another output folder",
+            file=path,
+        )
+    return payload
+
+
+def _batches(store, config: TrainConfig, start_batch: int):
+    """Training batches from ``start_batch`` on, as float32 tensors, cycling through the store."""
+    for batch in store.iter_batches(config.batch_size, seed=config.seed, start_batch=start_batch):
+        yield torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def train_sae(
+    store,
+    sae_config: SAEConfig,
+    train_config: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+) -> SparseAutoencoder:
+    """Train an SAE on ``store``'s residues; write ``out_dir/sae.safetensors`` (+ ``.json``), ``train_log.jsonl``.
+
+    ``sae_config``'s PLM fields default to the store's metadata. With ``resume`` (default) an
+    existing ``out_dir/checkpoint.pt`` of the same settings is continued; otherwise it is removed.
+    """
+    out_dir = Path(out_dir)
+    if sae_config.d_in != store.dim:
+        meta = getattr(store, "metadata", {}) or {}
+        raise InterPLMError(
+            f"SAE of width {sae_config.d_in} does not fit the store's {meta.get('plm', 'PLM')} layer {meta.get('layer', '?')} (dim {store.dim})",
+            file=getattr(store, "path", None),
+        )
+    meta = getattr(store, "metadata", {}) or {}
+    sae_config = dataclasses.replace(
+        sae_config,
+        plm=sae_config.plm if sae_config.plm is not None else meta.get("plm"),
+        plm_identity=sae_config.plm_identity if sae_config.plm_identity is not None else meta.get("plm_identity"),
+        plm_layer=sae_config.plm_layer if sae_config.plm_layer is not None else meta.get("layer"),
+        normalized=False,
+    )
+    store_id = _store_identity(store)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    state = make_training_state(sae_config, train_config)
+    if resume and checkpoint.exists():
+        state.load_state_dict(_load_checkpoint(checkpoint, sae_config, train_config, store_id))
+    elif checkpoint.exists():
+        checkpoint.unlink()
+
+    with tqdm(total=train_config.steps, initial=state.step, unit="step", desc="train SAE", disable=not progress) as bar:
+        if state.step < train_config.steps:
+            for x in _batches(store, train_config, state.step):
+                metrics = train_step(state, x)
+                bar.update(1)
+                if state.step % train_config.log_every == 0 or state.step == train_config.steps:
+                    state.log.append(metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4g}", l0=f"{metrics['l0']:.1f}", dead=f"{metrics['dead_fraction']:.2f}")
+                if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
+                    _save_checkpoint(state, out_dir, sae_config, store_id)
+                if state.step >= train_config.steps:
+                    break
+    if state.step < train_config.steps:
+        raise InterPLMError(f"the store ran out of batches after step {state.step}", file=getattr(store, "path", None))
+    sae = state.sae.eval()
+    save_sae(sae, out_dir / SAE_NAME)
+    return sae
