@@ -52,3 +52,67 @@ def swissprot_fasta(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def swissprot_dat(shared_data) -> Path:
     return shared_data / "uniprot" / "swissprot_train.dat.gz"
+
+
+@pytest.fixture(scope="session")
+def swissprot_entries(swissprot_dat):
+    from interplm_plugins.core.uniprot import read_uniprot
+
+    return read_uniprot(swissprot_dat)
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
+    """A real, normalised ReLU SAE (32 -> 64) on layer 2 of the tiny ESM-2, saved as safetensors + JSON.
+
+    Its weights are random (training is tested on its own); the encoder bias is set so that each
+    feature fires on part of the residues, as a trained SAE's features do.
+    """
+    from interplm_plugins.core.embed import embed_to_store
+    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
+    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+    from interplm_plugins.core.sequences import read_fasta
+
+    folder = tmp_path_factory.mktemp("sae")
+    store = embed_to_store(tiny_plm, read_fasta(swissprot_fasta)[:30], 2, folder / "emb")[2]
+    config = SAEConfig(d_in=32, d_hidden=64, kind="relu", plm=tiny_plm.name, plm_identity=tiny_plm.identity, plm_layer=2)
+    sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        sae.encoder.weight.mul_(20.0)
+        sae.encoder.bias.fill_(-0.5)
+    sae = normalize_sae(sae, feature_max_activations(sae, store))
+    return save_sae(sae, folder / "sae.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_db_records(swissprot_fasta):
+    """~150 real Swiss-Prot proteins (valid and test splits included), for small feature databases."""
+    from interplm_plugins.core.sequences import read_fasta
+
+    return [r for r in read_fasta(swissprot_fasta) if len(r.sequence) <= 600][:150]
+
+
+@pytest.fixture(scope="session")
+def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entries, tmp_path_factory) -> Path:
+    """A real feature database of the tiny pipeline over real Swiss-Prot proteins, with concept matches."""
+    from interplm_plugins.core.activations import load_pipeline
+    from interplm_plugins.core.annotate import build_database
+    from interplm_plugins.core.concepts import build_concept_labels
+
+    ids = {r.id for r in tiny_db_records}
+    labels = build_concept_labels([e for e in swissprot_entries if e.accession in ids], min_instances=3, min_proteins=2)
+    pipeline = load_pipeline(tiny_esm2_path, tiny_sae_path)
+    return build_database(pipeline, tiny_db_records, tmp_path_factory.mktemp("db") / "features.sqlite", labels=labels, progress=False)
+
+
+@pytest.fixture()
+def tiny_pipeline(tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, monkeypatch):
+    """The tiny ESM-2 + SAE + database as the session's pipeline (as ``interplm use`` would set it),
+    with a fresh activation cache folder; the session is reset afterwards."""
+    from interplm_plugins.core import activations
+
+    monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
+    activations.reset_session()
+    pipeline = activations.use_pipeline(model=str(tiny_esm2_path), sae=str(tiny_sae_path), database=str(tiny_db_path))
+    yield pipeline
+    activations.reset_session()

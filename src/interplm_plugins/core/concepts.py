@@ -478,6 +478,9 @@ class ConceptMatchCounter:
         self._n_instances = np.zeros(shape[0], dtype=np.int64)
         self._seen: set[str] = set()
         self._n_residues = 0
+        # Proteins are counted in blocks: one sparse product per block instead of per protein.
+        self._pending: list[tuple[np.ndarray | sparse.spmatrix, sparse.csr_matrix]] = []
+        self._pending_rows = 0
 
     def add(self, protein_id: str, activations: np.ndarray | sparse.spmatrix) -> None:
         """Count one protein's activations ``[L, F]`` against its labels."""
@@ -490,18 +493,38 @@ class ConceptMatchCounter:
                 f" and {self.num_features} features",
                 record=protein_id,
             )
-        tp, fp, tpd = count_matches(activations, labels, self.thresholds)
+        self._pending.append((activations, labels))
+        self._pending_rows += labels.shape[0]
+        self._n_residues += labels.shape[0]
+        self._seen.add(protein_id)
+        if self._pending_rows >= self.block_residues:
+            self._flush()
+
+    #: Residues gathered before one :func:`count_matches` call (bounds memory, amortises its set-up).
+    block_residues = 20_000
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        acts = [a for a, _ in self._pending]
+        if any(sparse.issparse(a) for a in acts):
+            stacked = sparse.vstack([sparse.csr_matrix(a) for a in acts], format="csr")
+        else:
+            stacked = np.concatenate([np.asarray(a) for a in acts])
+        # Instance ids are unique per concept across proteins, so stacking never merges two instances.
+        labels = sparse.vstack([lab for _, lab in self._pending], format="csr", dtype=np.int32)
+        tp, fp, tpd = count_matches(stacked, labels, self.thresholds)
         self._tp += tp
         self._fp += fp
         self._tpd += tpd
         n_positive, n_instances = label_totals(labels)
         self._n_positive += n_positive
         self._n_instances += n_instances
-        self._n_residues += labels.shape[0]
-        self._seen.add(protein_id)
+        self._pending, self._pending_rows = [], 0
 
     def result(self) -> ConceptCounts:
         """The counts so far (copies)."""
+        self._flush()
         return ConceptCounts(
             list(self.labels.concepts),
             self.thresholds,
@@ -649,3 +672,43 @@ def evaluate_features_on_concepts(
     :func:`evaluate_concept_counts` and :func:`best_feature_per_concept`.
     """
     return best_feature_per_concept(*evaluate_concept_counts(activation_iter, labels, thresholds))
+
+
+def feature_concept_table(valid: ConceptCounts, test: ConceptCounts, per_concept: int = 20, min_f1: float = 0.0) -> pd.DataFrame:
+    """Every concept's ``per_concept`` best features, each at its own best validation threshold, scored on test.
+
+    This is what the feature database stores (so a feature's best concepts and a concept's best
+    features are both queries). Columns: feature, concept, family, split (``"test"``), threshold,
+    precision, recall, f1 (the selection F1), f1_per_domain, recall_per_domain, valid_f1. Rows with
+    validation selection F1 <= ``min_f1`` are dropped.
+    """
+    if [c.name for c in valid.concepts] != [c.name for c in test.concepts] or valid.thresholds != test.thresholds:
+        raise InterPLMError("validation and test counts are over different concepts or thresholds")
+    vm, tm = valid.metrics(), test.metrics()
+    sel = vm["selection_f1"]  # [C, F, T]
+    best_t = np.argmax(sel, axis=2)  # per (concept, feature)
+    c_idx, f_idx = np.indices(best_t.shape)
+    valid_best = sel[c_idx, f_idx, best_t]  # [C, F]
+    k = min(per_concept, valid_best.shape[1])
+    top = np.argsort(-valid_best, axis=1, kind="stable")[:, :k]
+    rows_c = np.repeat(np.arange(len(valid.concepts)), k)
+    rows_f = top.ravel()
+    rows_t = best_t[rows_c, rows_f]
+    present = (valid.n_positive > 0) & (test.n_positive > 0)
+    table = pd.DataFrame(
+        {
+            "feature": rows_f.astype(np.int64),
+            "concept": [valid.concepts[c].name for c in rows_c],
+            "family": [valid.concepts[c].family for c in rows_c],
+            "split": "test",
+            "threshold": np.asarray(valid.thresholds)[rows_t],
+            "precision": tm["precision"][rows_c, rows_f, rows_t],
+            "recall": tm["recall"][rows_c, rows_f, rows_t],
+            "f1": tm["selection_f1"][rows_c, rows_f, rows_t],
+            "f1_per_domain": tm["f1_per_domain"][rows_c, rows_f, rows_t],
+            "recall_per_domain": tm["recall_per_domain"][rows_c, rows_f, rows_t],
+            "valid_f1": valid_best[rows_c, rows_f],
+        }
+    )
+    keep = present[rows_c] & (table["valid_f1"].to_numpy() > min_f1)
+    return table[keep].reset_index(drop=True)

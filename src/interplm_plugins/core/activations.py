@@ -1,0 +1,275 @@
+"""Per-residue SAE feature activations for the plugins and the command line, cached.
+
+A :class:`Pipeline` is one ESM-2 model, one (normalised) SAE reading one of its layers and,
+optionally, the feature database built with them. ``Pipeline.activations(sequence)`` returns
+``[L, F]`` float32 activations; results are cached in memory (LRU) and on disk under
+``$INTERPLM_CACHE_DIR`` (default ``~/.cache/interplm-plugins/activations``), keyed by the sequence,
+the PLM's identity, the layer and the SAE's hash, so recolouring a structure by another feature
+is a lookup, and PyMOL, napari and the CLI share the same results.
+
+``current_pipeline()`` is the session's pipeline (the embedded demo unless ``use_pipeline`` chose
+another): the PyMOL commands and the napari widgets both read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from interplm_plugins.core.atomic import atomic_path
+from interplm_plugins.core.embed import embed_sequences
+from interplm_plugins.core.plm import PLM, load_plm
+from interplm_plugins.core.sae import SparseAutoencoder, check_fits, load_sae, sae_hash
+from interplm_plugins.core.sequences import ProteinRecord, clean_sequence
+from interplm_plugins.core.structure import StructureChain, align_to_reference
+from interplm_plugins.errors import InterPLMError
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
+DEMO_SAE = DEMO_DIR / "sae.safetensors"
+DEMO_DATABASE = DEMO_DIR / "features.sqlite"
+
+
+def default_cache_dir() -> Path:
+    """``$INTERPLM_CACHE_DIR`` or ``~/.cache/interplm-plugins``."""
+    return Path(os.environ.get("INTERPLM_CACHE_DIR") or Path.home() / ".cache" / "interplm-plugins")
+
+
+@torch.no_grad()
+def encode_features(sae: SparseAutoencoder, embeddings: np.ndarray) -> np.ndarray:
+    """SAE feature activations ``[L, F]`` (float32) of ``[L, D]`` embeddings, in inference mode."""
+    sae.eval()
+    return sae.encode(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))).numpy()
+
+
+def iter_feature_activations(
+    plm: PLM, sae: SparseAutoencoder, layer: int, records: Iterable[ProteinRecord], toks_per_batch: int = 4096, progress: bool = False
+) -> Iterator[tuple[ProteinRecord, np.ndarray]]:
+    """``(record, [L, F] activations)`` for each record (in embedding order, not input order)."""
+    check_fits(sae, plm, layer)
+    records = list(records)
+    by_id = {r.id: r for r in records}
+    for pid, reps in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, progress=progress):
+        yield by_id[pid], encode_features(sae, reps[layer])
+
+
+class ActivationCache:
+    """An LRU of ``[L, F]`` arrays in memory backed by one ``.npy`` (float16) file per key on disk."""
+
+    def __init__(self, directory: Path | None, max_items: int = 64):
+        self.directory = directory
+        self.max_items = max_items
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # napari computes on a worker thread
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        if self.directory is not None:
+            file = self.directory / f"{key}.npy"
+            try:
+                array = np.load(file).astype(np.float32)
+            except (OSError, ValueError):  # absent, or damaged: recompute
+                array = None
+            if array is not None:
+                self._remember(key, array)
+                self.hits += 1
+                return array
+        self.misses += 1
+        return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        self._remember(key, array)
+        if self.directory is not None:
+            try:
+                with atomic_path(self.directory / f"{key}.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, array.astype(np.float16))
+            except OSError:  # a read-only or full cache folder must not stop the work
+                pass
+
+    def _remember(self, key: str, array: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = array
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+
+@dataclass
+class Pipeline:
+    """An ESM-2 model, an SAE on one of its layers, and optionally their feature database."""
+
+    plm: PLM
+    sae: SparseAutoencoder
+    layer: int
+    database_path: Path | None = None
+    sae_source: str = ""
+    cache: ActivationCache = field(default_factory=lambda: ActivationCache(default_cache_dir() / "activations"))
+
+    def __post_init__(self) -> None:
+        check_fits(self.sae, self.plm, self.layer)
+        self._database = None
+
+    @cached_property
+    def sae_hash(self) -> str:
+        return sae_hash(self.sae)
+
+    @property
+    def num_features(self) -> int:
+        return self.sae.d_hidden
+
+    @property
+    def identity(self) -> str:
+        """Names the exact model, layer and SAE (cache keys, provenance)."""
+        return f"{self.plm.identity}|L{self.layer}|{self.sae_hash}"
+
+    def _key(self, sequence: str) -> str:
+        return hashlib.sha256(f"{self.identity}|{sequence}".encode()).hexdigest()[:32]
+
+    def activations(self, sequence: str, record: str | None = None) -> np.ndarray:
+        """``[len(sequence), F]`` normalised feature activations of one protein sequence (cached)."""
+        sequence = clean_sequence(sequence, record=record)
+        key = self._key(sequence)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        (_, reps), = embed_sequences(self.plm, [ProteinRecord(record or "query", sequence)], [self.layer])
+        acts = encode_features(self.sae, reps[self.layer])
+        self.cache.put(key, acts)
+        return acts
+
+    def check_feature(self, feature: int) -> int:
+        """Return ``feature`` if the SAE has it, else raise."""
+        if not 0 <= int(feature) < self.num_features:
+            raise InterPLMError(f"feature {feature} does not exist: the SAE has features 0..{self.num_features - 1}", file=self.sae_source)
+        return int(feature)
+
+    @property
+    def database(self):
+        """The :class:`~interplm_plugins.core.database.FeatureDatabase`, or ``None`` without one."""
+        if self._database is None and self.database_path is not None:
+            from interplm_plugins.core.database import FeatureDatabase
+
+            self._database = FeatureDatabase(self.database_path)
+        return self._database
+
+    def describe(self) -> dict[str, str]:
+        """What this pipeline is, for ``interplm info`` and the panels."""
+        return {
+            "model": f"{self.plm.name} ({self.plm.source})",
+            "layer": str(self.layer),
+            "sae": f"{self.sae_source} ({self.sae.kind}, {self.num_features} features, hash {self.sae_hash})",
+            "database": str(self.database_path) if self.database_path else "none",
+        }
+
+
+def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike | None = None, database: str | os.PathLike | None = None,
+                  layer: int | None = None) -> Pipeline:
+    """Build a :class:`Pipeline`; each part left ``None`` is the embedded demo's.
+
+    ``layer`` defaults to the layer the SAE records it was trained on.
+    """
+    sae_path = Path(sae) if sae is not None else DEMO_SAE
+    if sae is None and not DEMO_SAE.exists():
+        raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)
+    plm = load_plm(model if model is not None else "demo")
+    sae_model = load_sae(sae_path, plm_name=plm.name, layer=layer)
+    if layer is None:
+        layer = sae_model.config.plm_layer if sae_model.config.plm_layer is not None else plm.num_layers
+    if database is None and sae is None and DEMO_DATABASE.exists():
+        database = DEMO_DATABASE
+    return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=str(sae_path))
+
+
+_session_lock = threading.Lock()
+_session: Pipeline | None = None
+_session_spec: dict[str, str | None] = {"model": None, "sae": None, "database": None}
+
+
+def current_pipeline() -> Pipeline:
+    """The session's pipeline (loaded on first use): the embedded demo unless :func:`use_pipeline` changed it."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = load_pipeline(**_session_spec)
+        return _session
+
+
+def use_pipeline(model: str | None = None, sae: str | None = None, database: str | None = None) -> Pipeline:
+    """Replace parts of the session's pipeline (``None`` keeps a part); loads and checks at once."""
+    global _session
+    spec = dict(_session_spec)
+    for key, value in (("model", model), ("sae", sae), ("database", database)):
+        if value is not None:
+            spec[key] = None if str(value).lower() in ("demo", "default") else str(value)
+    pipeline = load_pipeline(**spec)
+    with _session_lock:
+        _session_spec.update(spec)
+        _session = pipeline
+    return pipeline
+
+
+def reset_session() -> None:
+    """Forget the session's pipeline choice (back to the embedded demo)."""
+    global _session
+    with _session_lock:
+        _session = None
+        _session_spec.update({"model": None, "sae": None, "database": None})
+
+
+@dataclass
+class ChainActivations:
+    """A structure chain's residues with their ``[F]`` activation vectors (``None`` where unmapped).
+
+    ``positions[i]`` is residue ``i``'s 0-based index in the sequence that was embedded (the
+    chain's own modelled sequence, or the full-length reference), -1 if it has none.
+    """
+
+    chain: StructureChain
+    sequence: str
+    positions: np.ndarray
+    activations: np.ndarray  # [len(sequence), F]
+
+    def feature_values(self, feature: int) -> np.ndarray:
+        """Per structure residue, the feature's activation (NaN where the residue maps nowhere)."""
+        values = np.full(len(self.chain.residues), np.nan, dtype=np.float32)
+        ok = self.positions >= 0
+        values[ok] = self.activations[self.positions[ok], feature]
+        return values
+
+    def residue_vectors(self, residue_indices: Sequence[int]) -> np.ndarray:
+        """``[n, F]`` activations of the given structure residues (those that map somewhere)."""
+        idx = self.positions[np.asarray(residue_indices, dtype=int)]
+        return self.activations[idx[idx >= 0]]
+
+
+def chain_activations(pipeline: Pipeline, chain: StructureChain, reference: str | None = None, source: str | None = None) -> ChainActivations:
+    """Activations for every residue of ``chain``.
+
+    Without ``reference`` the chain's modelled sequence is embedded (residue ``i`` -> position
+    ``i``). With a full-length ``reference`` sequence, that is embedded instead and the chain is
+    aligned to it, so activations computed with the whole protein's context land on a partial
+    structure; residues that do not align get no value.
+    """
+    record = f"chain {chain.chain_id}"
+    if reference:
+        reference = clean_sequence(reference, record="reference")
+        positions = align_to_reference(chain.sequence, reference, file=source, record=record)
+        sequence = reference
+    else:
+        positions = np.arange(len(chain.residues))
+        sequence = chain.sequence
+    return ChainActivations(chain, sequence, positions, pipeline.activations(sequence, record=record))
