@@ -688,6 +688,27 @@ class FeatureDatabase:
         )
         return rows[0][0] if rows else None
 
+    def cluster_neighbours(self, feature: int, k: int = 10) -> list[int]:
+        """Up to ``k`` other features of ``feature``'s cluster, nearest in the 2-D map first.
+
+        ``[]`` when the database has no clusters, ``feature`` is unclustered, or it is HDBSCAN
+        noise (cluster < 0): noise points share no cluster. Features without map coordinates
+        come last, by index.
+        """
+        feature = self._check_feature(feature)
+        own = self._query("SELECT cluster, x, y FROM clusters WHERE feature = ?", (feature,))
+        if not own or own[0][0] is None or own[0][0] < 0 or int(k) <= 0:
+            return []
+        cluster, x, y = own[0]
+        if x is None or y is None:
+            x = y = None  # no map position: neighbours by index only
+        rows = self._query(
+            "SELECT feature FROM clusters WHERE cluster = ? AND feature != ?"
+            " ORDER BY (x IS NULL OR ? IS NULL), (x - ?) * (x - ?) + (y - ?) * (y - ?), feature LIMIT ?",
+            (cluster, feature, x, x, x, y, y, int(k)),
+        )
+        return [int(row[0]) for row in rows]
+
     def _examples(self, feature: int, kind: str, limit: int) -> list[Example]:
         rows = self._query(
             "SELECT p.protein_id, p.description, p.sequence, e.activations, e.max_activation, e.argmax_position,"
