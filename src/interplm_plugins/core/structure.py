@@ -116,18 +116,21 @@ class _ChainBuilder:
         self._chains: dict[str, list[StructureResidue]] = {}
         self._seen: set[tuple[str, int, str]] = set()
 
-    def add(self, chain: str, resi: int, icode: str, resn: str, hetero: bool) -> None:
+    def add(self, chain: str, resi: int, icode: str, resn: str, hetero: bool) -> StructureResidue | None:
+        """Add a residue; returns it if it became part of a chain (``None`` if left out or seen before)."""
         chain = chain.strip()
         icode = icode.strip().upper()
         key = (chain, resi, icode)
         residues = self._chains.setdefault(chain, [])  # chains come in the order the file first names them
         if key in self._seen:  # alternate locations (or more atoms) of a residue already taken
-            return
+            return None
         letter = residue_letter(resn, hetero)
         if letter is None:
-            return
+            return None
         self._seen.add(key)
-        residues.append(StructureResidue(chain, resi, icode, resn.strip().upper(), letter))
+        residue = StructureResidue(chain, resi, icode, resn.strip().upper(), letter)
+        residues.append(residue)
+        return residue
 
     def chains(self) -> list[StructureChain]:
         return [StructureChain(cid, tuple(residues)) for cid, residues in self._chains.items() if residues]
@@ -175,11 +178,27 @@ def read_structure(path: str | os.PathLike, model_index: int = 0) -> list[Struct
     The format is recognised from the content (mmCIF starts with ``data_``). Raises
     :class:`InterPLMError` for unreadable files, broken records and files without a protein chain.
     """
+    return _model_chains(_parse_model(Path(path), model_index), Path(path))[0]
+
+
+def read_structure_ca(path: str | os.PathLike, model_index: int = 0) -> tuple[list[StructureChain], list[np.ndarray]]:
+    """:func:`read_structure`'s chains and, per chain, its residues' Cα coordinates ``[len(chain), 3]`` (x, y, z).
+
+    A residue without a Cα atom has a row of NaN; alternate locations give the Cα Biopython selects
+    (highest occupancy) of the residue :func:`read_structure` keeps.
+    """
+    path = Path(path)
+    chains, ca = _model_chains(_parse_model(path, model_index), path)
+    missing = (np.nan, np.nan, np.nan)
+    coords = [np.array([ca.get(r, missing) for r in chain.residues], dtype=np.float64).reshape(-1, 3) for chain in chains]
+    return chains, coords
+
+
+def _parse_model(path: Path, model_index: int):
+    """Biopython's model ``model_index`` of a structure file, with the project's errors."""
     from Bio.PDB import MMCIFParser, PDBParser
-    from Bio.PDB.Residue import DisorderedResidue
     from Bio.PDB.PDBExceptions import PDBConstructionException
 
-    path = Path(path)
     if not path.is_file():
         raise InterPLMError("no such file", file=path)
     text = _read_text(path)
@@ -202,17 +221,27 @@ def read_structure(path: str | os.PathLike, model_index: int = 0) -> list[Struct
         raise InterPLMError(f"no atoms found: not a structure file{hint}", file=path)
     if not 0 <= model_index < len(models):
         raise InterPLMError(f"model index {model_index} out of range: the file has {len(models)} model(s)", file=path)
+    return models[model_index]
+
+
+def _model_chains(model, path: Path) -> tuple[list[StructureChain], dict[StructureResidue, tuple[float, float, float]]]:
+    """The protein chains of a Biopython model and the Cα coordinates of their residues that have one."""
+    from Bio.PDB.Residue import DisorderedResidue
+
     builder = _ChainBuilder()
-    for chain in models[model_index]:
+    ca: dict[StructureResidue, tuple[float, float, float]] = {}
+    for chain in model:
         for residue in chain:
             if isinstance(residue, DisorderedResidue):  # a point mutation: Biopython selects the last one
                 residue = residue.disordered_get_list()[0]
             hetflag, number, icode = residue.id
-            builder.add(chain.id, int(number), icode, residue.get_resname(), hetero=hetflag.strip() != "")
+            added = builder.add(chain.id, int(number), icode, residue.get_resname(), hetero=hetflag.strip() != "")
+            if added is not None and "CA" in residue:
+                ca[added] = tuple(float(v) for v in residue["CA"].coord)
     chains = builder.chains()
     if not chains:
         raise InterPLMError("no protein chain (only ligands, water or nucleic acids)", file=path)
-    return chains
+    return chains, ca
 
 
 def _scoring_letters(sequence: str) -> str:
