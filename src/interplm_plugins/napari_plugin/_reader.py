@@ -6,6 +6,11 @@ chain (:func:`interplm_plugins.core.structure.read_structure` decides which resi
 columns ``chain``, ``resi``, ``icode``, ``resn``, ``one_letter`` and ``seq_index`` (0-based index
 into the chain's sequence, i.e. the row of the chain's activation matrix). A residue without a Cα
 atom has no point, but still counts in the sequence (the indices of the others do not shift).
+``metadata["interplm"]`` holds the ``source`` path, the chains' ``sequences`` and the
+:class:`~interplm_plugins.core.structure.StructureChain` objects (``chains``, by chain id).
+
+A structure is three-dimensional: view it with napari's 3D toggle (the widgets switch to 3D when
+they colour it); in 2D napari shows one slice of ångström-spaced coordinates.
 """
 
 from __future__ import annotations
@@ -64,30 +69,29 @@ def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
 
     Raises :class:`InterPLMError` naming the file for unreadable files or files without Cα atoms.
     """
-    from interplm_plugins.core.structure import read_structure
+    from interplm_plugins.core.structure import read_structure_ca
 
     path = Path(path)
-    chains = read_structure(path)
+    chains, chain_coords = read_structure_ca(path)
     rows: list[dict[str, Any]] = []
-    coords: list[tuple[float, float, float]] = []
-    for chain in chains:
-        for index, residue in enumerate(chain.residues):
-            if residue.ca is None:  # modelled residue without its Cα: nothing to place
-                continue
-            rows.append(
-                {
-                    "chain": chain.chain_id,
-                    "resi": residue.resi,
-                    "icode": residue.icode,
-                    "resn": residue.resn,
-                    "one_letter": residue.one_letter,
-                    "seq_index": index,
-                }
-            )
-            coords.append(residue.ca)
+    coords: list[np.ndarray] = []
+    for chain, xyz in zip(chains, chain_coords):
+        placed = np.flatnonzero(~np.isnan(xyz).any(axis=1))  # a residue without its Cα has nothing to place
+        rows += [
+            {
+                "chain": chain.chain_id,
+                "resi": chain.residues[i].resi,
+                "icode": chain.residues[i].icode,
+                "resn": chain.residues[i].resn,
+                "one_letter": chain.residues[i].one_letter,
+                "seq_index": int(i),
+            }
+            for i in placed
+        ]
+        coords.append(xyz[placed])
     if not rows:
         raise InterPLMError("no Cα atoms in any protein chain", file=path)
-    zyx = np.asarray(coords, dtype=float)[:, ::-1]
+    zyx = np.concatenate(coords)[:, ::-1]
     features = pd.DataFrame(rows)
     features["chain"] = features["chain"].astype(str)
     chain_ids = [c.chain_id for c in chains]
@@ -96,6 +100,8 @@ def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
         METADATA_KEY: {
             "source": str(path),
             "sequences": {c.chain_id: c.sequence for c in chains},
+            # the widgets embed these chains; seq_index rows point into their residues
+            "chains": {c.chain_id: c for c in chains},
         }
     }
     stem = path.name.removesuffix(".gz").rsplit(".", 1)[0]
@@ -107,7 +113,6 @@ def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
             "face_color": [colors[c] for c in features["chain"]],
             "border_width": 0,
             "size": 1.6,
-            "out_of_slice_display": True,
             "metadata": metadata,
         },
         "points",
