@@ -1,0 +1,75 @@
+"""Options and helpers shared by the subcommands (one place for the model/SAE/database flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from interplm_plugins.errors import InterPLMError
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        "--plm",
+        dest="model",
+        default="demo",
+        help="ESM-2: a fair-esm hub name (esm2_t6_8M_UR50D ...), a local checkpoint path, or 'demo' (default: the embedded demo model)",
+    )
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True) -> None:
+    """--model, --sae, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`."""
+    add_model_option(parser)
+    parser.add_argument("--sae", help="SAE weights (.safetensors with its .json, or InterPLM's ae.pt; default: the embedded demo SAE)")
+    parser.add_argument("--layer", type=int, help="layer the SAE reads (default: recorded in the SAE's config)")
+    if database:
+        parser.add_argument("--db", help="feature database (default: the embedded demo database with the demo SAE)")
+
+
+def load_pipeline_from_args(args: argparse.Namespace):
+    from interplm_plugins.core.activations import load_pipeline
+
+    model = None if args.model in (None, "demo") else args.model
+    return load_pipeline(model=model, sae=args.sae, database=getattr(args, "db", None), layer=args.layer)
+
+
+def parse_feature_list(text: str) -> list[int]:
+    """``"3,7,10-12"`` -> ``[3, 7, 10, 11, 12]``."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InterPLMError(f"cannot read {part!r} as a feature number or range (e.g. 3,7,10-12)") from None
+    return out
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bars (on stderr) unless ``interplm -q``."""
+    return not getattr(args, "quiet", False)
+
+
+def print_json_or_table(rows: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    width = max(len(k) for k in rows) if rows else 0
+    for key, value in rows.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def existing_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InterPLMError("no such file", file=p)
+    return p

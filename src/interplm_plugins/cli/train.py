@@ -1,0 +1,54 @@
+"""``interplm train``: a sparse autoencoder on an embedding store, checkpointed and resumable."""
+
+from __future__ import annotations
+
+from interplm_plugins.cli._common import progress_enabled
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a sparse autoencoder (ReLU-L1, TopK or BatchTopK) on stored embeddings",
+        description=(
+            "Train an SAE on an embedding store written by `interplm embed`. Checkpoints go to OUT every "
+            "--checkpoint-every steps; rerunning the same command after an interruption resumes exactly. "
+            "Writes OUT/sae.safetensors (+ .json config) and OUT/train_log.jsonl."
+        ),
+    )
+    p.add_argument("store", help="embedding store folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--kind", choices=("relu", "topk", "batchtopk"), default="relu", help="SAE kind (default relu, InterPLM's)")
+    width = p.add_mutually_exclusive_group()
+    width.add_argument("--width", type=int, help="number of features")
+    width.add_argument("--expansion", type=int, default=8, help="features per embedding dimension (default 8)")
+    p.add_argument("--k", type=int, default=32, help="active features per residue for topk/batchtopk (default 32)")
+    p.add_argument("--l1", type=float, default=0.06, help="L1 coefficient of the ReLU SAE (default 0.06)")
+    p.add_argument("--steps", type=int, default=20_000, help="optimisation steps (default 20000)")
+    p.add_argument("--batch-size", type=int, default=2048, help="residues per step (default 2048)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=500, help="learning-rate warm-up steps (default 500)")
+    p.add_argument("--no-dead-remedy", action="store_true", help="no resampling / auxiliary loss for dead features")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in OUT")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.sae import SAEConfig
+    from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae
+
+    store = EmbeddingStore(args.store)
+    width = args.width or store.dim * args.expansion
+    sae_config = SAEConfig(
+        d_in=store.dim, d_hidden=width, kind=args.kind, k=None if args.kind == "relu" else args.k,
+        l1_coefficient=args.l1 if args.kind == "relu" else 0.0,
+    )  # fmt: skip
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+        dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed,
+    )  # fmt: skip
+    sae = train_sae(store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args))
+    print(f"trained {sae.kind} SAE {sae.d_in} -> {sae.d_hidden} on layer {sae.config.plm_layer}: {args.out}/{SAE_NAME}")
+    return 0
