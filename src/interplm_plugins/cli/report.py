@@ -1,0 +1,39 @@
+"""``interplm report``: how many Swiss-Prot concepts SAE features find, against the layer's best single neurons."""
+
+from __future__ import annotations
+
+from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="concepts found by SAE features vs single neurons (held-out test F1)",
+        description=(
+            "For each concept of `interplm concepts`, choose the best SAE feature and the best neuron of the same "
+            "layer on validation proteins and score them on test proteins. Prints the counts of concepts with "
+            "F1 >= 0.5 and writes OUT/report.json, OUT/concepts.tsv and OUT/f1_distribution.png."
+        ),
+    )
+    p.add_argument("--concepts", required=True, help="folder written by `interplm concepts`")
+    p.add_argument("--out", required=True, help="output folder")
+    add_pipeline_options(p, database=False)
+    p.add_argument("--f1-cutoff", type=float, default=0.5)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from interplm_plugins.core.concepts import ConceptLabels
+    from interplm_plugins.core.report import compare_with_neurons, write_report
+
+    pipeline = load_pipeline_from_args(args)
+    comparison = compare_with_neurons(pipeline, ConceptLabels.load(args.concepts), f1_cutoff=args.f1_cutoff)
+    files = write_report(comparison, args.out, provenance={k: v for k, v in pipeline.describe().items()})
+    s = comparison.summary()
+    print(f"{s['concepts_evaluated']} concepts, {s['valid_proteins']} validation / {s['test_proteins']} test proteins")
+    print(f"concepts with test F1 >= {s['f1_cutoff']}: SAE features {s['sae_concepts_with_f1_at_cutoff']}, "
+          f"neurons {s['neuron_concepts_with_f1_at_cutoff']}")  # fmt: skip
+    print(f"median test F1: SAE {s['sae_median_test_f1']:.3f}, neurons {s['neuron_median_test_f1']:.3f}; "
+          f"SAE better on {s['concepts_where_sae_beats_neurons']}, neurons better on {s['concepts_where_neurons_beat_sae']}")  # fmt: skip
+    print(f"wrote {files['json']}, {files['tsv']}, {files['png']}")
+    return 0
