@@ -273,3 +273,23 @@ def chain_activations(pipeline: Pipeline, chain: StructureChain, reference: str 
         positions = np.arange(len(chain.residues))
         sequence = chain.sequence
     return ChainActivations(chain, sequence, positions, pipeline.activations(sequence, record=record))
+
+
+DEMO_STRUCTURE_NAME = "1hpv.pdb"
+
+
+def demo_structure_path() -> Path:
+    """The demo structure (HIV-1 protease with an inhibitor, PDB 1HPV): the package's copy if shipped,
+    else the one in PyMOL's wheel."""
+    shipped = DEMO_DIR / DEMO_STRUCTURE_NAME
+    if shipped.is_file():
+        return shipped
+    import importlib.util
+
+    spec = importlib.util.find_spec("pymol")  # only to locate its data folder; PyMOL is not started
+    if spec is None or spec.origin is None:
+        raise InterPLMError("the demo structure is not shipped and PyMOL (which carries a copy) is not installed; pip install pymol-open-source", file=shipped)
+    candidate = Path(spec.origin).resolve().parent / "pymol_path" / "data" / "tut" / DEMO_STRUCTURE_NAME
+    if not candidate.is_file():
+        raise InterPLMError("the demo structure is missing from both this package and PyMOL's data", file=candidate)
+    return candidate

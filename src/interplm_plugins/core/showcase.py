@@ -1,0 +1,127 @@
+"""Showing a protein's features to a person: which features to show, plots, and an HTML page.
+
+Used by ``interplm demo``; the pictures of the structure itself come from the PyMOL plugin's
+renderer, everything else (choice of features, activation plots, the page) lives here.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+
+
+@dataclass
+class FeatureShowcase:
+    """One feature on one protein: its values, best concept match, description and pictures."""
+
+    feature: int
+    values: np.ndarray  # per residue of the shown sequence, normalised activation (NaN = no value)
+    concept: str | None = None
+    concept_f1: float | None = None
+    description: str | None = None
+    images: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def max_activation(self) -> float:
+        return float(np.nanmax(self.values)) if np.isfinite(self.values).any() else 0.0
+
+    @property
+    def active_residues(self) -> int:
+        return int(np.nansum(self.values > 0))
+
+
+def informative_features(activations: np.ndarray, k: int = 3, database=None, max_active_fraction: float = 0.6) -> list[int]:
+    """Up to ``k`` features worth showing on a protein, best first.
+
+    A feature qualifies when it fires strongly somewhere but not everywhere (at most
+    ``max_active_fraction`` of residues, at least 3); it scores its maximum activation times
+    ``0.25 + F1`` of its best concept match in ``database`` (so features with a known meaning
+    come first), and features whose best concept is already shown are passed over.
+    """
+    acts = np.asarray(activations, dtype=np.float32)
+    active = (acts > 0).sum(axis=0)
+    ok = (active >= 3) & (active <= max_active_fraction * len(acts))
+    candidates = np.flatnonzero(ok)
+    if candidates.size == 0:
+        candidates = np.flatnonzero(active > 0)
+    score = acts[:, candidates].max(axis=0)
+    best = {}
+    if database is not None and candidates.size:
+        best = database.best_concepts([int(f) for f in candidates])
+        score = score * np.array([0.25 + (best[int(f)].f1 if int(f) in best else 0.0) for f in candidates])
+    chosen: list[int] = []
+    shown_concepts: set[str] = set()
+    for i in np.argsort(-score, kind="stable"):
+        feature = int(candidates[i])
+        concept = best[feature].concept if feature in best else None
+        if concept is not None and concept in shown_concepts:
+            continue
+        chosen.append(feature)
+        if concept is not None:
+            shown_concepts.add(concept)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def activation_profile_png(showcase: FeatureShowcase, residue_labels: Sequence[str], out_png: str | os.PathLike, title: str = "") -> Path:
+    """A bar plot of one feature's activation along the sequence (residue labels on the x axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.nan_to_num(showcase.values, nan=0.0)
+    fig, ax = plt.subplots(figsize=(9, 2.4), dpi=110)
+    x = np.arange(len(values))
+    ax.bar(x, values, width=1.0, color=plt.cm.viridis(values), edgecolor="none")
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_ylim(0, max(1.0, float(values.max()) * 1.05))
+    ax.set_ylabel("activation")
+    step = max(1, len(values) // 20)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels([residue_labels[i] for i in x[::step]], fontsize=7, rotation=90)
+    concept = f" — best concept: {showcase.concept} (F1 {showcase.concept_f1:.2f})" if showcase.concept else ""
+    ax.set_title(title or f"feature {showcase.feature}{concept}", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def write_html_summary(out_html: str | os.PathLike, title: str, intro: str, showcases: Sequence[FeatureShowcase], facts: dict[str, str]) -> Path:
+    """A self-contained page (images referenced relative to it) summarising the shown features."""
+    out_html = Path(out_html)
+    esc = html.escape
+
+    def rel(path: Path) -> str:
+        return esc(os.path.relpath(path, out_html.parent))
+
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items())
+    sections = []
+    for s in showcases:
+        concept = (f"best Swiss-Prot concept match: <b>{esc(s.concept)}</b> (test F1 {s.concept_f1:.2f})" if s.concept else "no concept match in the database")
+        description = f"<p>{esc(s.description)}</p>" if s.description else ""
+        images = "".join(f'<figure><img src="{rel(p)}" alt="{esc(name)}"><figcaption>{esc(name)}</figcaption></figure>' for name, p in s.images.items())
+        sections.append(
+            f"<section><h2>Feature {s.feature}</h2><p>{concept}; maximum activation on this protein "
+            f"{s.max_activation:.2f}, active on {s.active_residues} residues.</p>{description}{images}</section>"
+        )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+img{{max-width:100%;border:1px solid #ddd}} figure{{margin:1em 0}} th{{text-align:left;padding-right:1em}}
+section{{border-top:1px solid #ccc;margin-top:2em}}</style></head>
+<body><h1>{esc(title)}</h1><p>{esc(intro)}</p><table>{rows}</table>{''.join(sections)}</body></html>
+"""
+    write_text_atomic(out_html, page)
+    return out_html
