@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from interplm_plugins.cli._ranges import parse_ranges
 from interplm_plugins.errors import InterPLMError
 
 
@@ -37,20 +38,7 @@ def add_parser(subparsers) -> None:
 
 def parse_positions(text: str | None) -> list[int] | None:
     """``"10,11,15-17"`` -> ``[10, 11, 15, 16, 17]``; None stays None."""
-    if text is None:
-        return None
-    positions: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                positions.extend(range(lo, hi + 1))
-            elif part:
-                positions.append(int(part))
-        except ValueError:
-            raise InterPLMError(f"--positions: {part!r} is not a position or range like 10-12") from None
-    return positions
+    return None if text is None else parse_ranges(text, "--positions")
 
 
 def _load(args: argparse.Namespace):
