@@ -265,7 +265,10 @@ class LLMClient:
         max_tokens: int = 2048,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        import anthropic
+        try:
+            import anthropic
+        except ImportError:
+            raise InterPLMError("describing features needs the anthropic package: pip install anthropic") from None
 
         key = os.environ.get(API_KEY_ENV, "").strip()
         if not key:
@@ -351,7 +354,9 @@ def describe_feature(
         raise InterPLMError(f"feature {feature} has {len(examples)} example protein(s); at least 2 are needed")
     shown, held_out = split_examples(examples)
     description = llm.ask(build_description_prompt(feature, shown, concepts)).strip()
-    answer = llm.ask(build_prediction_prompt(description, held_out))
+    # room for every predicted number (a few tokens each), so a long answer is not cut off mid-JSON
+    residues = sum(len(ex.sequence) for ex in held_out)
+    answer = llm.ask(build_prediction_prompt(description, held_out), max_tokens=max(llm.max_tokens, 8 * residues + 256))
     try:
         score, note = prediction_score(parse_predictions(answer, held_out), held_out)
     except InterPLMError as err:
@@ -444,6 +449,8 @@ def describe_features(
             jobs = []
             for feature in features:
                 windows = examples_from_database(db, feature, top_k=top_k, annotations=annotations)  # checks the index
+                if len(windows) < 2:  # found before any request is paid for
+                    raise InterPLMError(f"feature {feature} is active in {len(windows)} example protein(s); at least 2 are needed", file=db_path)
                 concepts = [f"{m.concept} (F1 {m.f1:.2f})" for m in db.concepts_for_feature(feature, k=5)]
                 jobs.append((int(feature), windows, concepts))
         for feature, windows, concepts in tqdm(jobs, desc="describe", unit="feature", disable=not progress):
