@@ -65,7 +65,7 @@ def _backbone_paths(coords: np.ndarray) -> list[np.ndarray]:
 
 
 def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
-    """A Points layer of the Cα atoms of all protein chains, and one backbone Shapes layer per chain.
+    """One backbone Shapes layer per chain, then a Points layer of the Cα atoms of all protein chains.
 
     Raises :class:`InterPLMError` naming the file for unreadable files or files without Cα atoms.
     """
@@ -112,26 +112,28 @@ def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
             "features": features,
             "face_color": [colors[c] for c in features["chain"]],
             "border_width": 0,
-            "size": 1.6,
+            "size": 2.0,
             "metadata": metadata,
         },
         "points",
     )
-    layers = [points]
+    backbones: list[LayerData] = []
     for cid in chain_ids:
         segments = _backbone_paths(zyx[features["chain"].to_numpy() == cid])
         if segments:
-            layers.append(
+            backbones.append(
                 (
                     segments,
                     {
                         "name": f"{stem} backbone {cid}",
                         "shape_type": "path",
                         "edge_color": colors[cid],
-                        "edge_width": 0.4,
+                        "edge_width": 0.3,
+                        "opacity": 0.6,
                         "metadata": {METADATA_KEY: {"source": str(path), "chain": cid}},
                     },
                     "shapes",
                 )
             )
-    return layers
+    # the points last: napari puts them on top and selects them, ready for the widgets
+    return [*backbones, points]

@@ -1,0 +1,424 @@
+"""napari widgets: colour a structure by an SAE feature, list the features at selected residues, plot a
+feature along the sequence, and show a feature's description and cluster neighbours.
+
+Everything goes through :mod:`interplm_plugins.core`: the model, SAE and database are the session's
+(:func:`~interplm_plugins.core.activations.current_pipeline`, shared with PyMOL and the command line,
+activations cached), the chains come from the reader's layer metadata, and a point's residue is the
+row ``seq_index`` of :func:`~interplm_plugins.core.activations.chain_activations`. Running the model
+happens on a napari thread worker with a progress bar in the activity dock; the methods that start
+one return it, and a widget's :attr:`busy` turns false once the result is shown.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
+
+from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
+from interplm_plugins.core.structure import StructureChain
+from interplm_plugins.errors import InterPLMError
+from interplm_plugins.napari_plugin._reader import METADATA_KEY
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+#: Colour of points whose residue has no activation (another chain, or not aligned to the reference).
+NEUTRAL_GREY = np.array([0.6, 0.6, 0.6, 1.0])
+#: Perceptually uniform colormaps (napari names) offered for activations, low to high.
+COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo")
+#: Chain-picker entry meaning every chain of the structure.
+ALL_CHAINS = "all chains"
+#: Columns of the widgets' feature tables.
+HIT_COLUMNS = ["feature", "activation", "best concept", "F1", "description"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer <-> activations (no Qt; the widgets and tests use these)
+
+
+def is_structure_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a Points layer made by this plugin's reader (it carries the chains)."""
+    from napari.layers import Points
+
+    return isinstance(layer, Points) and "chains" in layer.metadata.get(METADATA_KEY, {})
+
+
+def layer_chains(layer: napari.layers.Points) -> dict[str, StructureChain]:
+    """The structure chains of a reader layer, by chain id."""
+    return layer.metadata[METADATA_KEY]["chains"]
+
+
+def iter_chain_activations(
+    chains: Sequence[StructureChain], reference: str | None = None, source: str | None = None
+) -> Generator[None, None, dict[str, ChainActivations]]:
+    """Worker body: embeds each chain with the session pipeline, yielding after each (progress);
+    returns ``{chain id: ChainActivations}``."""
+    pipeline = current_pipeline()  # loads the model on first use: here, off the GUI thread
+    result: dict[str, ChainActivations] = {}
+    for chain in chains:
+        result[chain.chain_id] = chain_activations(pipeline, chain, reference=reference or None, source=source)
+        yield
+    return result
+
+
+def point_values(layer: napari.layers.Points, activations: dict[str, ChainActivations], feature: int) -> np.ndarray:
+    """Per point of ``layer``, ``feature``'s activation at its residue (NaN where the residue has none)."""
+    chain_of_point = layer.features["chain"].to_numpy()
+    seq_index = layer.features["seq_index"].to_numpy()
+    values = np.full(len(chain_of_point), np.nan, dtype=np.float32)
+    for chain_id, acts in activations.items():
+        points = np.flatnonzero(chain_of_point == chain_id)
+        values[points] = acts.feature_values(feature)[seq_index[points]]
+    return values
+
+
+def activation_colors(values: np.ndarray, colormap: str, vmin: float, vmax: float) -> np.ndarray:
+    """RGBA ``[n, 4]``: ``values`` scaled from ``vmin`` to ``vmax`` through ``colormap``, NaN in neutral grey."""
+    from napari.utils.colormaps import ensure_colormap
+
+    colors = np.tile(NEUTRAL_GREY, (len(values), 1))
+    known = ~np.isnan(values)
+    scaled = (values[known] - vmin) / max(vmax - vmin, np.finfo(np.float32).eps)
+    colors[known] = ensure_colormap(colormap).map(np.clip(scaled, 0.0, 1.0))
+    return colors
+
+
+def selected_rows(
+    layer: napari.layers.Points, activations: dict[str, ChainActivations], points: Sequence[int]
+) -> tuple[np.ndarray, list[int]]:
+    """The chains' activation matrices stacked, and the rows in it of the selected points' residues.
+
+    Stacking lets one ranking average over residues of several chains; residues that map to no
+    sequence position (unaligned to the reference) are left out.
+    """
+    chain_of_point = layer.features["chain"].to_numpy()
+    seq_index = layer.features["seq_index"].to_numpy()
+    points = np.asarray(sorted(points), dtype=int)
+    blocks, rows, offset = [], [], 0
+    for chain_id, acts in activations.items():
+        mine = points[chain_of_point[points] == chain_id]
+        positions = acts.positions[seq_index[mine]]
+        rows += [offset + int(p) for p in positions if p >= 0]
+        blocks.append(acts.activations)
+        offset += len(acts.activations)
+    return np.concatenate(blocks), rows
+
+
+def session_database() -> Any:
+    """The session pipeline's :class:`~interplm_plugins.core.database.FeatureDatabase`; raises without one."""
+    database = current_pipeline().database
+    if database is None:
+        raise InterPLMError(
+            "the session's pipeline has no feature database (choose one with core.activations.use_pipeline(database=...))"
+        )
+    return database
+
+
+def concept_text(database: Any, feature: int) -> str:
+    """``"best concept: <name> (F1 0.42)"`` for ``feature``, or why there is none."""
+    if database is None:
+        return "no feature database"
+    best = database.concepts_for_feature(feature, k=1)
+    return f"best concept: {best[0].concept} (F1 {best[0].f1:.2f})" if best else "no concept match"
+
+
+def hit_table(database: Any, features: Sequence[int], scores: Sequence[float | None]) -> pd.DataFrame:
+    """One row per feature: its score, best concept with F1, and description (empty where none)."""
+    best = database.best_concepts(list(features)) if features else {}
+    rows = [
+        [f, None if s is None else round(float(s), 3), best[f].concept if f in best else "",
+         round(best[f].f1, 3) if f in best else None, database.description(f) or ""]
+        for f, s in zip(features, scores)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=HIT_COLUMNS)
+
+
+def _gradient_css(colormap: str, steps: int = 9) -> str:
+    from napari.utils.colormaps import ensure_colormap
+
+    rgb = (ensure_colormap(colormap).map(np.linspace(0, 1, steps))[:, :3] * 255).round().astype(int)
+    stops = ", ".join(f"stop:{i / (steps - 1):.3f} rgb({r}, {g}, {b})" for i, (r, g, b) in enumerate(rgb))
+    return f"background: qlineargradient(x1:0, y1:0, x2:1, y2:0, {stops}); min-height: 14px; border-radius: 3px;"
+
+
+# ----------------------------------------------------------------------------------------------
+# Widgets
+
+
+class FeaturePicker(Container):
+    """A feature number, typed in or picked from a concept/description search of the session's database."""
+
+    def __init__(self) -> None:
+        self.number = SpinBox(label="feature", min=0, max=10_000_000)
+        self.query = LineEdit(label="find concept", tooltip="e.g. 'Binding site', 'Helix', 'zinc'")
+        self.search_button = PushButton(text="Search")
+        self.matches = ComboBox(label="matches", choices=[], nullable=True)
+        self.message = Label(value="")
+        super().__init__(widgets=[self.number, self.query, self.search_button, self.matches, self.message])
+        self.search_button.changed.connect(lambda: self.search())
+        self.matches.changed.connect(self._pick)
+
+    @property
+    def value(self) -> int:
+        return int(self.number.value)
+
+    def search(self, text: str | None = None) -> list[int]:
+        """Search the database for ``text`` (default: the query field); lists the hits, picks the best."""
+        text = self.query.value if text is None else text
+        self.query.value = text
+        try:
+            hits = session_database().search_features(text, k=20)
+        except InterPLMError as exc:
+            self.message.value = str(exc)
+            return []
+        self.matches.choices = [(f"{h.feature}: {h.matched} ({h.score:.2f})", h.feature) for h in hits]
+        self.message.value = f"{len(hits)} feature(s) match {text!r}" if hits else f"no feature matches {text!r}"
+        if hits:
+            self.matches.value = hits[0].feature
+            self._pick(hits[0].feature)
+        return [h.feature for h in hits]
+
+    def _pick(self, feature: int | None) -> None:
+        if feature is not None:
+            self.number.value = feature
+
+
+class _StructureWidget(Container):
+    """Structure-layer and chain pickers, a status line, and the worker computing chain activations."""
+
+    def __init__(self, napari_viewer: napari.Viewer, *, chain_picker: bool = True) -> None:
+        self.viewer = napari_viewer
+        self.layer_combo = ComboBox(label="structure", choices=self._layer_choices)
+        self.chain_combo = ComboBox(label="chain", choices=self._chain_choices, visible=chain_picker)
+        self.reference = LineEdit(
+            label="reference",
+            tooltip="Optional full-length sequence (e.g. UniProt) to embed instead of the modelled residues; "
+            "the chain is aligned to it. Empty: embed the chain's own sequence.",
+        )
+        self.status = Label(value="")
+        self.busy = False
+        super().__init__(widgets=[self.layer_combo, self.chain_combo, self.reference])
+        self.layer_combo.changed.connect(self.chain_combo.reset_choices)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self.reset_choices)
+
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if is_structure_layer(layer)]
+
+    def _chain_choices(self, _widget: Any = None) -> list[str]:
+        layer = self.layer_combo.value
+        return [] if layer is None else [ALL_CHAINS, *layer_chains(layer)]
+
+    def chosen_chains(self) -> list[StructureChain]:
+        """The chains the chain picker names (all of the layer's for :data:`ALL_CHAINS`)."""
+        chains = layer_chains(self.layer_combo.value)
+        choice = self.chain_combo.value
+        return list(chains.values()) if choice in (None, ALL_CHAINS) else [chains[choice]]
+
+    def compute_activations(self, chains: Sequence[StructureChain], on_result: Callable[[dict[str, ChainActivations]], None]) -> GeneratorWorker:
+        """Start a worker embedding ``chains``; ``on_result`` gets ``{chain id: ChainActivations}`` on the GUI thread."""
+        from napari.qt.threading import create_worker
+
+        layer = self.layer_combo.value
+        worker = create_worker(
+            iter_chain_activations,
+            list(chains),
+            self.reference.value.strip() or None,
+            layer.metadata[METADATA_KEY].get("source"),
+            _progress={"total": len(chains), "desc": "SAE activations"},
+            _ignore_errors=True,  # errors are shown in the widget (errored below), not raised in the event loop
+        )
+        worker.returned.connect(partial(self._guarded, on_result))
+        worker.errored.connect(self.show_error)
+        worker.finished.connect(self._done)
+        self.busy = True
+        self.status.value = f"computing activations of {len(chains)} chain(s)…"
+        worker.start()
+        return worker
+
+    def _guarded(self, apply: Callable[..., None], *args: Any) -> None:
+        try:
+            apply(*args)
+        except InterPLMError as exc:
+            self.show_error(exc)
+
+    def _done(self) -> None:
+        self.busy = False
+        if self.status.value.endswith("…"):
+            self.status.value = "done"
+
+    def show_error(self, exc: BaseException) -> None:
+        """Show a failure in the status line (InterPLMError is one line saying file, record and reason)."""
+        self.status.value = f"error: {exc}" if isinstance(exc, InterPLMError) else f"error: {type(exc).__name__}: {exc}"
+
+    def _ready(self) -> bool:
+        if self.layer_combo.value is None:
+            self.status.value = "open a structure first (File > Open, or the demo protein under File > Open Sample)"
+            return False
+        if self.busy:
+            self.status.value = "still computing…"
+            return False
+        return True
+
+
+class ColorByFeatureWidget(_StructureWidget):
+    """Colour a structure's Cα points by one SAE feature's activation, with a legend."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.feature = FeaturePicker()
+        self.colormap = ComboBox(label="colormap", choices=COLORMAPS, value=COLORMAPS[0])
+        self.run_button = PushButton(text="Color by feature")
+        self.colorbar = Label(value="")
+        self.legend = Label(value="")
+        self.extend([self.feature, self.colormap, self.run_button, self.colorbar, self.legend, self.status])
+        self.run_button.changed.connect(lambda: self.color())
+        self.colormap.changed.connect(lambda name: self.colorbar.native.setStyleSheet(_gradient_css(name)))
+        self.colorbar.native.setStyleSheet(_gradient_css(self.colormap.value))
+        self.colorbar.native.setMinimumWidth(180)
+        self.legend.native.setWordWrap(True)
+
+    def color(self, feature: int | None = None) -> GeneratorWorker | None:
+        """Colour the chosen chains by ``feature`` (default: the picker's); returns the worker."""
+        if not self._ready():
+            return None
+        feature = self.feature.value if feature is None else int(feature)
+        self.feature.number.value = feature
+        apply = partial(self._apply, self.layer_combo.value, feature, self.colormap.value)
+        return self.compute_activations(self.chosen_chains(), apply)
+
+    def _apply(self, layer: napari.layers.Points, feature: int, colormap: str, activations: dict[str, ChainActivations]) -> None:
+        pipeline = current_pipeline()
+        pipeline.check_feature(feature)
+        values = point_values(layer, activations, feature)
+        known = values[~np.isnan(values)]
+        low, high = (float(known.min()), float(known.max())) if known.size else (0.0, 0.0)
+        # activations are >= 0 (normalised to [0, 1] on the SAE's data): zero stays the colormap's bottom
+        layer.features = layer.features.assign(activation=values)  # napari shows it when hovering a point
+        layer.face_color = activation_colors(values, colormap, 0.0, max(high, 0.0))
+        layer.metadata[METADATA_KEY]["colored_by"] = {"feature": feature, "colormap": colormap, "max": high}
+        self.legend.value = (
+            f"feature {feature}, chain {', '.join(activations)}: colour bar 0 to {high:.3f} (max here; min {low:.3f}); "
+            f"grey: no value\n{concept_text(pipeline.database, feature)}"
+        )
+        self.status.value = f"{int(known.size)} of {len(values)} residues coloured"
+        if self.viewer.dims.ndisplay == 2:  # a structure is only readable in 3D
+            self.viewer.dims.ndisplay = 3
+            self.viewer.reset_view()
+
+
+class TopFeaturesWidget(_StructureWidget):
+    """The features most active, on average, at the residues selected in the Points layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer, chain_picker=False)  # the selection says which chains
+        self.k = SpinBox(label="how many", value=10, min=1, max=200)
+        self.run_button = PushButton(text="Top features at selected residues")
+        self.table = Table(value=pd.DataFrame(columns=HIT_COLUMNS))
+        self.hits: list = []
+        self.extend([self.k, self.run_button, self.status, self.table])
+        self.run_button.changed.connect(lambda: self.show_top())
+
+    def show_top(self) -> GeneratorWorker | None:
+        """Rank features at ``layer.selected_data``; returns the worker (None without a selection)."""
+        if not self._ready():
+            return None
+        layer = self.layer_combo.value
+        points = sorted(layer.selected_data)
+        if not points:
+            self.status.value = "select residues first (the Points layer's select tool, or Shift+click)"
+            return None
+        chain_ids = list(dict.fromkeys(layer.features["chain"].to_numpy()[points]))
+        chains = [layer_chains(layer)[c] for c in chain_ids]
+        return self.compute_activations(chains, partial(self._apply, layer, points, int(self.k.value)))
+
+    def _apply(self, layer: napari.layers.Points, points: list[int], k: int, activations: dict[str, ChainActivations]) -> None:
+        database = session_database()
+        matrix, rows = selected_rows(layer, activations, points)
+        if not rows:
+            raise InterPLMError("none of the selected residues maps to a position of the embedded sequence")
+        self.hits = database.features_active_at(matrix, rows, k=k)
+        self.table.value = hit_table(database, [h.feature for h in self.hits], [h.score for h in self.hits])
+        self.status.value = f"{len(self.hits)} active feature(s) over {len(rows)} residue(s)"
+
+
+class ActivationProfileWidget(_StructureWidget):
+    """A feature's activation along the embedded sequence of each chosen chain (matplotlib)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(napari_viewer)
+        self.feature = FeaturePicker()
+        self.run_button = PushButton(text="Plot activation")
+        self.extend([self.feature, self.run_button, self.status])
+        self.figure = Figure(figsize=(4.5, 2.6), tight_layout=True)
+        self.axes = self.figure.add_subplot()
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.native.layout().addWidget(self.canvas)
+        self.run_button.changed.connect(lambda: self.plot())
+
+    def plot(self, feature: int | None = None) -> GeneratorWorker | None:
+        """Plot ``feature`` (default: the picker's) along the chosen chains; returns the worker."""
+        if not self._ready():
+            return None
+        feature = self.feature.value if feature is None else int(feature)
+        self.feature.number.value = feature
+        return self.compute_activations(self.chosen_chains(), partial(self._apply, feature))
+
+    def _apply(self, feature: int, activations: dict[str, ChainActivations]) -> None:
+        current_pipeline().check_feature(feature)
+        self.axes.clear()
+        for chain_id, acts in activations.items():
+            self.axes.plot(np.arange(1, len(acts.sequence) + 1), acts.activations[:, feature], label=f"chain {chain_id}", lw=1.2)
+        self.axes.set(xlabel="position in embedded sequence", ylabel="activation", title=f"feature {feature}")
+        if len(activations) > 1:
+            self.axes.legend(fontsize="small")
+        self.canvas.draw_idle()
+        self.status.value = concept_text(current_pipeline().database, feature)
+
+
+class FeatureNeighboursWidget(Container):
+    """A feature's description and best concept, and the features of its cluster (nearest first)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.feature = FeaturePicker()
+        self.k = SpinBox(label="neighbours", value=10, min=1, max=100)
+        self.run_button = PushButton(text="Describe and find neighbours")
+        self.about = Label(value="")
+        self.about.native.setWordWrap(True)
+        self.table = Table(value=pd.DataFrame(columns=HIT_COLUMNS))
+        self.neighbours: list[int] = []
+        super().__init__(widgets=[self.feature, self.k, self.run_button, self.about, self.table])
+        self.run_button.changed.connect(lambda: self.find_neighbours())
+
+    def find_neighbours(self, feature: int | None = None) -> list[int]:
+        """Describe ``feature`` (default: the picker's) and list its cluster neighbours; returns them.
+
+        Database queries take milliseconds, so this runs on the GUI thread.
+        """
+        feature = self.feature.value if feature is None else int(feature)
+        self.feature.number.value = feature
+        try:
+            database = session_database()
+            description = database.description(feature)
+            # cluster_neighbours came with the clusters module; older databases' readers lack it
+            find = getattr(database, "cluster_neighbours", None)
+            self.neighbours = find(feature, k=int(self.k.value)) if find else []
+        except InterPLMError as exc:
+            self.about.value = f"error: {exc}"
+            return []
+        self.about.value = (
+            f"feature {feature}: {description or 'no description yet (interplm describe)'}\n{concept_text(database, feature)}\n"
+            + (f"{len(self.neighbours)} neighbour(s) in its cluster" if self.neighbours else "no cluster neighbours (none clustered: interplm cluster)")
+        )
+        self.table.value = hit_table(database, self.neighbours, [None] * len(self.neighbours))
+        return self.neighbours
