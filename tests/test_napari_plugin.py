@@ -6,6 +6,7 @@ subprocess on the xcb platform, since this process's Qt is already bound to the 
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -91,7 +92,7 @@ def test_manifest_validates_and_contributions_are_discoverable():
     manifest = pm.get_manifest(PLUGIN)
     assert {w.display_name for w in manifest.contributions.widgets} == WIDGET_NAMES
     assert [s.key for s in manifest.contributions.sample_data] == ["demo_protein"]
-    for suffix in ("pdb", "cif", "ent"):
+    for suffix in ("pdb", "cif", "ent", "pdb.gz", "cif.gz"):
         assert PLUGIN in {r.plugin_name for r in pm.iter_compatible_readers([f"x.{suffix}"])}
     for widget in manifest.contributions.widgets:  # every command resolves to a class taking the viewer
         assert "napari_viewer" in pm.commands.get(widget.command).__init__.__code__.co_varnames
@@ -118,7 +119,12 @@ def test_reader_layers_hold_the_ca_atoms_and_residue_table(shared_data, name):
     assert all(k == "shapes" and kw["shape_type"] == "path" for _, kw, k in backbones)
 
 
-def test_sample_data_and_open_through_napari(viewer):
+def test_sample_data_and_open_through_napari(viewer, tmp_path):
+    gzipped = tmp_path / "1hpv.pdb.gz"
+    gzipped.write_bytes(gzip.compress(demo_structure_path().read_bytes()))
+    viewer.open(gzipped, plugin=PLUGIN)
+    assert len(viewer.layers["1hpv Cα"].data) == 198
+    viewer.layers.clear()
     viewer.open_sample(PLUGIN, "demo_protein")
     names = [layer.name for layer in viewer.layers]
     assert names == ["1hpv backbone A", "1hpv backbone B", "1hpv Cα"]
