@@ -35,24 +35,6 @@ def load_pipeline_from_args(args: argparse.Namespace):
     return load_pipeline(model=model, sae=args.sae, database=getattr(args, "db", None), layer=args.layer)
 
 
-def parse_feature_list(text: str) -> list[int]:
-    """``"3,7,10-12"`` -> ``[3, 7, 10, 11, 12]``."""
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InterPLMError(f"cannot read {part!r} as a feature number or range (e.g. 3,7,10-12)") from None
-    return out
-
-
 def progress_enabled(args: argparse.Namespace) -> bool:
     """Progress bars (on stderr) unless ``interplm -q``."""
     return not getattr(args, "quiet", False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args, parse_feature_list
+from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
+from interplm_plugins.cli._ranges import parse_ranges
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +48,7 @@ def run(args) -> int:
           f"{pipeline.num_features} SAE features")  # fmt: skip
     mapped = chain_activations(pipeline, chain, source=str(structure))
     db = pipeline.database
-    features = parse_feature_list(args.features) if args.features else informative_features(mapped.activations, k=args.k, database=db)
+    features = parse_ranges(args.features, "--features") if args.features else informative_features(mapped.activations, k=args.k, database=db)
     best = db.best_concepts(features) if db is not None else {}
     labels = [f"{r.resn}{r.label}" for r in chain.residues]
     showcases = []
