@@ -144,7 +144,10 @@ def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer,
     acts = tiny_pipeline.activations(chain_a.sequence)
     feature = int(acts.max(axis=0).argmax())
     widget.chain_combo.value = "A"
-    _wait(qtbot, widget, widget.color(feature))
+    worker = widget.color(feature)
+    # the call returns at once: the model runs on the worker thread, the GUI thread keeps serving events
+    assert widget.busy and "computing" in widget.status.value
+    _wait(qtbot, widget, worker)
 
     points_a, points_b = _points_of_chain(demo_layer, "A"), _points_of_chain(demo_layer, "B")
     values = acts[demo_layer.features["seq_index"].to_numpy()[points_a], feature]
