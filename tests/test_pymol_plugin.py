@@ -267,3 +267,173 @@ def test_use_and_info_switch_the_session_pipeline(session, tiny_pipeline, tiny_s
     assert "interplm       sae" in capsys.readouterr().out
     with pytest.raises(CmdException, match="no such"):
         commands.interplm("use db", str(tiny_db_path) + ".missing")
+    assert current_pipeline().database_path == tiny_db_path  # a failed switch changes nothing
+
+
+def test_prompt_completes_subcommands_selections_and_keywords(session):
+    cmd.load(str(HPV), "hpv")
+    assert cmd._parser.complete("interplm to") == "interplm top "
+    assert cmd._parser.complete("interplm color hp") == "interplm color hpv "
+    assert cmd._parser.complete("interplm color hpv, fea") == "interplm color hpv, feature="
+
+
+# -- headless pictures ----------------------------------------------------------------------------
+
+
+def picture_colours(png: Path, legend_rows: int = 0) -> tuple[int, float]:
+    """Distinct colours and the fraction of non-background pixels in a PNG (above the legend)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    picture = pixels[: pixels.shape[0] - legend_rows].reshape(-1, 3)
+    background = np.all(picture == picture[0], axis=1)  # the corner is background
+    return len(np.unique(picture[~background], axis=0)), float((~background).mean())
+
+
+def test_cli_renders_a_coloured_png(session, tiny_pipeline, tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, capsys):
+    from PIL import Image
+
+    from interplm_plugins.cli import main
+
+    out = tmp_path / "pics" / "hpv_feature.png"
+    argv = ["color", str(HPV), "--feature", "3", "--out", str(out), "--width", "320", "--height", "240",
+            "--model", str(tiny_esm2_path), "--sae", str(tiny_sae_path), "--db", str(tiny_db_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert Image.open(out).size == (320, 240)
+    colours, covered = picture_colours(out, legend_rows=48)
+    assert colours > 50 and covered > 0.05  # a shaded, coloured protein, not a blank frame
+    assert f"{out}: feature 3" in capsys.readouterr().out
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically: no temporary file left
+    assert main(["color", str(tmp_path / "missing.pdb"), "--feature", "3", "--out", str(out)]) == 2
+    assert "no such structure file" in capsys.readouterr().err
+
+
+def test_render_one_chain_with_reference_returns_values(session, tiny_pipeline, shared_data, manifest, swissprot, tmp_path):
+    from interplm_plugins.pymol_plugin.render import render_feature_png
+
+    name = "P15802_2X1C.pdb"  # four copies of one protein; colour chain B only
+    full = swissprot[manifest[name]["uniprot_accession"]]
+    out = tmp_path / "chainB.png"
+    result = render_feature_png(shared_data / "structures" / name, 9, out, chain="B", reference=full, width=240, height=200, palette="white_red")
+    chain_b = next(c for c in read_structure(shared_data / "structures" / name) if c.chain_id == "B")
+    expected = chain_activations(tiny_pipeline, chain_b, reference=full).feature_values(9)
+    assert [r["chain"] for r in result["residues"]] == ["B"] * len(chain_b)
+    got = np.array([np.nan if r["value"] is None else r["value"] for r in result["residues"]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert result["png"] == str(out) and picture_colours(out, legend_rows=48)[0] > 20
+    assert cmd.get_names() == []  # rendered in its own PyMOL instance: the session is untouched
+
+
+# -- the panel ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def annotated_db(tiny_pipeline, tiny_db_path, tmp_path):
+    """A copy of the tiny database with clusters and one description, made the session's database."""
+    import shutil
+
+    import pandas as pd
+
+    from interplm_plugins.core.activations import use_pipeline
+    from interplm_plugins.core.database import update_feature_database
+
+    path = shutil.copy(tiny_db_path, tmp_path / "annotated.sqlite")
+    features = np.arange(64)
+    clusters = pd.DataFrame({"feature": features, "cluster": features % 4, "x": np.cos(features), "y": np.sin(features)})
+    descriptions = pd.DataFrame({"feature": [7], "model": ["test"], "description": ["Fires on the catalytic aspartate loop."]})
+    update_feature_database(path, clusters=clusters, descriptions=descriptions)
+    return use_pipeline(database=str(path))
+
+
+def test_feature_details_gather_what_the_database_knows(annotated_db):
+    from interplm_plugins.pymol_plugin.panel import example_context, feature_details
+
+    db = annotated_db.database
+    details = feature_details(7)
+    assert details.description == "Fires on the catalytic aspartate loop." and details.description in details.summary()
+    assert [m.concept for m in details.concepts] == [m.concept for m in db.concepts_for_feature(7, k=5)]
+    assert [e.protein_id for e in details.examples] == [e.protein_id for e in db.top_examples(7, k=5)]
+    assert details.neighbours == db.cluster_neighbours(7, k=10) and len(details.neighbours) == 10
+    assert all(f % 4 == 3 for f in details.neighbours)
+    example = details.examples[0]
+    assert f"[{example.sequence[example.argmax_position]}]" in example_context(example)
+
+
+def test_panel_under_offscreen_qt_searches_shows_and_colours(session, annotated_db, qtbot):
+    from interplm_plugins.pymol_plugin.panel import InterPLMPanel, feature_details
+
+    db = annotated_db.database
+    panel = InterPLMPanel()
+    qtbot.addWidget(panel)
+    assert "annotated.sqlite" in panel.pipeline_label.text() and panel.feature_box.maximum() == 63
+
+    concept = next(c for c in db.concept_names() if db.features_for_concept(c, k=1))
+    hits = panel.search(concept)
+    assert panel.results.count() == len(hits) > 0
+    panel.results.itemClicked.emit(panel.results.item(0))  # picking a search hit shows that feature
+    assert panel.feature_box.value() == hits[0].feature
+    details = feature_details(hits[0].feature)
+    assert panel.concepts_table.rowCount() == len(details.concepts)
+    assert panel.concepts_table.item(0, 0).text() == details.concepts[0].concept
+    assert panel.examples_table.item(0, 0).text() == details.examples[0].protein_id
+    assert [panel.neighbours.item(i).text() for i in range(panel.neighbours.count())] == [f"feature {f}" for f in details.neighbours]
+
+    cmd.load(str(HPV), "hpv")
+    panel.selection_edit.setText("hpv and chain A")
+    panel.color_button.click()
+    expected = {k: v for k, v in file_values(annotated_db, HPV, "hpv", hits[0].feature).items() if k[1] == "A"}
+    for key, bs in residue_table("hpv and chain A").items():
+        np.testing.assert_allclose(bs, expected[key], atol=1e-5)
+    panel.top_button.click()
+    assert panel.results.count() > 0 and "active on the selection" in panel.status.text()
+    panel.selection_edit.setText("hpv and resn HOH")
+    panel.color_button.click()  # an error goes to the status line, not into Qt's event loop
+    assert "no protein residues" in panel.status.text()
+
+
+# -- being found by PyMOL -------------------------------------------------------------------------
+
+
+def test_plugin_manager_file_loads_through_pymols_plugin_loader(session, tmp_path, monkeypatch):
+    import shutil
+
+    from pymol import plugins
+
+    from interplm_plugins import __version__
+    from interplm_plugins.pymol_plugin.plugin_manager import PLUGIN_FILE
+
+    startup = tmp_path / "startup"
+    startup.mkdir()
+    shutil.copy(PLUGIN_FILE, startup)  # what Install New Plugin does with the file
+    monkeypatch.setattr(plugins.startup, "__path__", [str(startup), *plugins.startup.__path__])
+    found = plugins.findPlugins([str(startup)])
+    info = plugins.PluginInfo("interplm_plugin", found["interplm_plugin"], "pmg_tk.startup.interplm_plugin")
+    try:
+        assert "InterPLM" in info.get_docstring()
+        assert info.load(-1)  # imported as PyMOL does at start; no GUI, so no menu item yet
+        assert info.get_version() == __version__ and "interplm" in cmd.keyword
+        with pytest.raises(plugins.QtNotAvailableError):  # the menu needs PyMOL's Qt window
+            info.module.__init_plugin__()
+    finally:
+        plugins.plugins.pop("interplm_plugin", None)
+        sys.modules.pop("pmg_tk.startup.interplm_plugin", None)
+
+
+def test_pymolrc_line_gives_pml_scripts_the_command(tiny_pipeline, tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path):
+    # PyMOL reads a pymolrc from the working directory first, then from $HOME: the documented line
+    (tmp_path / ".pymolrc.py").write_text("import interplm_plugins.pymol_plugin\n")
+    script = tmp_path / "color.pml"
+    acts = tiny_pipeline.activations(read_structure(HPV)[0].sequence)
+    feature = int(acts[9].argmax())  # active on residue 10 of chain A
+    script.write_text("\n".join([
+        f"interplm use model={tiny_esm2_path}, sae={tiny_sae_path}, db={tiny_db_path}",
+        f"load {HPV}, hpv", f"interplm color hpv, feature={feature}",
+        'iterate hpv and chain A and resi 10 and name CA, print("B=%.5f" % b)', "interplm color hpv, feature=99", "",
+    ]))  # fmt: skip
+    env = {**os.environ, "INTERPLM_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "pymol", "-cq", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    painted = [float(line[2:]) for line in out.splitlines() if line.startswith("B=")]
+    # the same value (the other process may read it from the shared disk cache, kept as float16)
+    assert acts[9, feature] > 0 and painted == [pytest.approx(acts[9, feature], abs=1e-3)], out
+    assert "Error: interplm color: " in out and "feature 99 does not exist" in out and "Traceback" not in out

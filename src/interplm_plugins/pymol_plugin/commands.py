@@ -10,6 +10,7 @@ and turns the project's :class:`InterPLMError` into one line and a ``pymol.CmdEx
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -151,22 +152,25 @@ def concept(name: str = "", selection: str = "all", k: Any = 5, palette: str = D
 _USE_PARTS = {"model": "model", "plm": "model", "sae": "sae", "db": "database", "database": "database"}
 
 
-def use(what: str = "", path: str | None = None, *, _self=cmd) -> dict[str, str]:
-    """Set this session's model, SAE or feature database (``use sae PATH``), or all back to the
-    embedded demo (``use demo``); loads and checks at once and prints what is in use."""
+def use(what: str = "", path: str | None = None, model: str | None = None, sae: str | None = None, db: str | None = None,
+        *, _self=cmd) -> dict[str, str]:
+    """Set this session's model, SAE or feature database (``use sae PATH``; several at once with
+    ``use model=PATH, sae=PATH, db=PATH``), or all back to the embedded demo (``use demo``).
+    Loads and checks at once, prints what is in use."""
     what = str(what).strip()
     if " " in what and path is None:  # "use sae /some/path" typed as one argument
         what, path = what.split(None, 1)
     what = what.lower()
+    parts = {"model": model, "sae": sae, "database": db}
     if what in ("demo", "default"):
-        pipeline = use_pipeline(model="demo", sae="demo", database="demo")
+        parts = dict.fromkeys(parts, "demo")
     elif what in _USE_PARTS and path:
-        part, path = _USE_PARTS[what], str(path).strip()
-        if part == "database" and path.lower() not in ("demo", "default"):
-            FeatureDatabase(path).close()  # the pipeline opens it lazily: fail now, before the switch
-        pipeline = use_pipeline(**{part: path})
-    else:
-        raise InterPLMError("usage: interplm use model|sae|db PATH, or interplm use demo")
+        parts[_USE_PARTS[what]] = str(path).strip()
+    elif what or not any(parts.values()):
+        raise InterPLMError("usage: interplm use model|sae|db PATH, interplm use model=PATH, sae=PATH, db=PATH, or interplm use demo")
+    if parts["database"] and parts["database"].lower() not in ("demo", "default"):
+        FeatureDatabase(parts["database"]).close()  # the pipeline opens it lazily: fail now, before the switch
+    pipeline = use_pipeline(**parts)
     built_with = pipeline.database.provenance.get("sae_hash") if pipeline.database is not None else None
     if built_with not in (None, pipeline.sae_hash):
         print(f" interplm: warning: the database was built with another SAE (hash {built_with}): its concepts describe other features")
@@ -188,9 +192,12 @@ USAGE = {
     "color": "interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]",
     "top": "interplm top [selection] [, k=10] [, uniprot=FASTA-or-sequence]",
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
-    "use": "interplm use model|sae|db PATH  (or: interplm use demo)",
+    "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH; interplm use demo)",
     "info": "interplm info",
 }
+
+
+_KEYWORD = re.compile(r"^([A-Za-z_]\w*)\s*=(.*)$")
 
 
 def _public_parameters(function: Callable) -> list[str]:
@@ -209,6 +216,7 @@ USAGE
     interplm top [selection] [, k=10]
     interplm concept NAME [, selection]
     interplm use model|sae|db PATH
+    interplm use model=PATH, sae=PATH, db=PATH
     interplm use demo
     interplm info
 
@@ -238,8 +246,13 @@ EXAMPLES
     if word not in SUBCOMMANDS:
         raise CmdException(f"interplm: unknown subcommand {word!r}; one of {', '.join(SUBCOMMANDS)}")
     function = SUBCOMMANDS[word]
-    # "interplm color 1hpv and chain A, feature=3" arrives as action="color 1hpv and chain A"
-    positional = ((rest.strip(),) if rest.strip() else ()) + args
+    # "interplm color 1hpv and chain A, feature=3" arrives as action="color 1hpv and chain A", and
+    # "interplm use model=PATH, sae=PATH" as action="use model=PATH": split the first word off
+    rest = rest.strip()
+    keyword = _KEYWORD.match(rest)
+    if keyword:
+        kwargs = {keyword.group(1): keyword.group(2).strip(), **kwargs}
+    positional = ((rest,) if rest and not keyword else ()) + args
     names = _public_parameters(function)
     unknown = [key for key in kwargs if key not in names]
     if unknown or len(positional) > len(names):

@@ -20,6 +20,7 @@ properties (Incentive PyMOL; open-source PyMOL raises ``IncentiveOnlyException``
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -97,17 +98,17 @@ def object_chains(object_name: str, _self) -> list[StructureChain]:
 
 
 def read_reference(uniprot: str) -> str:
-    """A full-length reference sequence from a FASTA file with one record, or the sequence itself."""
+    """A full-length reference sequence: one-letter codes as given, or from a FASTA file with one record."""
     text = str(uniprot).strip()
+    if re.fullmatch(r"[A-Za-z*\s]+", text):  # letters only: a sequence (file names have a dot or a slash)
+        return clean_sequence(text, record="uniprot")
     path = Path(os.path.expanduser(text))
-    if path.is_file():
-        records = read_fasta(path)
-        if len(records) != 1:
-            raise InterPLMError(f"uniprot: the FASTA file has {len(records)} records; give a file with one, or the sequence itself", file=path)
-        return records[0].sequence
-    if any(sep in text for sep in "/\\.~"):  # meant as a file name
-        raise InterPLMError("uniprot: no such FASTA file", file=path)
-    return clean_sequence(text, record="uniprot")
+    if not path.is_file():
+        raise InterPLMError("uniprot: neither a protein sequence nor a FASTA file", file=path)
+    records = read_fasta(path)
+    if len(records) != 1:
+        raise InterPLMError(f"uniprot: the FASTA file has {len(records)} records; give a file with one, or the sequence itself", file=path)
+    return records[0].sequence
 
 
 def selected_chains(pipeline: Pipeline, selection: str, reference: str | None = None, *, _self) -> list[SelectedChain]:
