@@ -1,10 +1,13 @@
 """Protein sequences: reading FASTA strictly, and the deterministic train/valid/test split.
 
-Policy for imperfect FASTA (each case is tested):
-- lowercase letters are upper-cased; CRLF line endings and blank lines are accepted;
+Policy for imperfect FASTA (each case is tested, see ``tests/bad_inputs/README.md``):
+- lowercase letters are upper-cased; CRLF or CR line endings, blank lines, ASCII spaces and tabs
+  inside a sequence, a UTF-8 byte-order mark and ``;`` comment lines are accepted;
 - one trailing ``*`` (stop) is dropped; a ``*`` inside a sequence is an error;
-- gaps (``-`` or ``.``), digits and other symbols are errors naming the record and position;
-- empty records and duplicate ids are errors;
+- gaps (``-`` or ``.``), digits and other symbols are errors naming the record and position, and
+  so is any non-ASCII character (``"ß".upper()`` is ``"SS"``: upper-casing one would invent
+  residues, and a no-break space is not silently dropped either);
+- empty records and duplicate ids are errors; so is a file that is not UTF-8 text;
 - X, U, O, B, Z are kept: ESM's alphabet has tokens for them.
 """
 
@@ -14,6 +17,7 @@ import gzip
 import hashlib
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +30,9 @@ PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXUOBZ")
 MAX_SEQUENCE_LENGTH = 100_000
 
 _UNIPROT_ID = re.compile(r"^(?:sp|tr)\|([^|]+)\|")
+#: Whitespace removed from inside a sequence: ASCII only (``str.split()`` would also drop
+#: no-break spaces and control characters such as ``\x1c``).
+_ASCII_WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,15 @@ def protein_id_from_header(header: str) -> str:
 
 def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, record: str | None = None) -> str:
     """Validate and normalise one sequence (see the module policy); raise :class:`InterPLMError`."""
-    seq = "".join(sequence.split()).upper()
+    seq = _ASCII_WHITESPACE.sub("", sequence)
+    if not seq.isascii():  # before upper(): "ß".upper() == "SS", "\ufb01".upper() == "FI"
+        pos = next(i for i, c in enumerate(seq) if not c.isascii())
+        raise InterPLMError(
+            f"invalid character {seq[pos]!r} at position {pos + 1} (allowed: {''.join(sorted(PROTEIN_LETTERS))})",
+            file=file,
+            record=record,
+        )
+    seq = seq.upper()
     if seq.endswith("*"):
         seq = seq[:-1]
     if not seq:
@@ -69,9 +84,10 @@ def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, reco
 
 
 def _open_text(path: Path):
+    # utf-8-sig: a byte-order mark (Windows editors write one) is dropped, not read as text
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict", newline=None)
-    return open(path, "r", encoding="utf-8", errors="strict", newline=None)
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="strict", newline=None)
+    return open(path, "r", encoding="utf-8-sig", errors="strict", newline=None)
 
 
 def iter_fasta(path: str | os.PathLike) -> Iterator[ProteinRecord]:
@@ -104,15 +120,15 @@ def iter_fasta(path: str | os.PathLike) -> Iterator[ProteinRecord]:
                     if header is not None:
                         yield finish()
                     header, chunks = line[1:].strip(), []
+                elif line.startswith(";"):  # comment line of the original FASTA format
+                    continue
                 elif line.strip():
                     if header is None:
                         raise InterPLMError(f"line {line_no}: sequence data before the first '>' header", file=path)
                     chunks.append(line)
-                elif line.startswith(";"):
-                    continue
     except UnicodeDecodeError as exc:
         raise InterPLMError(f"not a text FASTA file ({exc.reason} at byte {exc.start})", file=path) from None
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise InterPLMError(f"cannot read file ({exc})", file=path) from None
     if header is None:
         raise InterPLMError("no FASTA records found", file=path)
@@ -125,14 +141,34 @@ def read_fasta(path: str | os.PathLike) -> list[ProteinRecord]:
 
 
 def write_fasta(records: Iterable[ProteinRecord], path: str | os.PathLike, width: int = 60) -> None:
-    """Write records as FASTA, atomically."""
+    """Write records as FASTA, atomically.
+
+    What is written reads back equal with :func:`read_fasta` (sequences as :func:`clean_sequence`
+    gives them, descriptions stripped); a record that could not raises :class:`InterPLMError`
+    and nothing is written: an id that is empty, holds whitespace or would read back as another
+    id (``sp|ACC|NAME`` reads as ``ACC``), a description with a line break, a bad sequence.
+    """
     from interplm_plugins.core.atomic import atomic_path
 
+    if int(width) < 1:
+        raise InterPLMError(f"FASTA line width must be positive, not {width}", file=path)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for rec in records:
-            out.write(f">{rec.id} {rec.description}".rstrip() + "\n")
-            for i in range(0, len(rec.sequence), width):
-                out.write(rec.sequence[i : i + width] + "\n")
+            pid, description = str(rec.id), str(rec.description or "")
+            if not pid:
+                raise InterPLMError("cannot write an empty id to FASTA", file=path)
+            if protein_id_from_header(pid) != pid:
+                raise InterPLMError(
+                    f"cannot write id {pid!r} to FASTA: it would read back as {protein_id_from_header(pid)!r}",
+                    file=path,
+                    record=pid,
+                )
+            if any(c in description for c in "\r\n"):
+                raise InterPLMError("cannot write a description with a line break to FASTA", file=path, record=pid)
+            sequence = clean_sequence(rec.sequence, file=path, record=pid)
+            out.write(f">{pid} {description}".rstrip() + "\n")
+            for i in range(0, len(sequence), width):
+                out.write(sequence[i : i + width] + "\n")
 
 
 SPLITS = ("train", "valid", "test")

@@ -25,6 +25,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -161,7 +162,7 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InterPLMError(f"not a text structure file ({exc.reason} at byte {exc.start})", file=path) from None
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise InterPLMError(f"cannot read structure file ({exc})", file=path) from None
 
 

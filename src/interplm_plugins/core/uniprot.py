@@ -12,7 +12,8 @@
 
 Feature types are the flat-file keys (``DOMAIN``, ``BINDING``, ``DISULFID``, ...); XML type names
 are mapped to them, and a type we do not know is kept as it is written (it is simply not turned
-into a concept). Positions are 1-based and inclusive. Uncertain positions:
+into a concept); ``read_uniprot`` logs one warning per file counting such features by type.
+Positions are 1-based and inclusive. Uncertain positions:
 
 - ``<1`` / ``>120`` (the feature extends beyond what is annotated) keep the given number;
 - ``?41`` (position uncertain but given) keeps 41;
@@ -22,7 +23,8 @@ into a concept). Positions are 1-based and inclusive. Uncertain positions:
   ``read_uniprot`` logs one warning per file with the counts: never silently.
 
 A file cut in the middle of an entry, a malformed feature or an invalid sequence raises
-:class:`InterPLMError` naming the file, the accession and the reason.
+:class:`InterPLMError` naming the file, the accession and the reason; so does a file that is not
+UTF-8 text or a corrupt ``.gz``. A UTF-8 byte-order mark and CRLF line endings are accepted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import os
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +142,9 @@ TSV_FEATURE_COLUMNS = frozenset(
     }
 )
 
+#: Feature keys UniProt uses (modern and legacy flat files); other types are kept but counted in a warning.
+KNOWN_FEATURE_KEYS = frozenset(XML_FEATURE_KEYS.values()) | {"VARSPLIC", "SE_CYS", "NON_CONS", "NON_TER", "CONFLICT"}
+
 # Legacy descriptions carry the evidence as a trailing parenthesis; XML has it as status=.
 _LEGACY_EVIDENCE = re.compile(r"(?:^|\s*\()(By similarity|Potential|Probable)\)?\.?$")
 
@@ -166,19 +172,23 @@ def read_uniprot(path: str | os.PathLike) -> list[UniProtEntry]:
                 )
     except UnicodeDecodeError as exc:
         raise InterPLMError(f"not a text file ({exc.reason} at byte {exc.start})", file=path) from None
-    except (EOFError, gzip.BadGzipFile) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InterPLMError(f"cannot read compressed file ({exc})", file=path) from None
+    except OSError as exc:
+        raise InterPLMError(f"cannot read file ({exc})", file=path) from None
     if not entries:
         raise InterPLMError("no UniProt entries found", file=path)
     _check_unique(entries, path)
     _warn_dropped(entries, path)
+    _warn_unknown_types(entries, path)
     return entries
 
 
 def _open_text(path: Path) -> IO[str]:
+    # utf-8-sig: a byte-order mark is dropped rather than read as part of the first line
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=None)
-    return open(path, "r", encoding="utf-8", newline=None)
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=None)
+    return open(path, "r", encoding="utf-8-sig", newline=None)
 
 
 def _check_unique(entries: list[UniProtEntry], path: Path) -> None:
@@ -194,6 +204,21 @@ def _warn_dropped(entries: list[UniProtEntry], path: Path) -> None:
     if reasons:
         detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
         log.warning("%s: dropped %d features that cannot be placed on the sequence (%s)", path, sum(reasons.values()), detail)
+
+
+def unknown_feature_types(entries: list[UniProtEntry]) -> Counter:
+    """How many features of each type outside :data:`KNOWN_FEATURE_KEYS` the entries hold."""
+    return Counter(f.type for e in entries for f in e.features if f.type not in KNOWN_FEATURE_KEYS)
+
+
+def _warn_unknown_types(entries: list[UniProtEntry], path: Path) -> None:
+    unknown = unknown_feature_types(entries)
+    if unknown:
+        detail = ", ".join(f"{n} {ftype}" for ftype, n in unknown.most_common())
+        log.warning(
+            "%s: kept %d features of types this toolkit does not know, which give no concept (%s)",
+            path, sum(unknown.values()), detail,
+        )  # fmt: skip
 
 
 class _FeatureCollector:
@@ -410,7 +435,16 @@ _TSV_POSITION = re.compile(r"^[<>?]*(\d*)\??$")
 
 
 def _read_tsv(handle: IO[str], path: Path) -> Iterator[UniProtEntry]:
-    reader = csv.DictReader(handle, delimiter="\t")
+    # UniProt's TSV export never quotes: a cell starting with '"' (a protein name such as
+    # '"Probable" kinase') is text, not the start of a quoted cell spanning later rows.
+    reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        yield from _tsv_rows(reader, path)
+    except csv.Error as exc:  # e.g. a cell beyond csv's field size limit
+        raise InterPLMError(f"unreadable TSV after line {reader.line_num} ({exc})", file=path) from None
+
+
+def _tsv_rows(reader: csv.DictReader, path: Path) -> Iterator[UniProtEntry]:
     columns = reader.fieldnames or []
     for needed in ("Entry", "Sequence"):
         if needed not in columns:
