@@ -130,6 +130,9 @@ CREATE TABLE descriptions (
 CREATE TABLE clusters (feature INTEGER PRIMARY KEY, cluster INTEGER NOT NULL, x REAL, y REAL);
 """
 
+#: The tables of :data:`_SCHEMA`, checked when a database is opened.
+_TABLES = ("meta", "proteins", "features", "examples", "concepts", "concept_matches", "descriptions", "clusters")
+
 _INDEXES = """
 CREATE INDEX concept_matches_by_feature ON concept_matches (split, feature, f1 DESC);
 CREATE INDEX concept_matches_by_concept ON concept_matches (split, concept, f1 DESC);
@@ -608,6 +611,8 @@ class FeatureDatabase:
         self.path = Path(path)
         if not self.path.is_file():
             raise InterPLMError(f"no such feature database; {_REBUILD}", file=self.path)
+        if self.path.stat().st_size == 0:  # SQLite would open it as a new, empty database
+            raise InterPLMError(f"empty file, not a feature database; {_REBUILD}", file=self.path)
         uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
             self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -632,7 +637,17 @@ class FeatureDatabase:
                 f"feature database has {age} schema (version {self._version}, this interplm-plugins reads {SCHEMA_VERSION}); {hint}",
                 file=self.path,
             )
-        self.provenance: dict[str, Any] = {key: json.loads(value) for key, value in self._query("SELECT key, value FROM meta")}
+        if self._version == SCHEMA_VERSION:
+            tables = {row[0] for row in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [t for t in _TABLES if t not in tables]
+            if missing:
+                self._con.close()
+                raise InterPLMError(f"feature database is damaged (missing tables: {', '.join(missing)}); {_REBUILD}", file=self.path)
+        try:
+            self.provenance: dict[str, Any] = {key: json.loads(value) for key, value in self._query("SELECT key, value FROM meta")}
+        except (TypeError, ValueError) as exc:
+            self._con.close()
+            raise InterPLMError(f"feature database is damaged (provenance is not JSON: {exc}); {_REBUILD}", file=self.path) from None
         self.num_features: int = int(self._query("SELECT count(*) FROM features")[0][0])
         self.concept_split: str | None = self.provenance.get("concept_split")
         self._concepts: list[str] = [row[0] for row in self._query("SELECT concept FROM concepts ORDER BY concept")]
@@ -716,10 +731,20 @@ class FeatureDatabase:
             " WHERE e.feature = ? AND e.kind = ? ORDER BY e.rank LIMIT ?",
             (self._check_feature(feature), kind, int(limit)),
         )
-        return [
-            Example(pid, desc, seq, decode_activations(blob), float(mx), int(arg), kind, int(rank), qbin)
-            for pid, desc, seq, blob, mx, arg, rank, qbin in rows
-        ]
+        examples = []
+        for pid, desc, seq, blob, mx, arg, rank, qbin in rows:
+            try:
+                track = decode_activations(blob)
+            except (zlib.error, ValueError, TypeError) as exc:
+                raise InterPLMError(f"feature database is damaged (activations of an example: {exc}); {_REBUILD}", file=self.path, record=pid) from None
+            if len(track) != len(seq):
+                raise InterPLMError(
+                    f"feature database is damaged (an example has {len(track)} activations for {len(seq)} residues); {_REBUILD}",
+                    file=self.path,
+                    record=pid,
+                )
+            examples.append(Example(pid, desc, seq, track, float(mx), int(arg), kind, int(rank), qbin))
+        return examples
 
     def top_examples(self, feature: int, k: int = 10) -> list[Example]:
         """The (up to) ``k`` proteins where ``feature`` peaks highest, highest first."""

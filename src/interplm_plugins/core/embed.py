@@ -205,16 +205,26 @@ class EmbeddingStore:
             raise InterPLMError(f"unreadable store index ({exc})", file=index_file) from None
         if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
             raise InterPLMError(f"not an embedding store of format {STORE_FORMAT}", file=index_file)
-        self.metadata: dict = index["metadata"]
+        self.metadata: dict = index.get("metadata")
+        if not isinstance(self.metadata, dict):
+            raise InterPLMError("store index has no metadata object", file=index_file)
         self.complete: bool = bool(index.get("complete"))
-        self.dim = int(self.metadata["dim"])
-        self._shards: list[dict] = index["shards"]
+        dim = self.metadata.get("dim")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InterPLMError(f"store index: dim must be a positive integer, not {dim!r}", file=index_file)
+        self.dim = dim
+        self._shards: list[dict] = index.get("shards")
+        if not isinstance(self._shards, list):
+            raise InterPLMError("store index has no list of shards", file=index_file)
         self.proteins: list[str] = []
         self.lengths: list[int] = []
         self._where: dict[str, tuple[int, int, int]] = {}  # id -> (shard, row offset, length)
         for s, shard in enumerate(self._shards):
+            _check_shard_entry(shard, s, index_file)
             offset = 0
             for pid, length in zip(shard["proteins"], shard["lengths"]):
+                if pid in self._where:
+                    raise InterPLMError("store index lists this protein twice", file=index_file, record=pid)
                 self._where[pid] = (s, offset, length)
                 self.proteins.append(pid)
                 self.lengths.append(length)
@@ -232,12 +242,15 @@ class EmbeddingStore:
         if s not in self._open:
             file = self.path / self._shards[s]["file"]
             try:
-                array = np.load(file, mmap_mode="r")
+                array = np.load(file, mmap_mode="r")  # allow_pickle stays False: object arrays are refused
             except (OSError, ValueError) as exc:
-                raise InterPLMError(f"unreadable embedding shard ({exc})", file=file) from None
+                reason = "not a NumPy array file (pickled data is never loaded)" if "pickle" in str(exc) else str(exc)
+                raise InterPLMError(f"unreadable embedding shard ({reason})", file=file) from None
             expected = (int(self._shards[s]["rows"]), self.dim)
             if array.shape != expected:
                 raise InterPLMError(f"shard has shape {array.shape}, index says {expected} (truncated?)", file=file)
+            if array.dtype.kind != "f":
+                raise InterPLMError(f"shard holds {array.dtype} values, not floating-point embeddings", file=file)
             self._open[s] = array
         return self._open[s]
 
@@ -294,6 +307,27 @@ class EmbeddingStore:
             epoch += 1
         if buffered:
             yield np.concatenate(buffer)
+
+
+def _is_count(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_shard_entry(shard, s: int, index_file: Path) -> None:
+    """Raise unless shard ``s`` of a store index is well formed (the index is the only truth a reader has)."""
+    where = f"store index: shard {s}"
+    if not isinstance(shard, dict) or not all(k in shard for k in ("file", "rows", "proteins", "lengths")):
+        raise InterPLMError(f"{where} lacks file, rows, proteins or lengths", file=index_file)
+    name = shard["file"]
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise InterPLMError(f"{where}: file {name!r} is not a file name inside the store", file=index_file)
+    proteins, lengths, rows = shard["proteins"], shard["lengths"], shard["rows"]
+    if not isinstance(proteins, list) or not all(isinstance(p, str) and p for p in proteins):
+        raise InterPLMError(f"{where}: proteins must be a list of ids", file=index_file)
+    if not isinstance(lengths, list) or len(lengths) != len(proteins) or not all(_is_count(n, 1) for n in lengths):
+        raise InterPLMError(f"{where}: lengths must be one positive integer per protein", file=index_file)
+    if not _is_count(rows) or sum(lengths) != rows:
+        raise InterPLMError(f"{where}: its proteins' lengths add up to {sum(lengths)}, not its {rows!r} rows", file=index_file)
 
 
 class _StoreWriter:

@@ -94,14 +94,42 @@ def _file_identity(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def torch_load_failure(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused or failed to read a file.
+
+    A file that needs more than tensors and allowlisted types is refused without unpickling the
+    rest (it could run code); torch's own message for that suggests ``weights_only=False``, which
+    this toolkit never does, so it is replaced.
+    """
+    import pickle
+    import re
+
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"refused: the file holds pickled Python objects other than tensors{what}, and loading them could run code"
+    reason = text.splitlines()[0][:200] if text else "no data"
+    if isinstance(exc, (EOFError, OSError, RuntimeError)):  # zip reader or unpickler ran out of data
+        return f"truncated or damaged file ({type(exc).__name__}: {reason})"
+    return f"{type(exc).__name__}: {reason}"
+
+
+def torch_load_weights(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings on stderr
+    (the command line prints one line per failure). Raises what ``torch.load`` raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _torch_load_checkpoint(path: Path) -> dict:
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = torch_load_weights(path)
     except FileNotFoundError:
         raise InterPLMError("no such file", file=path) from None
     except Exception as exc:  # torch raises many types for truncated / foreign / unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InterPLMError(f"not a readable fair-esm checkpoint ({type(exc).__name__}: {reason})", file=path) from None
+        raise InterPLMError(f"not a readable fair-esm checkpoint ({torch_load_failure(exc)})", file=path) from None
     if not isinstance(data, dict):
         raise InterPLMError(f"not a fair-esm checkpoint (top level is {type(data).__name__}, not dict)", file=path)
     return data
@@ -128,8 +156,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
             model, alphabet = esm.pretrained.load_model_and_alphabet_core(core_name, data, regression)
     except (RuntimeError, AttributeError, KeyError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:300]
+        reason = " ".join(str(exc).split())  # torch lists the mismatched keys on the following lines
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
         raise InterPLMError(f"checkpoint does not fit fair-esm's ESM2 ({reason})", file=path) from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InterPLMError(f"checkpoint weight {name} contains NaN or infinite values", file=path)
     model.eval().to(device)
     return PLM(model=model, alphabet=alphabet, name=path.stem, source=str(path), identity=f"{path.stem}:{_file_identity(path)}")
 

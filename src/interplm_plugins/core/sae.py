@@ -70,8 +70,17 @@ class SAEConfig:
         if self.kind != "relu":
             if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.d_hidden:
                 raise InterPLMError(f"a {self.kind} SAE needs an integer k in 1..{self.d_hidden}, not {self.k!r}", file=file)
-        if not np.isfinite(self.l1_coefficient) or self.l1_coefficient < 0:
-            raise InterPLMError(f"l1_coefficient must be finite and >= 0, not {self.l1_coefficient!r}", file=file)
+        l1 = self.l1_coefficient
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not np.isfinite(l1) or l1 < 0:
+            raise InterPLMError(f"l1_coefficient must be a finite number >= 0, not {l1!r}", file=file)
+        if not isinstance(self.normalized, bool):
+            raise InterPLMError(f"normalized must be true or false, not {self.normalized!r}", file=file)
+        layer = self.plm_layer
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+            raise InterPLMError(f"plm_layer must be a layer number >= 0 or null, not {layer!r}", file=file)
+        for name in ("plm", "plm_identity"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise InterPLMError(f"{name} must be a string or null, not {getattr(self, name)!r}", file=file)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": CONFIG_FORMAT, **dataclasses.asdict(self)}
@@ -272,11 +281,12 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
     """InterPLM's / dictionary_learning's ``ae.pt``: ReLU keys ``bias``, ``encoder.*``, ``decoder.weight``;
     TopK / BatchTopK keys ``b_dec``, ``encoder.*``, ``decoder.weight``, ``k``, ``threshold``; either may
     carry ``activation_rescale_factor`` (folded into the weights) and ``normalize_to_sqrt_d``."""
+    from interplm_plugins.core.plm import torch_load_failure, torch_load_weights
+
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch_load_weights(path)
     except Exception as exc:  # truncated, foreign or unsafe pickles raise many types
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InterPLMError(f"not a readable PyTorch SAE file ({type(exc).__name__}: {reason})", file=path) from None
+        raise InterPLMError(f"not a readable PyTorch SAE file ({torch_load_failure(exc)})", file=path) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InterPLMError("not an SAE state dict (expected a dict of tensors, as InterPLM's ae.pt)", file=path)
     state = dict(state)
@@ -295,6 +305,11 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
         state.pop("threshold", None)
     elif kind == "topk":
         state.pop("threshold", None)  # dictionary_learning's TopK keeps one but encodes by top-k
+    elif "threshold" not in state:
+        state["threshold"] = torch.tensor(-1.0)  # no estimate yet: encode by batch top-k
+    # InterPLM files have no activation_scale: their scale is activation_rescale_factor, folded in below
+    if "activation_scale" not in state and d_hidden > 0:
+        state["activation_scale"] = torch.ones(d_hidden)
     rescale = state.pop("activation_rescale_factor", None)
     if plm_name is not None:
         from interplm_plugins.core.plm import ESM2_MODELS
