@@ -395,16 +395,13 @@ def test_panel_under_offscreen_qt_searches_shows_and_colours(session, annotated_
 
 
 def test_plugin_manager_file_loads_through_pymols_plugin_loader(session, tmp_path, monkeypatch):
-    import shutil
-
     from pymol import plugins
 
     from interplm_plugins import __version__
-    from interplm_plugins.pymol_plugin.plugin_manager import PLUGIN_FILE
+    from interplm_plugins.pymol_plugin.plugin_manager import install_plugin_file
 
     startup = tmp_path / "startup"
-    startup.mkdir()
-    shutil.copy(PLUGIN_FILE, startup)  # what Install New Plugin does with the file
+    install_plugin_file(startup)  # what Install New Plugin does with the file
     monkeypatch.setattr(plugins.startup, "__path__", [str(startup), *plugins.startup.__path__])
     found = plugins.findPlugins([str(startup)])
     info = plugins.PluginInfo("interplm_plugin", found["interplm_plugin"], "pmg_tk.startup.interplm_plugin")
