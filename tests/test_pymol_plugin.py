@@ -270,6 +270,13 @@ def test_use_and_info_switch_the_session_pipeline(session, tiny_pipeline, tiny_s
     assert current_pipeline().database_path == tiny_db_path  # a failed switch changes nothing
 
 
+def test_first_argument_may_be_a_keyword_or_a_selection_with_an_equals_sign(session, tiny_pipeline):
+    cmd.load(str(HPV), "hpv")
+    summary = commands.interplm("color b = 31", feature=3)  # a selection (the CA of Pro A1 has b 31.0), not a keyword
+    assert {"resi": "1", "chain": "A"}.items() <= next(r for r in summary["residues"] if r["resi"] == "1").items()
+    assert commands.interplm("color feature=3")["mapped"] == 198  # "interplm color feature=3": all
+
+
 def test_prompt_completes_subcommands_selections_and_keywords(session):
     cmd.load(str(HPV), "hpv")
     assert cmd._parser.complete("interplm to") == "interplm top "

@@ -74,8 +74,7 @@ def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PA
     valued = {(r["object"], r["chain"], r["resi"]): r["value"] for r in residues if r["value"] is not None}
     paint(selection, valued, rgb, _self)
 
-    scores = np.array(list(valued.values()) or [np.nan])
-    peak = max(residues, key=lambda r: -1.0 if r["value"] is None else r["value"])
+    peak = max(valued, key=valued.get) if valued else None
     concept = best_concept(pipeline, feature)
     summary = {
         "feature": feature,
@@ -84,9 +83,9 @@ def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PA
         "residues": residues,
         "mapped": len(valued),
         "unmapped": len(residues) - len(valued),
-        "max": float(np.nanmax(scores)) if valued else None,
-        "mean": float(np.nanmean(scores)) if valued else None,
-        "peak": f"/{peak['object']}//{peak['chain']}/{peak['resi']}" if valued else None,
+        "max": valued[peak] if valued else None,
+        "mean": float(np.mean(list(valued.values()))) if valued else None,
+        "peak": "/{}//{}/{}".format(*peak) if valued else None,  # PyMOL's /object//chain/resi
     }
     where = f", max {summary['max']:.3f} at {summary['peak']}, mean {summary['mean']:.3f}" if valued else ""
     print(f" interplm: feature {feature} [{_concept_text(concept)}] on {len(valued)} residues of {len(chains)} chain(s){where}")
@@ -249,11 +248,12 @@ EXAMPLES
     # "interplm color 1hpv and chain A, feature=3" arrives as action="color 1hpv and chain A", and
     # "interplm use model=PATH, sae=PATH" as action="use model=PATH": split the first word off
     rest = rest.strip()
-    keyword = _KEYWORD.match(rest)
-    if keyword:
-        kwargs = {keyword.group(1): keyword.group(2).strip(), **kwargs}
-    positional = ((rest,) if rest and not keyword else ()) + args
     names = _public_parameters(function)
+    keyword = _KEYWORD.match(rest)
+    if keyword and keyword.group(1) in names:  # not a selection such as "b = 0"
+        kwargs = {keyword.group(1): keyword.group(2).strip(), **kwargs}
+        rest = ""
+    positional = ((rest,) if rest else ()) + args
     unknown = [key for key in kwargs if key not in names]
     if unknown or len(positional) > len(names):
         what = f"unknown argument {unknown[0]!r}" if unknown else "too many arguments"

@@ -121,7 +121,7 @@ def selected_chains(pipeline: Pipeline, selection: str, reference: str | None = 
     atoms: list[tuple[str, str, str]] = []
     _self.iterate(f"({selection})", "atoms.append((model, chain, resi))", space={"atoms": atoms})
     selected_keys = {residue_key(*atom) for atom in atoms}
-    objects = dict.fromkeys(key.object for key in selected_keys)  # in selection order, once each
+    objects = dict.fromkeys(model for model, _, _ in atoms)  # in PyMOL's object order, once each
     result = []
     for name in objects:
         for chain in object_chains(name, _self):
