@@ -398,6 +398,17 @@ def test_panel_under_offscreen_qt_searches_shows_and_colours(session, annotated_
     assert "no protein residues" in panel.status.text()
 
 
+def test_menu_action_opens_one_panel(session, tiny_pipeline, qtbot):
+    from interplm_plugins.pymol_plugin import panel
+
+    opened = panel.open_panel()
+    try:
+        assert opened.isVisible() and panel.open_panel() is opened
+    finally:
+        opened.close()
+        panel._panel = None
+
+
 # -- being found by PyMOL -------------------------------------------------------------------------
 
 

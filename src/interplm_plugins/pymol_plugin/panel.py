@@ -263,8 +263,7 @@ def open_panel() -> InterPLMPanel:
     if _panel is None:
         import pymol.gui
 
-        parent = pymol.gui.get_qtwindow() if hasattr(pymol.gui, "get_qtwindow") else None
-        _panel = InterPLMPanel(parent)
+        _panel = InterPLMPanel(pymol.gui.get_qtwindow())  # None without PyMOL's Qt window
         _panel.setWindowFlags(_panel.windowFlags() | QtCore.Qt.Window)
     _panel.refresh()
     _panel.show()
