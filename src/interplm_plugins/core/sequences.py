@@ -54,14 +54,9 @@ def protein_id_from_header(header: str) -> str:
 def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, record: str | None = None) -> str:
     """Validate and normalise one sequence (see the module policy); raise :class:`InterPLMError`."""
     seq = _ASCII_WHITESPACE.sub("", sequence)
-    if not seq.isascii():  # before upper(): "ß".upper() == "SS", "\ufb01".upper() == "FI"
-        pos = next(i for i, c in enumerate(seq) if not c.isascii())
-        raise InterPLMError(
-            f"invalid character {seq[pos]!r} at position {pos + 1} (allowed: {''.join(sorted(PROTEIN_LETTERS))})",
-            file=file,
-            record=record,
-        )
-    seq = seq.upper()
+    # Upper-case ASCII letters only: "ß".upper() == "SS", "\ufb01".upper() == "FI" would invent
+    # residues; a non-ASCII character stays itself and is reported below.
+    seq = seq.upper() if seq.isascii() else "".join(c.upper() if c.isascii() else c for c in seq)
     if seq.endswith("*"):
         seq = seq[:-1]
     if not seq:
