@@ -133,6 +133,8 @@ class TrainingState:
     tokens_since_fired: torch.Tensor
     step: int = 0
     log: list = dataclasses.field(default_factory=list)
+    #: Scratch tensors reused between steps (not part of the state).
+    workspace: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.config.dead_after_tokens
@@ -156,11 +158,20 @@ class TrainingState:
         self.log = list(state["log"])
 
 
+def _fused_adam_ok(module: torch.nn.Module) -> bool:
+    """Fused Adam (one pass over each parameter instead of several) where this torch has it."""
+    try:
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
 def make_training_state(sae_config: SAEConfig, config: TrainConfig) -> TrainingState:
     """A fresh SAE (initialised from ``config.seed``), its Adam optimiser and counters."""
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(sae_config, generator=generator).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999), fused=_fused_adam_ok(sae))
     return TrainingState(sae, optimizer, generator, config, torch.zeros(sae_config.d_hidden, dtype=torch.int64))
 
 
@@ -194,7 +205,8 @@ def resample_dead_features(state: TrainingState, x: torch.Tensor) -> int:
         return 0
     x_hat, _ = sae(x)
     weights = (x - x_hat).pow(2).sum(dim=-1).double() + 1e-12
-    picks = torch.multinomial(weights, n, replacement=False, generator=state.generator)
+    # The generator lives on the CPU (it is checkpointed), so draw there whatever the device.
+    picks = torch.multinomial(weights.cpu(), n, replacement=False, generator=state.generator).to(x.device)
     features = dead.nonzero().flatten()[:n]
     directions = x[picks] - sae.bias
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -212,64 +224,158 @@ def resample_dead_features(state: TrainingState, x: torch.Tensor) -> int:
     return n
 
 
-def train_step(state: TrainingState, x: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on the batch ``x`` ``[B, d_in]``; returns the step's metrics."""
+class StepSync:
+    """How :func:`train_step` combines its work with other processes; this one is a single process.
+
+    A data-parallel driver (:mod:`interplm_plugins.core.distributed`) passes a subclass: each
+    process then steps on its own slice ``x`` of a global batch and the hooks below make the
+    update the one the whole batch would give (gradients summed with weights ``len(x) / global
+    batch``, dead-feature counters, BatchTopK threshold and logged metrics made global).
+    """
+
+    def global_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole batch (used for the starting bias and for resampling dead features)."""
+        return x
+
+    def global_size(self, x: torch.Tensor) -> int:
+        return len(x)
+
+    def reduce_gradients(self, parameters: list[torch.nn.Parameter], weight: float) -> None:
+        """Make each ``.grad`` the global batch's gradient from this slice's (scaled by ``weight``)."""
+
+    def reduce_any(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask
+
+    def reduce_min(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def reduce_mean(self, values: torch.Tensor, weight: float) -> torch.Tensor:
+        """Per-row means of this slice -> means over the global batch."""
+        return values
+
+
+_SINGLE_PROCESS = StepSync()
+
+
+def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A scratch tensor kept in ``workspace`` between steps (a fresh one each step costs page faults)."""
+    dtype = dtype or like.dtype
+    key = (name, shape, dtype, like.device)
+    if workspace is None:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    if key not in workspace:
+        for old in [k for k in workspace if k[0] == name]:
+            del workspace[old]
+        workspace[key] = torch.empty(shape, dtype=dtype, device=like.device)
+    return workspace[key]
+
+
+@torch.no_grad()
+def relu_loss_and_grads(
+    sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: float, workspace: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """The ReLU SAE's loss and its exact gradients, written out by hand; sets each parameter's ``.grad``.
+
+    Loss = ``mean_b |x - x_hat|^2 + l1_coefficient * mean_b sum_i f_i |W_dec[:, i]|``, what autograd
+    would differentiate, with the same result but less work: no matrix product for the encoder's
+    input gradient (only its batch sum is needed, for the pre-encoder bias), biases and batch sums
+    folded into the matrix products as an extra row or column of ones, and the ``[B, d_hidden]``
+    scratch tensors reused from ``workspace`` between steps. Returns 0-d ``loss``, ``mse``, ``l1``,
+    ``l0`` (mean active features per row) and ``f_sum`` ``[d_hidden]`` (activations summed over rows).
+    """
+    n, d_hidden = len(x), sae.d_hidden
+    w_enc, b_enc, w_dec, b_pre = sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, sae.bias
+    ones = x.new_ones(n, 1)
+    centred = torch.cat([x - b_pre, ones], dim=1)  # [n, d_in + 1]
+    f = torch.mm(centred, torch.cat([w_enc, b_enc[:, None]], dim=1).t(), out=_buffer(workspace, "f", (n, d_hidden), x)).relu_()
+    active = torch.gt(f, 0, out=_buffer(workspace, "mask", (n, d_hidden), x, torch.bool))
+    l0 = torch.count_nonzero(active).to(x.dtype) / n  # (counting a bool tensor is many times faster)
+    error = torch.addmm(b_pre, f, w_dec.t()).sub_(x)  # x_hat - x
+    mse = error.pow(2).sum() / n
+    grad_out = torch.cat([error.mul_(2.0 / n), ones], dim=1)  # [d loss / d x_hat, 1]
+    # The decoder's gradient and, in the row of ones, f summed over the batch.
+    product = torch.mm(grad_out.t(), f)
+    grad_w_dec, f_sum = product[:-1], product[-1]
+    norms = w_dec.norm(dim=0)
+    l1 = f_sum.dot(norms) / n
+    grad_w_dec.addcmul_(w_dec, (f_sum * (l1_coefficient / n) / norms.clamp_min(torch.finfo(norms.dtype).tiny))[None, :])
+    # d loss / d f (the L1 term enters through the row of ones), then back through the ReLU in place.
+    grad_pre = torch.mm(grad_out, torch.cat([w_dec, norms[None, :] * (l1_coefficient / n)]), out=_buffer(workspace, "grad", (n, d_hidden), x))
+    torch.ops.aten.threshold_backward.grad_input(grad_pre, f, 0.0, grad_input=grad_pre)
+    # The encoder's gradient and, in the column of ones, the encoder bias gradient.
+    product = torch.mm(grad_pre.t(), centred)
+    grad_w_enc, grad_b_enc = product[:, :-1], product[:, -1]
+    grad_b_pre = grad_out[:, :-1].sum(dim=0) - grad_b_enc @ w_enc
+    for param, grad in ((w_enc, grad_w_enc), (b_enc, grad_b_enc), (w_dec, grad_w_dec), (b_pre, grad_b_pre)):
+        param.grad = grad.contiguous()
+    return {"loss": mse + l1_coefficient * l1, "mse": mse, "l1": l1, "l0": l0, "f_sum": f_sum.clone()}
+
+
+def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = None) -> dict[str, float]:
+    """One optimisation step on the batch ``x`` ``[B, d_in]``; returns the step's metrics.
+
+    ``sync`` (a data-parallel driver's :class:`StepSync`) makes ``x`` one process's slice of a
+    global batch; by default ``x`` is the whole batch.
+    """
+    sync = sync or _SINGLE_PROCESS
     sae, config, step = state.sae, state.config, state.step
     sae.train()
+    n_global = sync.global_size(x)
+    weight = len(x) / n_global
     if step == 0:
         with torch.no_grad():
-            sae.bias.copy_(x.mean(dim=0))  # start the pre-encoder bias at the data's centre
+            sae.bias.copy_(sync.global_batch(x).mean(dim=0))  # start the pre-encoder bias at the data's centre
     lr = learning_rate(config, step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     dead_before = state.dead_mask()
+    state.optimizer.zero_grad(set_to_none=True)
 
-    pre = sae.pre_activations(x)
-    f = sae.sparsify(pre)
-    x_hat = sae.decode(f)
-    mse = (x - x_hat).pow(2).sum(dim=-1).mean()
-    metrics: dict[str, float] = {}
+    extra: dict[str, torch.Tensor] = {}
     if sae.kind == "relu":
-        sparsity = weighted_l1(f, sae.decoder.weight)
-        loss = mse + sae.config.l1_coefficient * l1_scale(config, step) * sparsity
-        metrics["l1"] = sparsity.item()
+        parts = relu_loss_and_grads(sae, x, sae.config.l1_coefficient * l1_scale(config, step), state.workspace)
+        loss, mse, l0 = parts["loss"], parts["mse"], parts["l0"]
+        fired = parts["f_sum"] > 0
+        extra["l1"] = parts["l1"]
     else:
+        pre = sae.pre_activations(x)
+        f = sae.sparsify(pre)
+        x_hat = sae.decode(f)
+        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
         loss = mse
         if config.dead_feature_remedy and config.auxk_alpha > 0:
             aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2))
             loss = loss + config.auxk_alpha * aux
-            metrics["auxk"] = aux.item()
-
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if sae.kind != "relu":
-        _remove_parallel_gradient(sae)
+            extra["auxk"] = aux.detach()
+        loss.backward()
+        loss, mse, f = loss.detach(), mse.detach(), f.detach()
+        fired = (f > 0).any(dim=0)
+        l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
+        _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
+    sync.reduce_gradients([p for p in sae.parameters() if p.grad is not None], weight)
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
     state.optimizer.step()
     if sae.kind != "relu":
         _unit_norm_decoder(sae)
 
+    metrics: dict[str, float] = {}
     with torch.no_grad():
-        fired = (f > 0).any(dim=0)
-        state.tokens_since_fired += len(x)
+        fired = sync.reduce_any(fired)
+        state.tokens_since_fired += n_global
         state.tokens_since_fired[fired] = 0
         if sae.kind == "batchtopk" and step >= config.threshold_start_step:
             kept = f[f > 0]
-            smallest = kept.min() if kept.numel() else torch.tensor(0.0)
+            smallest = sync.reduce_min(kept.min() if kept.numel() else f.new_zeros(()))
             beta = config.threshold_beta if float(sae.threshold) >= 0 else 0.0
             sae.threshold.copy_(beta * sae.threshold + (1 - beta) * smallest)
         if sae.kind == "relu" and config.dead_feature_remedy and (step + 1) % config.resample_every == 0:
-            metrics["resampled"] = resample_dead_features(state, x)
+            metrics["resampled"] = resample_dead_features(state, sync.global_batch(x))
+        names = ["loss", "mse", "l0", *extra]
+        values = sync.reduce_mean(torch.stack([loss, mse, l0, *extra.values()]).double(), weight).tolist()
     state.step += 1
-    metrics.update(
-        step=state.step,
-        loss=loss.item(),
-        mse=mse.item(),
-        l0=float((f > 0).sum(dim=-1).float().mean()),
-        dead_fraction=float(state.dead_mask().float().mean()),
-        lr=lr,
-    )
+    metrics.update(step=state.step, **dict(zip(names, values)))
+    metrics.update(dead_fraction=float(state.dead_mask().float().mean()), lr=lr)
     return metrics
 
 
