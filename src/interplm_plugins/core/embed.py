@@ -44,11 +44,53 @@ MAX_WINDOW = 1022
 # ------------------------------------------------------------------------------ forward pass
 
 
+def _fast_path_ok(layer) -> bool:
+    """True for fair-esm ESM-2 blocks (rotary self-attention, no extra key/value bias) without
+    hooks, which :func:`_block_forward` computes; anything else (a hooked block, as
+    :mod:`~interplm_plugins.core.intervene` makes) goes through the block's own ``forward``."""
+    attn = getattr(layer, "self_attn", None)
+    hooked = any(getattr(m, name, None) for m in (layer, attn) for name in ("_forward_hooks", "_forward_pre_hooks"))
+    return (
+        attn is not None
+        and not hooked
+        and getattr(attn, "rot_emb", None) is not None
+        and getattr(attn, "self_attention", False)
+        and getattr(attn, "bias_k", None) is None
+        and not getattr(attn, "add_zero_attn", False)
+        and not attn.training
+    )
+
+
+def _block_forward(layer, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """fair-esm's ``TransformerLayer.forward`` on batch-first ``x`` ``(B, T, E)`` with fused attention.
+
+    The same operations on the same weights (pre-norm, rotary q/k with q scaled first, attention
+    masked at padding keys, GELU feed-forward), but attention is PyTorch's
+    ``scaled_dot_product_attention``, which never builds the ``(B, heads, T, T)`` weight tensors
+    fair-esm materialises (several times: scores, masked scores, softmax, head average). Results
+    agree with fair-esm's to float32 rounding. ``keep``: ``(B, 1, 1, T)`` True at real tokens.
+    """
+    from esm.modules import gelu
+
+    attn = layer.self_attn
+    batch, length, dim = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    h = layer.self_attn_layer_norm(x)
+    q = (attn.q_proj(h) * attn.scaling).view(batch, length, heads, head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
+    q, k = attn.rot_emb(q, k)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0)
+    x = x + attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+    return x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
+
+
 def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """fair-esm's ``ESM2.forward`` representations for ``layers``, stopping after the deepest one.
 
-    Returns ``{layer: (B, T, E)}`` exactly as ``model(tokens, repr_layers=layers)["representations"]``
-    would (the last layer after ``emb_layer_norm_after``), without computing deeper blocks or logits.
+    Returns ``{layer: (B, T, E)}`` as ``model(tokens, repr_layers=layers)["representations"]``
+    would (the last layer after ``emb_layer_norm_after``), without computing deeper blocks or
+    logits, and with fused attention (:func:`_block_forward`; equal to float32 rounding).
     """
     model = plm.model
     wanted = sorted({plm.check_layer(layer) for layer in layers})
@@ -65,14 +107,18 @@ def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dic
     out: dict[int, torch.Tensor] = {}
     if 0 in wanted:
         out[0] = x
-    x = x.transpose(0, 1)
-    attn_mask = padding_mask if padding_mask.any() else None
+    has_padding = bool(padding_mask.any())
+    keep = (~padding_mask)[:, None, None, :] if has_padding else None
     for index, block in enumerate(model.layers[:deepest]):
-        x, _ = block(x, self_attn_padding_mask=attn_mask, need_head_weights=False)
+        if _fast_path_ok(block):
+            x = _block_forward(block, x, keep)
+        else:  # fair-esm's own block, time-first
+            x = block(x.transpose(0, 1), self_attn_padding_mask=padding_mask if has_padding else None, need_head_weights=False)[0]
+            x = x.transpose(0, 1)
         if index + 1 in wanted and index + 1 != model.num_layers:
-            out[index + 1] = x.transpose(0, 1)
+            out[index + 1] = x
     if deepest == model.num_layers:
-        out[deepest] = model.emb_layer_norm_after(x).transpose(0, 1)
+        out[deepest] = model.emb_layer_norm_after(x)
     return out
 
 
@@ -125,7 +171,7 @@ def _token_batches(pieces: list[_Piece], toks_per_batch: int) -> Iterator[list[_
         yield batch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_sequences(
     plm: PLM,
     records: Iterable[ProteinRecord],
@@ -238,21 +284,34 @@ class EmbeddingStore:
     def __contains__(self, protein_id: str) -> bool:
         return protein_id in self._where
 
+    def _map_shard(self, s: int) -> np.ndarray:
+        file = self.path / self._shards[s]["file"]
+        try:
+            array = np.load(file, mmap_mode="r")  # allow_pickle stays False: object arrays are refused
+        except (OSError, ValueError) as exc:
+            reason = "not a NumPy array file (pickled data is never loaded)" if "pickle" in str(exc) else str(exc)
+            raise InterPLMError(f"unreadable embedding shard ({reason})", file=file) from None
+        expected = (int(self._shards[s]["rows"]), self.dim)
+        if array.shape != expected:
+            raise InterPLMError(f"shard has shape {array.shape}, index says {expected} (truncated?)", file=file)
+        if array.dtype.kind != "f":
+            raise InterPLMError(f"shard holds {array.dtype} values, not floating-point embeddings", file=file)
+        return array
+
     def _shard(self, s: int) -> np.ndarray:
         if s not in self._open:
-            file = self.path / self._shards[s]["file"]
-            try:
-                array = np.load(file, mmap_mode="r")  # allow_pickle stays False: object arrays are refused
-            except (OSError, ValueError) as exc:
-                reason = "not a NumPy array file (pickled data is never loaded)" if "pickle" in str(exc) else str(exc)
-                raise InterPLMError(f"unreadable embedding shard ({reason})", file=file) from None
-            expected = (int(self._shards[s]["rows"]), self.dim)
-            if array.shape != expected:
-                raise InterPLMError(f"shard has shape {array.shape}, index says {expected} (truncated?)", file=file)
-            if array.dtype.kind != "f":
-                raise InterPLMError(f"shard holds {array.dtype} values, not floating-point embeddings", file=file)
-            self._open[s] = array
+            self._open[s] = self._map_shard(s)
         return self._open[s]
+
+    def _read_rows(self, s: int, rows: np.ndarray) -> np.ndarray:
+        """``shard[rows]`` as an array in memory, read in file order through a mapping that is
+        closed afterwards: streaming a store larger than memory never keeps its pages mapped."""
+        array = self._open[s] if s in self._open else self._map_shard(s)
+        order = np.argsort(rows, kind="stable")
+        chunk = np.empty((len(rows), self.dim), dtype=array.dtype)
+        chunk[order] = array[rows[order]]
+        del array
+        return chunk
 
     def get(self, protein_id: str) -> np.ndarray:
         """The ``[length, dim]`` embeddings of one protein (a read-only memory-mapped view)."""
@@ -295,7 +354,7 @@ class EmbeddingStore:
                 if skip >= rows:
                     skip -= rows
                     continue
-                chunk = np.asarray(self._shard(int(s))[np.sort(perm[skip:])])[np.argsort(np.argsort(perm[skip:]))]
+                chunk = self._read_rows(int(s), perm[skip:])
                 skip = 0
                 buffer.append(chunk)
                 buffered += len(chunk)
