@@ -17,9 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
-
 from napari.utils.colormaps import ensure_colormap  # noqa: E402
 
 from interplm_plugins.core.structure import read_structure  # noqa: E402
@@ -272,7 +269,7 @@ def x_display():
         return
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
-        pytest.skip("no DISPLAY and no Xvfb (bash scripts/install_system_deps.sh installs it)")
+        pytest.fail("no DISPLAY and no Xvfb: run bash scripts/install_system_deps.sh (the test install does)")
     read_fd, write_fd = os.pipe()
     # -displayfd: Xvfb picks a free display number and writes it once it accepts connections
     server = subprocess.Popen(
