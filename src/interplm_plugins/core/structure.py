@@ -211,10 +211,13 @@ def _parse_model(path: Path, model_index: int):
         structure = parser.get_structure(path.stem, io.StringIO(text))
     except PDBConstructionException as exc:
         raise InterPLMError(f"broken {'mmCIF' if mmcif else 'PDB'} record ({exc})", file=path) from None
-    except (KeyError, ValueError, IndexError, TypeError) as exc:
-        # MMCIF2Dict and the PDB column parser fail with these on files that are not what they claim to be.
+    except Exception as exc:
+        # MMCIF2Dict and the PDB column parser fail with KeyError, ValueError, IndexError, TypeError,
+        # even ZeroDivisionError (fuzzing found a loop_ with no tags) on files that are not what they
+        # claim to be: whatever Biopython raises on a file, the file is unreadable.
         what = "mmCIF" if mmcif else "PDB"
-        raise InterPLMError(f"not a readable {what} file ({type(exc).__name__}: {exc})", file=path) from None
+        reason = " ".join(str(exc).split())[:200]
+        raise InterPLMError(f"not a readable {what} file ({type(exc).__name__}: {reason})", file=path) from None
     models = list(structure)
     if not models:
         known = path.name.lower().removesuffix(".gz").endswith(_STRUCTURE_SUFFIXES)

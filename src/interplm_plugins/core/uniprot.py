@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import re
+import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
@@ -279,14 +280,21 @@ def _flat_accession(text: str) -> str:
 
 
 def _parse_flat_entry(text: str, path: Path) -> UniProtEntry:
-    from Bio import SwissProt
+    from Bio import BiopythonParserWarning, SwissProt
     from Bio.SeqFeature import UnknownPosition
 
     accession = _flat_accession(text)
     try:
-        record = SwissProt.read(io.StringIO(text))
-    except (ValueError, AssertionError, IndexError) as exc:
-        raise InterPLMError(f"malformed entry ({exc})", file=path, record=accession) from None
+        with warnings.catch_warnings():
+            # e.g. 'Possibly corrupt RX line': about references, which are not read; the one-line
+            # CLI error must not be preceded by library warnings
+            warnings.simplefilter("ignore", BiopythonParserWarning)
+            record = SwissProt.read(io.StringIO(text))
+    except Exception as exc:  # Biopython raises ValueError, AssertionError, IndexError, ... on bad text
+        reason = " ".join(str(exc).split())[:200]
+        if not isinstance(exc, ValueError) or not reason:  # KeyError('description') alone says little
+            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise InterPLMError(f"malformed entry ({reason})", file=path, record=accession) from None
     accession = record.accessions[0] if record.accessions else accession
     sequence = clean_sequence(record.sequence, file=path, record=accession)
     if record.seqinfo and record.seqinfo[0] != len(sequence):
