@@ -564,7 +564,7 @@ def update_feature_database(
                 db._con.backup(out)
                 for old in range(version, SCHEMA_VERSION):
                     out.executescript(_MIGRATIONS[old])
-                    out.execute(f"PRAGMA user_version = {old + 1}")
+                    out.execute(f"PRAGMA user_version = {int(old) + 1}")  # an int: PRAGMA takes no bound parameters
                 if descriptions is not None:
                     frame = _frame_rows(descriptions, ("feature", "model", "description"), ("score", "created"), "descriptions")
                     _check_feature_column(frame, num_features, "descriptions")
