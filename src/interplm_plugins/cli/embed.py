@@ -12,7 +12,9 @@ def add_parser(subparsers) -> None:
         description=(
             "Run ESM-2 over every protein of a FASTA file and store the chosen layer's per-residue embeddings "
             "(BOS/EOS removed) as memory-mapped shards. Proteins longer than 1,022 residues are embedded in "
-            "overlapping windows. An interrupted run resumes where it stopped."
+            "overlapping windows. An interrupted run resumes where it stopped. Under torchrun "
+            "(torchrun --nproc_per_node N -m interplm_plugins.cli embed ...) the proteins are shared among the "
+            "processes (see docs/DISTRIBUTED.md)."
         ),
     )
     p.add_argument("fasta", help="protein FASTA file (.gz ok)")
@@ -35,11 +37,19 @@ def run(args) -> int:
     records = read_fasta(args.fasta)
     if args.split:
         records = [r for r in records if protein_split(r.id) == args.split]
-    plm = load_plm(args.model)
-    stores = embed_to_store(
-        plm, records, args.layer, args.out, toks_per_batch=args.toks_per_batch, shard_residues=args.shard_residues,
-        dtype=args.dtype, resume=not args.no_resume, progress=progress_enabled(args),
-    )  # fmt: skip
+    from interplm_plugins.core import distributed
+
+    options = dict(toks_per_batch=args.toks_per_batch, shard_residues=args.shard_residues, dtype=args.dtype,
+                   resume=not args.no_resume, progress=progress_enabled(args))  # fmt: skip
+    if distributed.is_distributed():  # launched by torchrun: the proteins are shared among the processes
+        with distributed.process_group() as env:
+            plm = load_plm(args.model, device=distributed.default_device(env))
+            stores = distributed.embed_to_store_distributed(plm, records, args.layer, args.out, **options)
+            if not env.is_main:
+                return 0
+    else:
+        plm = load_plm(args.model)
+        stores = embed_to_store(plm, records, args.layer, args.out, **options)
     for layer, store in stores.items():
         print(f"layer {layer}: {len(store)} proteins, {store.num_residues} residues x {store.dim} -> {store.path}")
     return 0

@@ -12,7 +12,9 @@ def add_parser(subparsers) -> None:
         description=(
             "Train an SAE on an embedding store written by `interplm embed`. Checkpoints go to OUT every "
             "--checkpoint-every steps; rerunning the same command after an interruption resumes exactly. "
-            "Writes OUT/sae.safetensors (+ .json config) and OUT/train_log.jsonl."
+            "Writes OUT/sae.safetensors (+ .json config) and OUT/train_log.jsonl. Under torchrun "
+            "(torchrun --nproc_per_node N -m interplm_plugins.cli train ...) the processes share each batch "
+            "(data parallel; see docs/DISTRIBUTED.md)."
         ),
     )
     p.add_argument("store", help="embedding store folder")
@@ -49,6 +51,16 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed,
     )  # fmt: skip
-    sae = train_sae(store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args))
+    from interplm_plugins.core import distributed
+
+    if distributed.is_distributed():  # launched by torchrun: data-parallel over the job's processes
+        with distributed.process_group() as env:
+            sae = distributed.train_sae_distributed(
+                store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args)
+            )
+            if not env.is_main:
+                return 0
+    else:
+        sae = train_sae(store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args))
     print(f"trained {sae.kind} SAE {sae.d_in} -> {sae.d_hidden} on layer {sae.config.plm_layer}: {args.out}/{SAE_NAME}")
     return 0

@@ -107,9 +107,12 @@ def weighted_l1(f: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
     return (f * decoder_weight.norm(dim=0)).sum(dim=-1).mean()
 
 
-def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+def auxk_loss(
+    sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int, sync: "StepSync | None" = None
+) -> torch.Tensor:
     """Gao et al.'s auxiliary loss: reconstruct ``residual`` from the top ``k_aux`` dead features,
-    normalised by the residual's variance; 0 when nothing is dead."""
+    normalised by the residual's variance (over the global batch under a data-parallel ``sync``);
+    0 when nothing is dead."""
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre.new_zeros(())
@@ -118,8 +121,27 @@ def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor,
     acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
     reconstruction = sae.decoder(acts)
     error = (reconstruction - residual).pow(2).sum(dim=-1).mean()
-    variance = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+    if sync is None or sync.single:
+        variance = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+    else:  # the whole batch's variance (a constant here: the residual is detached)
+        n = sync.global_size(residual)
+        centre = sync.batch_sum(residual.sum(dim=0)) / n
+        variance = sync.batch_sum((residual - centre).pow(2).sum()) / n
     return torch.nan_to_num(error / variance, nan=0.0, posinf=0.0)
+
+
+def global_batch_topk(sae: SparseAutoencoder, pre: torch.Tensor, sync: "StepSync") -> torch.Tensor:
+    """BatchTopK over the global batch when each process holds a slice of it: the ``k * B`` largest
+    activations of all slices together (the slices' own top values are gathered to find the
+    cut-off), as :meth:`SparseAutoencoder.sparsify` selects them on one process."""
+    ranking = pre * sae.activation_scale
+    n_keep = min(sae.config.k * sync.global_size(pre), sync.global_size(pre) * sae.d_hidden)
+    local = ranking.reshape(-1).detach()
+    top = local.topk(min(n_keep, local.numel()), sorted=False).values
+    if len(top) < n_keep:  # every process sends n_keep values
+        top = torch.cat([top, top.new_full((n_keep - len(top),), -math.inf)])
+    cut = sync.gather(top).topk(n_keep, sorted=False).values.min()
+    return torch.where(ranking >= cut, torch.relu(pre), torch.zeros_like(pre))
 
 
 @dataclass
@@ -233,9 +255,20 @@ class StepSync:
     batch``, dead-feature counters, BatchTopK threshold and logged metrics made global).
     """
 
+    #: True for the one-process default (no communication).
+    single = True
+
     def global_batch(self, x: torch.Tensor) -> torch.Tensor:
         """The whole batch (used for the starting bias and for resampling dead features)."""
         return x
+
+    def batch_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the processes."""
+        return value
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """The 1-D ``values`` of every process, concatenated (each process sends as many)."""
+        return values
 
     def global_size(self, x: torch.Tensor) -> int:
         return len(x)
@@ -339,12 +372,12 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         extra["l1"] = parts["l1"]
     else:
         pre = sae.pre_activations(x)
-        f = sae.sparsify(pre)
+        f = global_batch_topk(sae, pre, sync) if sae.kind == "batchtopk" and not sync.single else sae.sparsify(pre)
         x_hat = sae.decode(f)
         mse = (x - x_hat).pow(2).sum(dim=-1).mean()
         loss = mse
         if config.dead_feature_remedy and config.auxk_alpha > 0:
-            aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2))
+            aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2), sync)
             loss = loss + config.auxk_alpha * aux
             extra["auxk"] = aux.detach()
         loss.backward()
@@ -433,6 +466,23 @@ def _batches(store, config: TrainConfig, start_batch: int):
         yield torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
 
+def prepared_sae_config(store, sae_config: SAEConfig) -> SAEConfig:
+    """``sae_config`` checked against ``store`` (width), its PLM fields filled from the store's metadata."""
+    meta = getattr(store, "metadata", {}) or {}
+    if sae_config.d_in != store.dim:
+        raise InterPLMError(
+            f"SAE of width {sae_config.d_in} does not fit the store's {meta.get('plm', 'PLM')} layer {meta.get('layer', '?')} (dim {store.dim})",
+            file=getattr(store, "path", None),
+        )
+    return dataclasses.replace(
+        sae_config,
+        plm=sae_config.plm if sae_config.plm is not None else meta.get("plm"),
+        plm_identity=sae_config.plm_identity if sae_config.plm_identity is not None else meta.get("plm_identity"),
+        plm_layer=sae_config.plm_layer if sae_config.plm_layer is not None else meta.get("layer"),
+        normalized=False,
+    )
+
+
 def train_sae(
     store,
     sae_config: SAEConfig,
@@ -447,20 +497,7 @@ def train_sae(
     existing ``out_dir/checkpoint.pt`` of the same settings is continued; otherwise it is removed.
     """
     out_dir = Path(out_dir)
-    if sae_config.d_in != store.dim:
-        meta = getattr(store, "metadata", {}) or {}
-        raise InterPLMError(
-            f"SAE of width {sae_config.d_in} does not fit the store's {meta.get('plm', 'PLM')} layer {meta.get('layer', '?')} (dim {store.dim})",
-            file=getattr(store, "path", None),
-        )
-    meta = getattr(store, "metadata", {}) or {}
-    sae_config = dataclasses.replace(
-        sae_config,
-        plm=sae_config.plm if sae_config.plm is not None else meta.get("plm"),
-        plm_identity=sae_config.plm_identity if sae_config.plm_identity is not None else meta.get("plm_identity"),
-        plm_layer=sae_config.plm_layer if sae_config.plm_layer is not None else meta.get("layer"),
-        normalized=False,
-    )
+    sae_config = prepared_sae_config(store, sae_config)
     store_id = _store_identity(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / CHECKPOINT_NAME
