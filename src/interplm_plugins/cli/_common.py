@@ -29,10 +29,13 @@ def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True)
 
 
 def load_pipeline_from_args(args: argparse.Namespace):
-    from interplm_plugins.core.activations import load_pipeline
+    from interplm_plugins.core.activations import current_pipeline, load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
-    return load_pipeline(model=model, sae=args.sae, database=getattr(args, "db", None), layer=args.layer)
+    database = getattr(args, "db", None)
+    if model is None and args.sae is None and database is None and args.layer is None:
+        return current_pipeline()  # the session's (the embedded default), loaded once per process
+    return load_pipeline(model=model, sae=args.sae, database=database, layer=args.layer)
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
 from interplm_plugins.errors import InterPLMError
 
 
@@ -27,15 +28,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=int, default=800, help="image width in pixels (default 800)")
     p.add_argument("--height", type=int, default=600, help="image height in pixels, legend included (default 600)")
     p.add_argument("--no-legend", action="store_true", help="picture only, no legend strip")
-    p.add_argument("--model", help="ESM-2 checkpoint path or hub name (default: the embedded demo model)")
-    p.add_argument("--sae", help="SAE file (default: the embedded demo SAE)")
-    p.add_argument("--db", help="feature database, for the legend's concept (default: the demo's, with the demo SAE)")
+    add_pipeline_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.activations import current_pipeline, load_pipeline
-
     try:
         from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE
         from interplm_plugins.pymol_plugin.render import render_feature_png
@@ -43,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(exc, "name", "") and str(exc.name).startswith(("pymol", "pymol2")):
             raise InterPLMError('PyMOL is not installed: pip install "interplm-plugins[pymol]"') from None
         raise
-    custom = args.model or args.sae or args.db
-    pipeline = load_pipeline(args.model, args.sae, args.db) if custom else current_pipeline()
+    pipeline = load_pipeline_from_args(args)
     result = render_feature_png(
         args.structure, args.feature, args.out, chain=args.chain, reference=args.uniprot, palette=args.palette or DEFAULT_PALETTE,
         width=args.width, height=args.height, pipeline=pipeline, legend=not args.no_legend,

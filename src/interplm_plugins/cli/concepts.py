@@ -24,7 +24,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from interplm_plugins.core.concepts import build_concept_labels
-    from interplm_plugins.core.sequences import ProteinRecord, protein_split, write_fasta
+    from interplm_plugins.core.sequences import ProteinRecord, write_fasta
     from interplm_plugins.core.uniprot import read_uniprot
 
     entries = read_uniprot(args.uniprot)

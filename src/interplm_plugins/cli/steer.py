@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
 from interplm_plugins.cli._ranges import parse_ranges
-from interplm_plugins.errors import InterPLMError
 
 
 def add_parser(subparsers) -> None:
@@ -26,9 +26,7 @@ def add_parser(subparsers) -> None:
     how.add_argument("--scale", type=float, help="multiply the feature's activation by this factor")
     p.add_argument("--positions", help="1-based residues to steer, e.g. 10,11,12 or 10-12 (default: all)")
     p.add_argument("--mask", action="store_true", help="mask the steered residues, so the model predicts them from context")
-    p.add_argument("--plm", help="ESM-2 checkpoint path or hub name (default: the embedded demo model)")
-    p.add_argument("--sae", help="SAE file (default: the embedded demo SAE)")
-    p.add_argument("--layer", type=int, help="layer the SAE reads (default: from the SAE's config)")
+    add_pipeline_options(p, database=False)
     p.add_argument("--top", type=int, default=3, help="tokens shown per column (default 3)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="also draw N steered sequences")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -41,33 +39,14 @@ def parse_positions(text: str | None) -> list[int] | None:
     return None if text is None else parse_ranges(text, "--positions")
 
 
-def _load(args: argparse.Namespace):
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.sae import load_sae
-
-    if args.plm is None and args.sae is None:
-        from interplm_plugins.core.activations import default_pipeline
-
-        pipeline = default_pipeline()
-        return pipeline.plm, pipeline.sae
-    plm = load_plm(args.plm or "demo")
-    if args.sae is None:
-        from interplm_plugins.core.activations import default_pipeline
-
-        return plm, default_pipeline().sae
-    return plm, load_sae(args.sae)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from interplm_plugins.core.steer import sample_steered, steer
 
     torch.set_grad_enabled(False)
-    plm, sae = _load(args)
-    layer = args.layer if args.layer is not None else sae.config.plm_layer
-    if layer is None:
-        raise InterPLMError("the SAE's config does not name its layer; pass --layer")
+    pipeline = load_pipeline_from_args(args)
+    plm, sae, layer = pipeline.plm, pipeline.sae, pipeline.layer
     positions = parse_positions(args.positions)
     result = steer(plm, sae, layer, args.sequence, args.feature, value=args.value, scale=args.scale, positions=positions, mask=args.mask)
     how = f"clamped to {args.value:g}" if args.value is not None else f"scaled by {args.scale:g}"

@@ -121,3 +121,14 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def save_figure_png(figure, target: str | os.PathLike) -> Path:
+    """Save a matplotlib ``figure`` as PNG at ``target`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return target

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline, encode_features
-from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 from interplm_plugins.core.concepts import THRESHOLDS, ConceptLabels, ConceptMatchCounter, best_feature_per_concept
 from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.sequences import ProteinRecord, protein_split
@@ -137,11 +137,7 @@ def plot_f1_distribution(comparison: ConceptComparison, out_png: str | os.PathLi
     ax.set_title(title or "Concept detection: SAE features vs neurons")
     ax.legend(frameon=False)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure_png(fig, out_png)
 
 
 def write_report(comparison: ConceptComparison, out_dir: str | os.PathLike, provenance: dict | None = None) -> dict[str, Path]:

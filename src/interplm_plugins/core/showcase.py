@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 
 
 @dataclass
@@ -91,11 +91,7 @@ def activation_profile_png(showcase: FeatureShowcase, residue_labels: Sequence[s
     concept = f" — best concept: {showcase.concept} (F1 {showcase.concept_f1:.2f})" if showcase.concept else ""
     ax.set_title(title or f"feature {showcase.feature}{concept}", fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure_png(fig, out_png)
 
 
 def write_html_summary(out_html: str | os.PathLike, title: str, intro: str, showcases: Sequence[FeatureShowcase], facts: dict[str, str]) -> Path:

@@ -1,0 +1,83 @@
+"""The embedded default: a real fair-esm checkpoint with biology in it, its SAE and database, and `interplm demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interplm_plugins.cli import main
+from interplm_plugins.core.activations import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
+from interplm_plugins.core.plm import demo_model_path, load_plm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_embedded_files_are_shipped_and_small():
+    files = [demo_model_path(), demo_model_path().with_name(demo_model_path().stem + "-contact-regression.pt"), DEMO_SAE,
+             DEMO_SAE.with_suffix(".json"), DEMO_DATABASE, DEMO_DIR / "MODEL_CARD.md"]  # fmt: skip
+    for f in files:
+        assert f.is_file(), f
+    assert sum(f.stat().st_size for f in files) < 25 * 2**20
+    card = (DEMO_DIR / "MODEL_CARD.md").read_text()
+    assert "not ESM-2" in card and "perplexity" in card
+
+
+def test_fair_esm_own_loader_reads_the_demo_checkpoint():
+    """fair-esm's load_model_and_alphabet_local loads it (with argparse.Namespace allowlisted, never weights_only=False)."""
+    import esm.pretrained
+
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(demo_model_path()))
+    ours = load_plm("demo")
+    assert model.num_layers == ours.num_layers == 4 and model.embed_dim == ours.embed_dim
+    _, _, toks = alphabet.get_batch_converter()([("p", "MKTAYIAKQRQISFVKSHFSRQ")])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(toks)["logits"], ours.model(toks)["logits"])
+
+
+def test_demo_model_predicts_masked_residues_better_than_frequencies():
+    """The shipped metrics: held-out masked-LM perplexity below the unigram baseline."""
+    metrics = json.loads((DEMO_DIR / "esm2_t4_3M_interplm_demo.json").read_text())
+    assert metrics["held_out_perplexity"] < metrics["unigram_perplexity"] - 1.0
+
+
+def test_demo_database_matches_its_sae_and_has_concepts():
+    pipeline = load_pipeline()
+    db = pipeline.database
+    assert db.provenance["sae_hash"] == pipeline.sae_hash
+    assert db.num_features == pipeline.num_features
+    found = db.features_for_concept("Signal peptide", k=1)
+    assert found and found[0].f1 > 0.3
+
+
+def test_sae_features_beat_neurons_on_held_out_concepts():
+    """InterPLM's claim, on the embedded default: more concepts reach F1 >= 0.5 with SAE features than with neurons."""
+    report = json.loads((REPO / "docs" / "demo_report.json").read_text())["summary"]
+    assert report["sae_concepts_with_f1_at_cutoff"] > report["neuron_concepts_with_f1_at_cutoff"]
+
+
+def test_interplm_demo_with_no_arguments(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["-q", "demo"]) == 0
+    out = capsys.readouterr().out
+    page = tmp_path / "interplm_demo" / "index.html"
+    assert str(page) in out or "interplm_demo/index.html" in out
+    html = page.read_text()
+    images = re.findall(r'src="([^"]+\.png)"', html)
+    assert len(images) >= 4
+    assert "best Swiss-Prot concept match" in html
+    import matplotlib.image as mpimg
+
+    structure_pngs = [p for p in images if "profile" not in p]
+    for name in structure_pngs:
+        pixels = mpimg.imread(page.parent / name)[..., :3]
+        colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+        assert len(colours) > 100, name  # shaded, coloured structure, not a blank frame
+        red = (pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.4) & (pixels[..., 2] < 0.4)
+        assert red.sum() > 50, name  # the feature's strongest residues are drawn red
