@@ -367,14 +367,42 @@ def label_totals(labels) -> tuple[np.ndarray, np.ndarray]:
     return n_positive, n_instances
 
 
-def _active(activations, threshold: float) -> sparse.csr_matrix:
-    """0/1 int64 csr of residues whose activation is strictly above ``threshold``."""
-    if sparse.issparse(activations):
-        active = sparse.csr_matrix(activations, copy=True)
-        active.data = (active.data > threshold).astype(np.int64)
-        active.eliminate_zeros()
-        return active.astype(np.int64)
-    return sparse.csr_matrix((activations > threshold).astype(np.int64))
+def _expand_pairs(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorised."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    offsets = np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
+    return np.repeat(starts.astype(np.int64), counts) + offsets
+
+
+def _distinct_counts(keys: np.ndarray, key_space: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` (sorted) and how often each occurs: a histogram when the key space is
+    small next to the keys, a sort otherwise."""
+    if key_space <= 4 * len(keys) + (1 << 20):
+        histogram = np.bincount(keys, minlength=key_space)
+        distinct = np.flatnonzero(histogram)
+        return distinct, histogram[distinct]
+    keys = np.sort(keys)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    return keys[starts], np.diff(np.r_[starts, len(keys)])
+
+
+def _above_levels(rows: np.ndarray, levels: np.ndarray, counts: np.ndarray, n_rows: int, n_levels: int, column_of: np.ndarray) -> np.ndarray:
+    """``[n_rows, T]`` int64: for each row, the counts of levels above each threshold.
+
+    ``rows`` (sorted), ``levels`` in 1..T and ``counts``: sparse per-(row, level) counts; output
+    column ``j`` is sorted threshold ``column_of[j]``. Only the rows present are written."""
+    out = np.zeros((n_rows, len(column_of)), dtype=np.int64)
+    if len(rows) == 0:
+        return out
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    table = np.zeros((int(first.sum()), n_levels), dtype=np.int64)
+    table[np.cumsum(first) - 1, levels] = counts
+    above = np.flip(np.cumsum(np.flip(table[:, 1:], axis=1), axis=1), axis=1)  # [:, k] = count of level > k
+    out[rows[first]] = above[:, column_of]
+    return out
 
 
 def count_matches(
@@ -394,6 +422,11 @@ def count_matches(
     ``tp`` = active residues labelled with the concept, ``fp`` = active residues not labelled with
     it, ``tp_per_domain`` = distinct instances of the concept with at least one active residue.
     """
+    # How: every stored activation gets a *level*, the number of thresholds below it, so one pass
+    # serves all thresholds (active at threshold k  <=>  level > k). Each labelled residue is
+    # joined with the activations of the same residue (label cells x ~L0 pairs, far fewer than a
+    # product per threshold touches); histograms over (concept, feature, level) summed from the top
+    # level down give tp; tp_per_domain takes each (instance, feature)'s highest level first.
     thresholds = [float(t) for t in thresholds]
     if not thresholds or any(not np.isfinite(t) or t < 0 for t in thresholds):
         raise InterPLMError(f"thresholds must be finite and >= 0, got {thresholds}")
@@ -407,32 +440,57 @@ def count_matches(
     values = activations.data if sparse.issparse(activations) else activations
     if np.isnan(values).any():
         raise InterPLMError("activations contain NaN")
-    n_concepts, n_features = labels_csr.shape[1], activations.shape[1]
+    n_residues, n_concepts = labels_csr.shape
+    n_features, n_thresholds = activations.shape[1], len(thresholds)
+    acts = sparse.csr_matrix(activations)
+    if not acts.has_canonical_format:
+        acts = acts.copy()
+        acts.sum_duplicates()
 
-    positive = labels_csr.copy()
-    positive.data[:] = 1
-    positive_t = positive.T.tocsr()
-    # One column per (concept, instance id): residue -> instance incidence, and instance -> concept.
-    coo = labels_csr.tocoo()
-    pairs, instance_of = np.unique(np.stack([coo.col, coo.data]), axis=1, return_inverse=True)
-    instance_of = np.asarray(instance_of).ravel()
-    n_inst = pairs.shape[1]
-    incidence_t = sparse.csr_matrix(
-        (np.ones(coo.nnz, dtype=np.int64), (instance_of, coo.row)), shape=(n_inst, labels_csr.shape[0])
-    )
-    concept_of_instance = sparse.csr_matrix(
-        (np.ones(n_inst, dtype=np.int64), (pairs[0], np.arange(n_inst))), shape=(n_concepts, n_inst)
-    )
+    order = np.argsort(thresholds, kind="stable")
+    sorted_t = np.asarray(thresholds)[order]
+    n_levels = n_thresholds + 1
+    level = np.searchsorted(sorted_t, acts.data, side="left").astype(np.int64)  # thresholds strictly below
+    keep = level > 0  # inactive at every threshold: irrelevant
+    act_rows = np.repeat(np.arange(n_residues, dtype=np.int64), np.diff(acts.indptr))[keep]
+    act_features, act_levels = acts.indices[keep].astype(np.int64), level[keep]
+    act_start = np.searchsorted(act_rows, np.arange(n_residues + 1, dtype=np.int64))  # CSR row pointers of the kept
 
-    shape = (n_concepts, n_features, len(thresholds))
-    tp, fp, tp_per_domain = (np.zeros(shape, dtype=np.int64) for _ in range(3))
-    for ti, threshold in enumerate(thresholds):
-        active = _active(activations, threshold)
-        tp[:, :, ti] = (positive_t @ active).toarray()
-        fp[:, :, ti] = np.asarray(active.sum(axis=0)).ravel()[None, :] - tp[:, :, ti]
-        hit = incidence_t @ active  # active residues per (instance, feature)
-        hit.data[:] = 1
-        tp_per_domain[:, :, ti] = (concept_of_instance @ hit).toarray()
+    inverse = np.empty(n_thresholds, dtype=np.int64)
+    inverse[order] = np.arange(n_thresholds)  # caller's threshold j is sorted threshold inverse[j]
+    keys, counts = _distinct_counts(act_features * n_levels + act_levels, n_features * n_levels)
+    active = _above_levels(keys // n_levels, keys % n_levels, counts, n_features, n_levels, inverse)  # [F, T]
+
+    # Join: each label cell (residue, concept, instance id) with each kept activation of its residue.
+    label_rows = np.repeat(np.arange(n_residues, dtype=np.int64), np.diff(labels_csr.indptr))
+    per_cell = act_start[label_rows + 1] - act_start[label_rows]
+    pair_act = _expand_pairs(act_start[label_rows], per_cell)
+    pair_cell = np.repeat(np.arange(labels_csr.nnz, dtype=np.int64), per_cell)
+    pair_feature, pair_level = act_features[pair_act], act_levels[pair_act]
+    del pair_act, per_cell, label_rows
+
+    cell_concept = labels_csr.indices.astype(np.int64)
+    n_cf = n_concepts * n_features
+    keys, counts = _distinct_counts((cell_concept[pair_cell] * n_features + pair_feature) * n_levels + pair_level, n_cf * n_levels)
+    tp = _above_levels(keys // n_levels, keys % n_levels, counts, n_cf, n_levels, inverse).reshape(n_concepts, n_features, n_thresholds)
+
+    # tp_per_domain: each (instance, feature)'s highest level counts once.
+    cell_key = cell_concept * (int(labels_csr.data.max(initial=0)) + 1) + labels_csr.data
+    instances, cell_instance = np.unique(cell_key, return_inverse=True)  # over label cells: cheap
+    instance_concept = np.zeros(len(instances), dtype=np.int64)
+    instance_concept[cell_instance] = cell_concept
+    group = (cell_instance.ravel().astype(np.int64)[pair_cell] * n_features + pair_feature) * n_levels + pair_level
+    del pair_cell, pair_feature, pair_level
+    group.sort()
+    last = np.ones(len(group), dtype=bool)
+    last[:-1] = (group[1:] // n_levels) != (group[:-1] // n_levels)  # each group's highest level sorts last
+    highest = group[last]
+    del group, last
+    instance_feature, level_of = highest // n_levels, highest % n_levels
+    cf = instance_concept[instance_feature // n_features] * n_features + instance_feature % n_features
+    keys, counts = _distinct_counts(cf * n_levels + level_of, n_cf * n_levels)
+    tp_per_domain = _above_levels(keys // n_levels, keys % n_levels, counts, n_cf, n_levels, inverse).reshape(n_concepts, n_features, n_thresholds)
+    fp = active[None, :, :] - tp
     return tp, fp, tp_per_domain
 
 
