@@ -377,7 +377,8 @@ def run_atheris(seconds: float, targets: tuple[str, ...], crash_dir: Path | None
     report = Report("atheris", None, list(targets), seeds={t: len(seeds[t]) for t in targets})
     workdir = Path(tempfile.mkdtemp(prefix="interplm_atheris_"))
     start = time.monotonic()
-    out = Path(os.environ.get("INTERPLM_FUZZ_REPORT", "fuzz_report_atheris.json"))
+    out = Path(os.environ.get("INTERPLM_FUZZ_REPORT") or Path(tempfile.gettempdir()) / "interplm_fuzz_atheris.json")
+    print(f"report: {out} (rewritten every 2,000 inputs)", file=sys.stderr)
 
     def one_input(data: bytes) -> None:
         if not data:
