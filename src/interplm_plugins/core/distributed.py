@@ -37,6 +37,7 @@ kept and not embedded again; rerunning with the same number of processes resumes
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -138,6 +139,7 @@ def process_group(backend: str | None = None) -> Iterator[DistEnv]:
     finally:
         if owned:
             dist.destroy_process_group()
+            gc.collect()  # drop gloo's finished work objects while the interpreter is whole
 
 
 def _active() -> bool:

@@ -317,31 +317,50 @@ def relu_loss_and_grads(
     ``l0`` (mean active features per row) and ``f_sum`` ``[d_hidden]`` (activations summed over rows).
     """
     n, d_hidden = len(x), sae.d_hidden
+    d_in = x.shape[1]
     w_enc, b_enc, w_dec, b_pre = sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, sae.bias
     ones = x.new_ones(n, 1)
     centred = torch.cat([x - b_pre, ones], dim=1)  # [n, d_in + 1]
-    f = torch.mm(centred, torch.cat([w_enc, b_enc[:, None]], dim=1).t(), out=_buffer(workspace, "f", (n, d_hidden), x)).relu_()
+    encoder = torch.cat([w_enc, b_enc[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
+    f = torch.mm(centred, encoder.t(), out=_buffer(workspace, "f", (n, d_hidden), x)).relu_()
     active = torch.gt(f, 0, out=_buffer(workspace, "mask", (n, d_hidden), x, torch.bool))
     l0 = torch.count_nonzero(active).to(x.dtype) / n  # (counting a bool tensor is many times faster)
     error = torch.addmm(b_pre, f, w_dec.t()).sub_(x)  # x_hat - x
     mse = error.pow(2).sum() / n
     grad_out = torch.cat([error.mul_(2.0 / n), ones], dim=1)  # [d loss / d x_hat, 1]
     # The decoder's gradient and, in the row of ones, f summed over the batch.
-    product = torch.mm(grad_out.t(), f)
+    product = torch.mm(grad_out.t(), f, out=_buffer(workspace, "decoder_product", (d_in + 1, d_hidden), x))
     grad_w_dec, f_sum = product[:-1], product[-1]
     norms = w_dec.norm(dim=0)
     l1 = f_sum.dot(norms) / n
     grad_w_dec.addcmul_(w_dec, (f_sum * (l1_coefficient / n) / norms.clamp_min(torch.finfo(norms.dtype).tiny))[None, :])
     # d loss / d f (the L1 term enters through the row of ones), then back through the ReLU in place.
-    grad_pre = torch.mm(grad_out, torch.cat([w_dec, norms[None, :] * (l1_coefficient / n)]), out=_buffer(workspace, "grad", (n, d_hidden), x))
+    decoder = torch.cat([w_dec, norms[None, :] * (l1_coefficient / n)], out=_buffer(workspace, "decoder", (d_in + 1, d_hidden), x))
+    grad_pre = torch.mm(grad_out, decoder, out=_buffer(workspace, "grad", (n, d_hidden), x))
     torch.ops.aten.threshold_backward.grad_input(grad_pre, f, 0.0, grad_input=grad_pre)
     # The encoder's gradient and, in the column of ones, the encoder bias gradient.
-    product = torch.mm(grad_pre.t(), centred)
+    product = torch.mm(grad_pre.t(), centred, out=_buffer(workspace, "encoder_product", (d_hidden, d_in + 1), x))
     grad_w_enc, grad_b_enc = product[:, :-1], product[:, -1]
     grad_b_pre = grad_out[:, :-1].sum(dim=0) - grad_b_enc @ w_enc
     for param, grad in ((w_enc, grad_w_enc), (b_enc, grad_b_enc), (w_dec, grad_w_dec), (b_pre, grad_b_pre)):
-        param.grad = grad.contiguous()
+        if param.grad is None or param.grad.shape != param.shape:
+            param.grad = torch.empty_like(param)
+        param.grad.copy_(grad)  # (never an alias of the workspace, which the next step overwrites)
     return {"loss": mse + l1_coefficient * l1, "mse": mse, "l1": l1, "l0": l0, "f_sum": f_sum.clone()}
+
+
+def _clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
+    """``clip_grad_norm_``, skipping its multiplication by exactly 1 when the norm is within bounds
+    (a pass over every gradient that changes nothing; the result is the same bit for bit)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
+    if get_total_norm is None or clip_with_norm is None:  # older torch
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        return
+    total = get_total_norm(grads)
+    if float(max_norm / (total + 1e-6)) < 1.0:
+        clip_with_norm(module.parameters(), max_norm, total)
 
 
 def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = None) -> dict[str, float]:
@@ -362,7 +381,8 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     dead_before = state.dead_mask()
-    state.optimizer.zero_grad(set_to_none=True)
+    if sae.kind != "relu":  # relu_loss_and_grads overwrites every gradient (in place: no new buffers)
+        state.optimizer.zero_grad(set_to_none=True)
 
     extra: dict[str, torch.Tensor] = {}
     if sae.kind == "relu":
@@ -387,7 +407,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
     sync.reduce_gradients([p for p in sae.parameters() if p.grad is not None], weight)
     if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+        _clip_gradients(sae, config.grad_clip)
     state.optimizer.step()
     if sae.kind != "relu":
         _unit_norm_decoder(sae)
