@@ -141,3 +141,16 @@ def test_store_refuses_other_model(tiny_plm, real_records, tmp_path):
     other = load_plm(save_esm2_checkpoint(new_esm2(2, 32, 4, seed=1), tmp_path / "esm2_other.pt"))
     with pytest.raises(InterPLMError, match="plm_identity"):
         embed_to_store(other, real_records[:3], 1, tmp_path / "emb")
+
+
+def test_training_refuses_an_interrupted_store(tiny_plm, real_records, tmp_path):
+    from interplm_plugins.core.sae import SAEConfig
+    from interplm_plugins.core.train import TrainConfig, train_sae
+
+    out = tmp_path / "emb"
+    embed_to_store(tiny_plm, real_records[:5], 1, out)
+    index = json.loads((out / "store.json").read_text())
+    index["complete"] = False
+    (out / "store.json").write_text(json.dumps(index))
+    with pytest.raises(InterPLMError, match="incomplete"):
+        train_sae(EmbeddingStore(out), SAEConfig(d_in=32, d_hidden=16), TrainConfig(steps=2, batch_size=8), tmp_path / "sae", progress=False)

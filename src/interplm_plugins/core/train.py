@@ -489,6 +489,10 @@ def _batches(store, config: TrainConfig, start_batch: int):
 def prepared_sae_config(store, sae_config: SAEConfig) -> SAEConfig:
     """``sae_config`` checked against ``store`` (width), its PLM fields filled from the store's metadata."""
     meta = getattr(store, "metadata", {}) or {}
+    if getattr(store, "complete", True) is False:
+        # An embed that was killed and not rerun: training on part of the data would be silent bias.
+        raise InterPLMError("the embedding store is incomplete (its `interplm embed` was interrupted); rerun that command to finish it",
+                            file=getattr(store, "path", None))  # fmt: skip
     if sae_config.d_in != store.dim:
         raise InterPLMError(
             f"SAE of width {sae_config.d_in} does not fit the store's {meta.get('plm', 'PLM')} layer {meta.get('layer', '?')} (dim {store.dim})",
