@@ -100,15 +100,15 @@ def test_sigkilled_training_resumes_to_the_same_weights(chain, tmp_path):
     import torch
 
     args = ["train", str(chain / "emb"), "--width", "64", "--batch-size", "128", "--warmup", "5",
-            "--checkpoint-every", "20", "--steps", "300"]  # fmt: skip
+            "--checkpoint-every", "20", "--steps", "600"]  # fmt: skip
     assert main(["-q", *args, "--out", str(tmp_path / "full")]) == 0
     cmd = [sys.executable, "-m", "interplm_plugins.cli", "-q", *args, "--out", str(tmp_path / "killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
     deadline = time.time() + 240
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
+    time.sleep(0.05)  # a little past the checkpoint (steps take ~1 ms on an idle CPU: not to the end)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "sae.safetensors").exists(), "the run finished before it could be killed"
