@@ -307,11 +307,10 @@ class EmbeddingStore:
         """``shard[rows]`` as an array in memory, read in file order through a mapping that is
         closed afterwards: streaming a store larger than memory never keeps its pages mapped."""
         array = self._open[s] if s in self._open else self._map_shard(s)
-        order = np.argsort(rows, kind="stable")
-        chunk = np.empty((len(rows), self.dim), dtype=array.dtype)
-        chunk[order] = array[rows[order]]
-        del array
-        return chunk
+        in_file_order = np.sort(rows)
+        data = array[in_file_order]  # sequential reads
+        del array  # (unmapped here unless get() keeps it open)
+        return data[np.searchsorted(in_file_order, rows)]  # rows are distinct: their places in the sorted read
 
     def get(self, protein_id: str) -> np.ndarray:
         """The ``[length, dim]`` embeddings of one protein (a read-only memory-mapped view)."""
@@ -344,8 +343,7 @@ class EmbeddingStore:
         if epochs is not None and skip >= epochs * self.num_residues:
             return
         epoch, skip = divmod(skip, self.num_residues)
-        buffer: list[np.ndarray] = []
-        buffered = 0
+        pending: np.ndarray | None = None  # rows carried into the next batch (fewer than batch_size)
         while epochs is None or epoch < epochs:
             rng = np.random.default_rng([seed, epoch])
             for s in rng.permutation(len(self._shards)):
@@ -356,16 +354,23 @@ class EmbeddingStore:
                     continue
                 chunk = self._read_rows(int(s), perm[skip:])
                 skip = 0
-                buffer.append(chunk)
-                buffered += len(chunk)
-                while buffered >= batch_size:
-                    joined = np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
-                    yield joined[:batch_size]
-                    rest = joined[batch_size:]
-                    buffer, buffered = ([rest] if len(rest) else []), len(rest)
+                start = 0
+                if pending is not None:  # complete the carried rows (never a copy of the whole shard)
+                    need = batch_size - len(pending)
+                    if len(chunk) < need:
+                        pending = np.concatenate([pending, chunk])
+                        continue
+                    yield np.concatenate([pending, chunk[:need]])
+                    pending, start = None, need
+                while start + batch_size <= len(chunk):
+                    yield chunk[start : start + batch_size].copy()  # (a view would keep the whole shard alive)
+                    start += batch_size
+                if start < len(chunk):
+                    pending = chunk[start:].copy()
+                del chunk  # before the next shard is read: one shard in memory at a time
             epoch += 1
-        if buffered:
-            yield np.concatenate(buffer)
+        if pending is not None and len(pending):
+            yield pending
 
 
 def _is_count(value, minimum: int = 0) -> bool:
