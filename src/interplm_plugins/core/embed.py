@@ -54,35 +54,70 @@ def _fast_path_ok(layer) -> bool:
         attn is not None
         and not hooked
         and getattr(attn, "rot_emb", None) is not None
-        and getattr(attn, "self_attention", False)
+        and not getattr(attn, "encoder_decoder_attention", False)  # (ESM-2 passes query = key = value)
         and getattr(attn, "bias_k", None) is None
         and not getattr(attn, "add_zero_attn", False)
         and not attn.training
     )
 
 
+def _fused_attention_weights(attn) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``(3E, E)`` projection for q, k and v (q pre-scaled), with the q and k features of
+    each head reordered so that rotary pairs (``i``, ``i + head_dim/2``) are adjacent; cached on
+    the module until any of its weights changes."""
+    params = (attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias)
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = getattr(attn, "_interplm_fused_qkv", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    heads, head_dim = attn.num_heads, attn.head_dim
+    half = head_dim // 2
+    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)  # 0, h, 1, h+1, ...
+    order = (torch.arange(heads)[:, None] * head_dim + within[None, :]).reshape(-1).to(attn.q_proj.weight.device)
+    with torch.no_grad():
+        weight = torch.cat([attn.q_proj.weight[order] * attn.scaling, attn.k_proj.weight[order], attn.v_proj.weight])
+        bias = torch.cat([attn.q_proj.bias[order] * attn.scaling, attn.k_proj.bias[order], attn.v_proj.bias])
+    attn._interplm_fused_qkv = (key, weight, bias)
+    return weight, bias
+
+
+def _rotation(attn, length: int, like: torch.Tensor) -> torch.Tensor:
+    """``exp(i * position * inv_freq)`` as a complex ``(length, 1, head_dim/2)`` tensor (cached)."""
+    cached = getattr(attn, "_interplm_rotation", None)
+    if cached is not None and cached.shape[0] >= length and cached.device == like.device:
+        return cached[:length]
+    inv_freq = attn.rot_emb.inv_freq.to(like.device, torch.float32)
+    angles = torch.outer(torch.arange(max(length, 1024), device=like.device, dtype=torch.float32), inv_freq)
+    rotation = torch.polar(torch.ones_like(angles), angles)[:, None, :]
+    attn._interplm_rotation = rotation
+    return rotation[:length]
+
+
 def _block_forward(layer, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """fair-esm's ``TransformerLayer.forward`` on batch-first ``x`` ``(B, T, E)`` with fused attention.
+    """fair-esm's ``TransformerLayer.forward`` on batch-first ``x`` ``(B, T, E)``, with fewer passes.
 
-    The same operations on the same weights (pre-norm, rotary q/k with q scaled first, attention
-    masked at padding keys, GELU feed-forward), but attention is PyTorch's
+    The same operations on the same weights (pre-norm, q scaled, rotary q/k, attention masked at
+    padding keys, exact-erf GELU feed-forward), computed as: one matrix product for q, k and v;
+    the rotary rotation as one complex multiplication (q and k features reordered so that each
+    rotated pair is adjacent: dot products are unchanged); PyTorch's fused
     ``scaled_dot_product_attention``, which never builds the ``(B, heads, T, T)`` weight tensors
-    fair-esm materialises (several times: scores, masked scores, softmax, head average). Results
-    agree with fair-esm's to float32 rounding. ``keep``: ``(B, 1, 1, T)`` True at real tokens.
+    fair-esm materialises several times; a fused GELU. Results agree with fair-esm's to float32
+    rounding. ``keep``: ``(B, 1, 1, T)``, True at real tokens.
     """
-    from esm.modules import gelu
-
     attn = layer.self_attn
     batch, length, dim = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    h = layer.self_attn_layer_norm(x)
-    q = (attn.q_proj(h) * attn.scaling).view(batch, length, heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
-    v = attn.v_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
-    q, k = attn.rot_emb(q, k)
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0)
+    weight, bias = _fused_attention_weights(attn)
+    qkv = torch.nn.functional.linear(layer.self_attn_layer_norm(x), weight, bias)  # (B, T, 3E)
+    rotation = _rotation(attn, length, x)
+    q = torch.view_as_real(torch.view_as_complex(qkv[..., :dim].unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
+    k = torch.view_as_real(torch.view_as_complex(qkv[..., dim : 2 * dim].unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
+    v = qkv[..., 2 * dim :].unflatten(-1, (heads, head_dim))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.flatten(-2).transpose(1, 2), k.flatten(-2).transpose(1, 2), v.transpose(1, 2), attn_mask=keep, scale=1.0
+    )
     x = x + attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
-    return x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
+    return x + layer.fc2(torch.nn.functional.gelu(layer.fc1(layer.final_layer_norm(x))))
 
 
 def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
