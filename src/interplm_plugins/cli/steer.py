@@ -42,9 +42,14 @@ def parse_positions(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    # Scoped, not torch.set_grad_enabled(False): the CLI also runs in-process (tests, scripts).
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from interplm_plugins.core.steer import sample_steered, steer
 
-    torch.set_grad_enabled(False)
     pipeline = load_pipeline_from_args(args)
     plm, sae, layer = pipeline.plm, pipeline.sae, pipeline.layer
     positions = parse_positions(args.positions)
