@@ -1,0 +1,169 @@
+"""Shared helpers of the benchmark scripts: arguments, machine description, tables, JSON results.
+
+Every script compares our code with what a user would otherwise run, on the same work in the same
+run, and reports ratios. ``--quick`` shrinks the work to seconds (the smoke test and development
+use it); the default sizes are the ones benchmarks/README.md reports. Results are written
+atomically to ``<results-dir>/<name>.json`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS_DIR = HERE / "results"
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SEQUENCE_FILES = ("mmseqs2_examples_QUERY_500.fasta", "swissprot_train.fasta")
+
+os.environ.setdefault("INTERPLM_OFFLINE", "1")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds): a smoke run, not a measurement")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help=f"where <name>.json goes (default {RESULTS_DIR})")
+    p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary folder, removed afterwards)")
+    p.add_argument("--data", type=Path, default=SHARED_DATA, help=f"the shared data folder (default {SHARED_DATA})")
+    return p
+
+
+class Workdir:
+    """``--workdir`` if given (kept), else a temporary folder removed on exit."""
+
+    def __init__(self, path: Path | None):
+        self._tmp = None if path else tempfile.TemporaryDirectory(prefix="interplm-bench-")
+        self.path = Path(path) if path else Path(self._tmp.name)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (CPU, cores, memory, torch, load at the start)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """This CPU's (or GPU's) float32 matrix-product rate: best of ``repeats`` ``size``-cubed products."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[0] for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def write_result(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> Path:
+    """``<results-dir>/<name>.json`` (atomic), with the machine and the mode (quick or full)."""
+    from interplm_plugins.core.atomic import write_text_atomic
+
+    document = {
+        "benchmark": name,
+        "mode": "quick" if args.quick else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        **payload,
+    }
+    path = Path(args.results_dir) / f"{name}.json"
+    write_text_atomic(path, json.dumps(document, indent=2, default=float) + "\n")
+    print(f"\nwrote {path}")
+    return path
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory (``ru_maxrss``, KiB on Linux) in MiB."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def benchmark_records(data: Path, count: int, max_length: int = 1022):
+    """The first ``count`` real proteins of <= ``max_length`` residues, alternating between the two
+    sequence files (mmseqs2 examples and Swiss-Prot), ids made unique and file-name safe."""
+    from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+
+    pools = [[r for r in read_fasta(data / "sequences" / name) if len(r.sequence) <= max_length] for name in SEQUENCE_FILES]
+    out, seen = [], set()
+    for i in range(max(len(p) for p in pools)):
+        for pool in pools:
+            if i < len(pool) and len(out) < count:
+                rid = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in pool[i].id)
+                while rid in seen:
+                    rid += "_"
+                seen.add(rid)
+                out.append(ProteinRecord(rid, pool[i].sequence, ""))
+    return out

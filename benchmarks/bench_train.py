@@ -1,0 +1,127 @@
+"""SAE training throughput (tokens/s): our ``train_step`` against dictionary-learning's trainers.
+
+ReLU-L1 SAE 320 -> 10,240 on stored embeddings (layer 3 of an ESM-2 8M-architecture model with
+random weights, real proteins from ../shared/data/sequences), the same batches, batch size,
+learning rate, L1 coefficient and warm-ups for every trainer:
+
+- ours: ``train_step`` (the loop ``train_sae`` runs; ReLU gradients written out by hand);
+- ``dictionary_learning`` 0.1.0 (PyPI ``dictionary-learning``, the code InterPLM trained with):
+  ``StandardTrainer`` (ConstrainedAdam, unit-norm decoder, plain L1) and
+  ``StandardTrainerAprilUpdate`` (the loss ours optimises: L1 weighted by decoder norms, gradient
+  clipping), each called as its training loop does, ``trainer.update(step, batch)``.
+
+Steps are interleaved (ours, theirs, theirs, ours, ...) so that a busy machine slows all alike;
+the median step time gives tokens/s. Model FLOPs per token are counted as 6 * d_in * d_hidden
+(forward and backward of both matrices) and compared with the float32 matrix-product rate of this
+CPU, measured in the same run. Also timed: ``train_sae`` end to end (streaming from the store,
+logging, the final checkpoint and SAE file).
+
+dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
+time; it is replaced by an empty module so that the package's trainers import without it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+def _dictionary_learning():
+    sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=object))
+    from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
+
+    return StandardTrainer, StandardTrainerAprilUpdate
+
+
+def make_store(args, work: Path):
+    from interplm_plugins.core.embed import embed_to_store
+    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+
+    path = save_esm2_checkpoint(new_esm2(6, 320, 20, seed=0), work / "esm2_t6_8M_random.pt")
+    records = _common.benchmark_records(args.data, args.proteins, max_length=200 if args.quick else 1022)
+    return embed_to_store(load_plm(path), records, 3, work / "store", shard_residues=50_000)[3]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--d-hidden", type=int, default=10_240)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per trainer (default 40)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--l1", type=float, default=0.06)
+    p.add_argument("--proteins", type=int, default=300, help="real proteins embedded for the store (default 300)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.d_hidden, args.batch_size, args.steps, args.warmup, args.proteins = 512, 256, 3, 1, 4
+
+    import torch
+
+    from interplm_plugins.core.sae import SAEConfig
+    from interplm_plugins.core.train import TrainConfig, make_training_state, train_sae, train_step
+
+    StandardTrainer, StandardTrainerAprilUpdate = _dictionary_learning()
+    total = args.warmup + args.steps
+    lr_warmup = max(1, total // 10)
+    l1_ramp = max(1, total // 5)
+    with _common.Workdir(args.workdir) as work:
+        store = make_store(args, work)
+        print(f"store: {len(store)} proteins, {store.num_residues} residues x {store.dim}")
+        batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(args.batch_size, seed=0))]
+        sae_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind="relu", l1_coefficient=args.l1)
+        train_config = TrainConfig(steps=total + 1, batch_size=args.batch_size, lr=args.lr, warmup_steps=lr_warmup,
+                                   l1_warmup_fraction=l1_ramp / (total + 1), checkpoint_every=10**6, log_every=10**6)  # fmt: skip
+        ours = make_training_state(sae_config, train_config)
+        common = dict(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, layer=3, lm_name="esm2_t6_8M_random",
+                      lr=args.lr, l1_penalty=args.l1, warmup_steps=lr_warmup, sparsity_warmup_steps=l1_ramp, device="cpu", seed=0)  # fmt: skip
+        theirs = {"dictionary_learning StandardTrainer": StandardTrainer(**common),
+                  "dictionary_learning StandardTrainerAprilUpdate": StandardTrainerAprilUpdate(**common)}  # fmt: skip
+        runners = {"ours: train_step": lambda step, x: train_step(ours, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        names = list(runners)
+        for step, x in enumerate(batches):
+            for name in names if step % 2 == 0 else names[::-1]:
+                start = time.perf_counter()
+                runners[name](step, x)
+                if step >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+        end_to_end_s, _ = _common.timed(lambda: train_sae(store, sae_config, train_config.__class__(**{**train_config.to_dict(), "steps": total}), work / "sae", resume=False, progress=False))
+        peak = _common.matmul_peak_gflops(1024 if args.quick else 4096)
+    flops_per_token = 6 * store.dim * args.d_hidden
+    rows = []
+    ours_rate = args.batch_size / _common.median(times[names[0]])
+    for name in names:
+        rate = args.batch_size / _common.median(times[name])
+        rows.append({
+            "trainer": name, "tokens_per_s": rate, "ours_speedup": ours_rate / rate,
+            "ms_per_step": 1e3 * _common.median(times[name]),
+            "model_gflops": rate * flops_per_token / 1e9, "fraction_of_peak": rate * flops_per_token / 1e9 / peak,
+        })  # fmt: skip
+    rows.append({"trainer": "ours: train_sae end to end", "tokens_per_s": total * args.batch_size / end_to_end_s,
+                 "ours_speedup": None, "ms_per_step": 1e3 * end_to_end_s / total,
+                 "model_gflops": total * args.batch_size / end_to_end_s * flops_per_token / 1e9,
+                 "fraction_of_peak": total * args.batch_size / end_to_end_s * flops_per_token / 1e9 / peak})  # fmt: skip
+    _common.print_table(
+        f"SAE training, ReLU {store.dim} -> {args.d_hidden}, batch {args.batch_size} (median of {args.steps} steps; "
+        f"matmul peak {peak:.0f} GFLOP/s; model FLOPs = 6*d_in*d_hidden per token)",
+        rows, ["trainer", "tokens_per_s", "ours_speedup", "ms_per_step", "model_gflops", "fraction_of_peak"],
+    )  # fmt: skip
+    _common.write_result(args, "train", {
+        "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer",
+        "d_in": store.dim, "d_hidden": args.d_hidden, "batch_size": args.batch_size, "lr": args.lr, "l1": args.l1,
+        "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak,
+        "flops_per_token": flops_per_token, "rows": rows,
+        "step_times_s": times,
+    })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

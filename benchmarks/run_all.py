@@ -1,0 +1,143 @@
+"""Run every benchmark, then summarise their JSON results as a Markdown table (results/SUMMARY.md).
+
+    python benchmarks/run_all.py            # full sizes (tens of minutes; run on a quiet machine)
+    python benchmarks/run_all.py --quick    # seconds each: a smoke run, numbers not meaningful
+    python benchmarks/run_all.py --only embed,train
+    python benchmarks/run_all.py --summary-only   # re-summarise existing results
+
+Each benchmark runs in its own process (``benchmarks/bench_<name>.py``); one that fails is
+reported and the others still run; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+BENCHMARKS = ["embed", "train", "concepts", "pymol", "memory", "distributed"]
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """(benchmark, what, result, target) rows from the JSON results present."""
+    rows = []
+    if "embed" in results:
+        for r in results["embed"]["rows"]:
+            rows.append(("embedding", f"{r['model']}, layer {r['layer']}: residues/s ours vs esm-extract",
+                         f"{_fmt(r['ours_res_per_s'])} vs {_fmt(r['esm_extract_res_per_s'])} = **{r['speedup']:.2f}x** (max diff {r['max_abs_diff']:.1e})", ">= 2x"))  # fmt: skip
+    if "train" in results:
+        t = results["train"]
+        by = {r["trainer"]: r for r in t["rows"]}
+        ours = by["ours: train_step"]
+        std = by["dictionary_learning StandardTrainer"]
+        april = by["dictionary_learning StandardTrainerAprilUpdate"]
+        rows.append(("SAE training", f"ReLU {t['d_in']}->{t['d_hidden']}, batch {t['batch_size']}: tokens/s ours vs dictionary_learning StandardTrainer",
+                     f"{_fmt(ours['tokens_per_s'])} vs {_fmt(std['tokens_per_s'])} = **{std['ours_speedup']:.2f}x**", ">= 1.5x"))  # fmt: skip
+        rows.append(("SAE training", "... vs StandardTrainerAprilUpdate (the same loss as ours)",
+                     f"{_fmt(april['tokens_per_s'])} = **{april['ours_speedup']:.2f}x**", ""))  # fmt: skip
+        rows.append(("SAE training", f"fraction of this CPU's float32 matmul peak ({_fmt(t['matmul_peak_gflops'])} GFLOP/s), model FLOPs 6*d*h/token",
+                     f"ours {ours['fraction_of_peak']:.0%}, StandardTrainer {std['fraction_of_peak']:.0%}", ""))  # fmt: skip
+    if "concepts" in results:
+        c = results["concepts"]
+        ours, interplm, row = c["rows"]
+        rows.append(("concept metrics", f"{c['residues']:,} residues x {c['features']:,} features x {c['concepts']} concepts x {len(c['thresholds'])} thresholds",
+                     f"{_fmt(ours['seconds'])} s vs {_fmt(interplm['seconds'])} s (InterPLM-style loop{', scaled from ' + str(c['reference_concepts_timed']) + ' concepts' if c['reference_concepts_timed'] < c['concepts'] else ''}) = **{interplm['speedup_of_ours']:.1f}x**, identical counts", ">= 20x"))  # fmt: skip
+        rows.append(("concept metrics", "... vs a loop over each concept's labelled rows", f"{_fmt(row['seconds'])} s = {row['speedup_of_ours']:.1f}x", ""))
+    if "pymol" in results:
+        pm = results["pymol"]
+        by = {r["measure"].split(" (")[0].strip(): r for r in pm["rows"]}
+        rows.append(("PyMOL", f"`interplm color` on {pm['structure']} ({pm['residues']} residues), cold: new session incl. pipeline load",
+                     f"{_fmt(pm['rows'][0]['value'])} s", ""))  # fmt: skip
+        rows.append(("PyMOL", "`interplm color`, warm (recolour; median / p95)", f"{_fmt(pm['rows'][3]['value'])} s / {_fmt(pm['rows'][4]['value'])} s", "< 0.2 s"))
+        for name in ("top_examples", "features_for_concept", "features_active_at"):
+            med = next(r for r in pm["rows"] if r["measure"].startswith(f"FeatureDatabase.{name} (median"))
+            p95 = next(r for r in pm["rows"] if r["measure"].startswith(f"FeatureDatabase.{name} (95th"))
+            rows.append(("feature database", f"`{name}` ({pm['query_database']} database; median / p95)", f"{_fmt(med['value'])} ms / {_fmt(p95['value'])} ms", "< 10 ms"))
+    if "memory" in results:
+        m = results["memory"]
+        for r in m["rows"]:
+            value = f"peak RSS {_fmt(r['peak_rss_gib'])} GiB = {r['rss_over_store']:.2f} x store" if r["peak_rss_gib"] is not None else r["note"]
+            rows.append(("memory", f"{r['run']}, {m['store_bytes'] / 2**30:.2f} GiB store", value, "well under 1 x store" if r["run"].startswith("ours") else ""))
+    if "distributed" in results:
+        d = results["distributed"]
+        for r in d["rows"][1:]:
+            rows.append(("torchrun", f"{r['processes']} processes x {r['threads_each']} threads vs 1 x {d['rows'][0]['threads_each']}",
+                         (f"embed {r['embed_speedup']:.2f}x, " if r.get("embed_speedup") else "") +
+                         f"train {r['train_speedup']:.2f}x; max weight diff {d['check'].get('max_abs_weight_diff', 0):.1e}", "equal results"))  # fmt: skip
+    return rows
+
+
+def summarise(results_dir: Path) -> str:
+    results = {}
+    for name in BENCHMARKS:
+        path = results_dir / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+    if not results:
+        return "(no results yet)\n"
+    first = next(iter(results.values()))
+    modes = sorted({r["mode"] for r in results.values()})
+    dates = sorted(r["date"] for r in results.values())
+    m = first["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"Python {m['python']}{', GPU ' + m['gpu'] if m.get('gpu') else ''}; load average at start "
+        f"{', '.join(str(r['machine']['load_average_at_start']) for r in results.values())}.",
+        f"Mode: **{' + '.join(modes)}**{' (small sizes: smoke-run numbers, not the measurement)' if 'quick' in modes else ''}; run {dates[0]} to {dates[-1]}.",
+        "",
+        "| benchmark | what | result | target |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
+    p.add_argument("--summary-only", action="store_true", help="only rewrite SUMMARY.md from existing results")
+    args, extra = p.parse_known_args(argv)
+    names = BENCHMARKS if not args.only else [n.strip() for n in args.only.split(",")]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmarks {unknown}")
+    failed = []
+    if not args.summary_only:
+        for name in names:
+            cmd = [sys.executable, str(Path(__file__).with_name(f"bench_{name}.py")), "--results-dir", str(args.results_dir), *extra]
+            if args.quick:
+                cmd.append("--quick")
+            print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+            start = time.perf_counter()
+            if subprocess.run(cmd).returncode != 0:
+                failed.append(name)
+            print(f"=== {name}: {'FAILED' if name in failed else 'done'} in {time.perf_counter() - start:.0f} s", flush=True)
+    from interplm_plugins.core.atomic import write_text_atomic
+
+    text = summarise(args.results_dir)
+    write_text_atomic(args.results_dir / "SUMMARY.md", text)
+    print("\n" + text)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
