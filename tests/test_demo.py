@@ -64,13 +64,19 @@ def test_shipped_report_is_over_held_out_proteins():
     assert report["sae_quality"]["fidelity"] > 0.9
 
 
-def test_interplm_demo_with_no_arguments(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["-q", "demo"]) == 0
-    out = capsys.readouterr().out
+def test_interplm_demo_with_no_arguments(tmp_path):
+    """What the README's first command runs, as a user runs it: a fresh process, no arguments."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "INTERPLM_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "interplm_plugins.cli", "-q", "demo"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     page = tmp_path / "interplm_demo" / "index.html"
-    assert str(page) in out or "interplm_demo/index.html" in out
+    assert "interplm_demo/index.html" in out and "best concept" in out
     html = page.read_text()
     images = re.findall(r'src="([^"]+\.png)"', html)
     assert len(images) >= 4
