@@ -74,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 embed_s = torchrun(processes, threads, "embed", *embed_args, "--out", str(work / f"emb{processes}"))
             # Train every run on the same store (the 1-process one) so the results can be compared.
-            train_s = torchrun(processes, threads, "train", str(work / "emb1"), "--out", str(work / f"sae{processes}"), *train_args)
+            train_cli = ["train", str(work / "emb1"), "--out", str(work / f"sae{processes}"), *train_args]
+            if args.quick and processes == 1:  # (one process start fewer in a smoke run)
+                from interplm_plugins.cli import main as interplm
+
+                train_s, _ = _common.timed(lambda: interplm(["-q", *train_cli]))
+            else:
+                train_s = torchrun(processes, threads, *train_cli)
             rows.append({"processes": processes, "threads_each": threads, "embed_s": embed_s, "embed_res_per_s": residues / embed_s if embed_s else None,
                          "train_s": train_s, "train_tokens_per_s": args.steps * args.batch_size / train_s})  # fmt: skip
         if args.processes > 1:
