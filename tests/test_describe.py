@@ -219,14 +219,24 @@ def test_missing_key_is_one_line_exit_2_and_sends_nothing(db, monkeypatch, capsy
     assert server.requests == []
 
 
-def test_a_feature_without_enough_examples_fails_before_any_request(db, key):
-    with FeatureDatabase(db) as database:
-        quiet = [f for f in range(database.num_features) if database.feature_info(f)["n_active_proteins"] < 2]
-    if not quiet:
-        pytest.skip("every feature of the tiny database is active in 2+ proteins")
+def test_a_feature_without_enough_examples_fails_before_any_request(tmp_path, tiny_db_records, key):
+    """A database whose feature 0 fires in one protein only (feature 1 in all): describing 0 is refused unpaid."""
+    from interplm_plugins.core.database import build_feature_database
+
+    def activations():
+        for i, record in enumerate(tiny_db_records[:6]):
+            acts = np.zeros((len(record.sequence), 2), dtype=np.float32)
+            acts[:, 1] = 0.5
+            if i == 0:
+                acts[3, 0] = 1.0
+            yield record, acts
+
+    path = build_feature_database(tmp_path / "quiet.sqlite", activations(), provenance={}, progress=False)
+    with FeatureDatabase(path) as database:
+        assert database.feature_info(0)["n_active_proteins"] == 1
     with FakeMessagesServer(default=DESCRIPTION) as server:
         with pytest.raises(InterPLMError, match="at least 2 are needed"):
-            describe_features(db, [quiet[0]], LLMClient(MODEL, base_url=server.base_url), progress=False)
+            describe_features(path, [0], LLMClient(MODEL, base_url=server.base_url), progress=False)
     assert server.requests == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pymol = pytest.importorskip("pymol")
+import pymol  # noqa: E402  (a test dependency: the [pymol] extra)
 from pymol import CmdException, cmd  # noqa: E402
 
 from interplm_plugins.core.activations import chain_activations, current_pipeline  # noqa: E402
