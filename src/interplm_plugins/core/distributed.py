@@ -51,7 +51,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import write_text_atomic
-from interplm_plugins.core.embed import STORE_FORMAT, STORE_INDEX, EmbeddingStore, embed_to_store, store_path_for_layer
+from interplm_plugins.core.embed import (
+    STORE_FORMAT,
+    STORE_INDEX,
+    EmbeddingStore,
+    checked_store_request,
+    embed_to_store,
+    store_path_for_layer,
+)
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.core.train import (
     CHECKPOINT_NAME,
@@ -368,16 +375,11 @@ def embed_to_store_distributed(
     """:func:`~interplm_plugins.core.embed.embed_to_store` with the proteins shared among the job's
     processes (see the module docstring). Call it on every process; every process returns the stores."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
-    layer_list = [layers] if isinstance(layers, int) else sorted(set(layers))
     out_dir = Path(out_dir)
+    layer_list: list[int] = []
     error = None
     try:
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise InterPLMError("duplicate protein id", record=dup)
-        for layer in layer_list:
-            plm.check_layer(layer)
+        layer_list = checked_store_request(plm, records, layers)
         if not resume and rank == 0:
             for layer in layer_list:
                 shutil.rmtree(store_path_for_layer(out_dir, layer, layer_list), ignore_errors=True)

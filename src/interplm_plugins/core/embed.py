@@ -482,6 +482,19 @@ class _StoreWriter:
         write_text_atomic(self.path / STORE_INDEX, json.dumps(index))
 
 
+def checked_store_request(plm: PLM, records: Sequence[ProteinRecord], layers: int | Sequence[int]) -> list[int]:
+    """The sorted layers of a store request, after checking the model has them and protein ids are unique."""
+    layer_list = [layers] if isinstance(layers, int) else sorted(set(layers))
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            raise InterPLMError("duplicate protein id", record=record.id)
+        seen.add(record.id)
+    for layer in layer_list:
+        plm.check_layer(layer)
+    return layer_list
+
+
 def store_path_for_layer(out_dir: str | os.PathLike, layer: int, layers: Sequence[int]) -> Path:
     """Where ``embed_to_store`` puts ``layer``: ``out_dir`` itself for one layer, ``out_dir/layer_<n>`` for several."""
     return Path(out_dir) if len(layers) == 1 else Path(out_dir) / f"layer_{layer}"
@@ -504,16 +517,11 @@ def embed_to_store(
     Proteins already in an existing store of the same PLM, layer and dtype are skipped (unless
     ``resume`` is false, which starts afresh).
     """
-    layer_list = [layers] if isinstance(layers, int) else sorted(set(layers))
     if dtype not in ("float32", "float16"):
         raise InterPLMError(f"store dtype must be float32 or float16, not {dtype}")
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise InterPLMError("duplicate protein id", record=dup)
+    layer_list = checked_store_request(plm, records, layers)
     writers = {}
     for layer in layer_list:
-        plm.check_layer(layer)
         meta = {"plm": plm.name, "plm_identity": plm.identity, "plm_source": plm.source, "layer": layer, "dim": plm.embed_dim, "dtype": dtype}
         writers[layer] = _StoreWriter(store_path_for_layer(out_dir, layer, layer_list), meta, shard_residues, resume)
     done = set.intersection(*(w.done for w in writers.values()))
