@@ -173,3 +173,20 @@ def test_truncated_store_is_named(chain, tmp_path):
     result = _cli("normalize", str(chain / "sae" / "sae.safetensors"), "--store", str(copy), "--out", str(tmp_path / "n.safetensors"))
     assert result.returncode == 2 and "shard_00000.npy" in result.stderr
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_report_compares_sae_features_with_signed_neurons(chain, tiny_esm2_path, capsys):
+    out = chain / "report"
+    args = ["report", "--concepts", str(chain / "concepts"), "--model", str(tiny_esm2_path),
+            "--sae", str(chain / "sae_norm.safetensors"), "--out", str(out)]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    assert "concepts with test F1 >= 0.5" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    summary, rows = report["summary"], report["concepts"]
+    assert summary["concepts_evaluated"] == len(rows) > 0
+    assert summary["sae_concepts_with_f1_at_cutoff"] == sum(r["sae_test_f1"] >= 0.5 for r in rows)
+    assert summary["concepts_where_sae_beats_neurons"] == sum(r["sae_test_f1"] > r["neuron_test_f1"] for r in rows)
+    # neurons are named by dimension and sign: 32 dims of the tiny model, both signs
+    assert all(r["neuron"][-1] in "+-" and 0 <= int(r["neuron"][:-1]) < 32 for r in rows)
+    assert all(0 <= r["sae_feature"] < 128 for r in rows)
+    assert (out / "f1_distribution.png").stat().st_size > 1000

@@ -48,6 +48,7 @@ class ConceptComparison:
     f1_cutoff: float
     n_valid_proteins: int
     n_test_proteins: int
+    embed_dim: int  # neuron index n is dimension n % embed_dim, positive part first
 
     @property
     def sae_concepts_found(self) -> int:
@@ -79,9 +80,8 @@ class ConceptComparison:
         )
         right = self.neurons[["concept", "feature", "test_f1"]].rename(columns={"feature": "neuron", "test_f1": "neuron_test_f1"})
         joined = left.merge(right, on="concept")
-        dim = len(self.neurons) and int(self.neurons.attrs.get("embed_dim", 0))
-        if dim:
-            joined["neuron"] = [f"{n % dim}{'+' if n < dim else '-'}" for n in joined["neuron"]]
+        dim = self.embed_dim
+        joined["neuron"] = [f"{n % dim}{'+' if n < dim else '-'}" for n in joined["neuron"]]
         return joined.sort_values("sae_test_f1", ascending=False).reset_index(drop=True)
 
 
@@ -113,11 +113,10 @@ def compare_with_neurons(
         split = protein_split(pid)
         counters[("sae", split)].add(pid, encode_features(pipeline.sae, emb))
         counters[("neurons", split)].add(pid, signed_neurons(emb, maxima))
-    tables = {unit: best_feature_per_concept(counters[(unit, "valid")].result(), counters[(unit, "test")].result()) for unit in ("sae", "neurons")}
-    tables["neurons"].attrs["embed_dim"] = pipeline.plm.embed_dim
-    n_valid = counters[("sae", "valid")].result().n_proteins
-    n_test = counters[("sae", "test")].result().n_proteins
-    return ConceptComparison(tables["sae"], tables["neurons"], f1_cutoff, n_valid, n_test)
+    counts = {key: counter.result() for key, counter in counters.items()}
+    tables = {unit: best_feature_per_concept(counts[(unit, "valid")], counts[(unit, "test")]) for unit in ("sae", "neurons")}
+    n_valid, n_test = counts[("sae", "valid")].n_proteins, counts[("sae", "test")].n_proteins
+    return ConceptComparison(tables["sae"], tables["neurons"], f1_cutoff, n_valid, n_test, pipeline.plm.embed_dim)
 
 
 def plot_f1_distribution(comparison: ConceptComparison, out_png: str | os.PathLike, title: str = "") -> Path:
