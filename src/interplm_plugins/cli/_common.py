@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from interplm_plugins.errors import InterPLMError
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +49,3 @@ def print_json_or_table(rows: dict, as_json: bool) -> None:
     for key, value in rows.items():
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {text}")
-
-
-def existing_file(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InterPLMError("no such file", file=p)
-    return p

@@ -23,9 +23,6 @@ from interplm_plugins.core.database import build_feature_database
 from interplm_plugins.core.sequences import ProteinRecord, protein_split
 from interplm_plugins.errors import InterPLMError
 
-#: Activations at or below this are stored as zero in concept counting (they are inactive at every threshold).
-_SPARSE_BELOW = 0.0
-
 
 def build_database(
     pipeline: Pipeline,
@@ -53,7 +50,7 @@ def build_database(
         for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch):
             split = protein_split(record.id)
             if counters and split in counters and record.id in labels.sequences:
-                counters[split].add(record.id, sparse.csr_matrix(np.where(acts > _SPARSE_BELOW, acts, 0)))
+                counters[split].add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
             yield record, acts
 
     def concept_table() -> pd.DataFrame | None:

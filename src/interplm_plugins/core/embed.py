@@ -354,11 +354,6 @@ class EmbeddingStore:
         s, offset, length = self._where[protein_id]
         return self._shard(s)[offset : offset + length]
 
-    def iter_proteins(self, proteins: Iterable[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
-        """``(id, [length, dim])`` for ``proteins`` (default: all, in store order)."""
-        for pid in self.proteins if proteins is None else proteins:
-            yield pid, self.get(pid)
-
     def iter_batches(
         self, batch_size: int, seed: int = 0, start_batch: int = 0, epochs: int | None = None
     ) -> Iterator[np.ndarray]:

@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+# The structure is located by core (the package's copy, else PyMOL's), as for `interplm demo`.
+from interplm_plugins.core.activations import demo_structure_path
 
-from interplm_plugins.errors import InterPLMError
-
-#: File name of the demo structure, shipped by the package or by PyMOL's wheel.
-DEMO_STRUCTURE_NAME = "1hpv.pdb"
-
-
-def demo_structure_path() -> Path:
-    """The demo structure: the package's own copy if shipped, else the one in PyMOL's wheel."""
-    shipped = Path(__file__).resolve().parent.parent / "data" / "demo" / DEMO_STRUCTURE_NAME
-    if shipped.is_file():
-        return shipped
-    try:
-        import pymol  # only to locate its data folder; PyMOL itself is never started here
-    except ImportError:
-        raise InterPLMError(
-            "the demo structure is not shipped in this installation and PyMOL (which carries a copy) is not "
-            "installed; pip install pymol-open-source",
-            file=shipped,
-        ) from None
-    candidate = Path(pymol.__file__).resolve().parent / "pymol_path" / "data" / "tut" / DEMO_STRUCTURE_NAME
-    if not candidate.is_file():
-        raise InterPLMError("the demo structure is missing from both this package and PyMOL's data", file=candidate)
-    return candidate
+__all__ = ["demo_structure_path", "make_sample_data"]
 
 
 def make_sample_data():
