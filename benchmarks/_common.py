@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +37,30 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary folder, removed afterwards)")
     p.add_argument("--data", type=Path, default=SHARED_DATA, help=f"the shared data folder (default {SHARED_DATA})")
     return p
+
+
+_RESULT = "RESULT "
+
+
+class ChildFailed(RuntimeError):
+    """A measurement run in its own process exited non-zero or printed no result."""
+
+
+def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
+    """Run ``script --child SPEC`` (a fresh process, so its memory and start-up are its own) and return its result."""
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith(_RESULT)), None)
+    if proc.returncode != 0 or line is None:
+        raise ChildFailed((proc.stderr.strip().splitlines() or ["?"])[-1][:300] + "\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
+    return json.loads(line[len(_RESULT):])
+
+
+def child_mode(args: argparse.Namespace, measure: Callable[[dict], dict]) -> bool:
+    """In a ``--child`` process: run ``measure`` on the spec, print its result for :func:`run_child`, return True."""
+    if not getattr(args, "child", None):
+        return False
+    print(_RESULT + json.dumps(measure(json.loads(args.child))))
+    return True
 
 
 class Workdir:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,11 +94,10 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        return {"mode": spec["mode"], "limit_as": spec.get("limit_as"), "failed": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(line[len("RESULT "):])
+    try:
+        return _common.run_child(__file__, spec)
+    except _common.ChildFailed as exc:  # e.g. the address-space limit was too tight: a result, not a crash
+        return {"mode": spec["mode"], "limit_as": spec.get("limit_as"), "failed": str(exc).splitlines()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-as-gb", type=float, help="address-space limit of an extra streaming run (default: 2/3 of the store, for stores >= 2 GB)")
     p.add_argument("--child", help="(internal)")
     args = p.parse_args(argv)
-    if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+    if _common.child_mode(args, child):
         return 0
     if args.quick:
         args.store_gb, args.shard_residues, args.d_hidden, args.batch_size = 0.02, 10_000, 64, 2048

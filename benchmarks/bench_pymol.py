@@ -18,9 +18,7 @@ Targets: warm colouring < 0.2 s; each query < 10 ms.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -130,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db-proteins", type=int, default=120, help="Swiss-Prot proteins in the built database (default 120)")
     p.add_argument("--child", help="(internal) run one PyMOL session from this JSON spec")
     args = p.parse_args(argv)
-    if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+    if _common.child_mode(args, child):
         return 0
     if args.quick:
         args.db_proteins, args.features = 30, 512
@@ -147,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         sessions = []
         env = {**os.environ, "INTERPLM_CACHE_DIR": str(work / "cache"), "QT_QPA_PLATFORM": "offscreen"}
         for label in ("empty activation cache", "on-disk activation cache")[: 1 if args.quick else 2]:
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"PyMOL session failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            sessions.append({"session": label, **json.loads(line[len("RESULT "):])})
+            sessions.append({"session": label, **_common.run_child(__file__, spec, env=env)})
     first, second = sessions[0], sessions[-1]
     rows = [
         {"measure": "interplm color, cold (new session: pipeline load + embed + colour)", "value": first["cold_s"], "unit": "s", "target": ""},
