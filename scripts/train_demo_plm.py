@@ -129,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     start_step = 0
     args.work.mkdir(parents=True, exist_ok=True)
     state_file = args.work / "state.pt"
+    st: dict = {}
     if state_file.exists():
         st = torch.load(state_file, weights_only=True)
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"]); rng.setstate(st["rng"]); start_step = st["step"]
         print(f"resumed at step {start_step}", flush=True)
-
-    t0 = time.time()
-    log = []
+    # Minutes and loss log of earlier sittings travel in the state, so the model card reports the
+    # whole training, not the last sitting.
+    earlier_minutes = float(st.get("minutes", 0.0)) if start_step else 0.0
+    log = list(st.get("log", [])) if start_step else []
+    t0 = time.time() - 60 * earlier_minutes
     step = start_step
     for step in range(start_step, args.steps):
         for g in opt.param_groups:
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 250 == 249:
             with atomic_path(state_file) as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                            "rng": rng.getstate(), "step": step + 1}, tmp)
+                            "rng": rng.getstate(), "step": step + 1, "minutes": (time.time() - t0) / 60, "log": log}, tmp)
         if (time.time() - t0) / 60 > args.max_minutes:
             print(f"stopping early at step {step + 1}: --max-minutes {args.max_minutes} reached", flush=True)
             break

@@ -16,7 +16,7 @@ from interplm_plugins.core.concepts import (
     feature_concept_table,
     label_totals,
 )
-from interplm_plugins.core.sequences import protein_split
+from interplm_plugins.core.sequences import concept_split
 from interplm_plugins.errors import InterPLMError
 
 # 8 residues, 2 concepts. Concept 0 has two instances (domains 1: residues 0-2, 2: residues 5-6);
@@ -130,9 +130,13 @@ def test_labels_from_real_swissprot(swissprot_entries, tmp_path):
     s = names.index("Signal peptide")
     with_signal = [p for p in labels.proteins if labels.dense(p)[:, s].any()]
     assert with_signal and all(labels.dense(p)[0, s] > 0 for p in with_signal)
-    # Split by accession hash: all three splits present, deterministic.
-    splits = {protein_split(p) for p in labels.proteins}
-    assert splits == {"train", "valid", "test"}
+    # Halved by accession hash into valid/test, every protein in exactly one half, deterministically.
+    valid, test = labels.proteins_in_split("valid"), labels.proteins_in_split("test")
+    assert set(valid) | set(test) == set(labels.proteins) and not set(valid) & set(test)
+    assert 0.35 < len(valid) / len(labels.proteins) < 0.65
+    assert valid == [p for p in labels.proteins if concept_split(p) == "valid"]
+    with pytest.raises(InterPLMError, match="concept split"):
+        labels.proteins_in_split("train")
     labels.save(tmp_path)
     again = ConceptLabels.load(tmp_path)
     assert again.names == names
@@ -147,9 +151,7 @@ def test_best_feature_chosen_on_validation_and_scored_on_test(swissprot_entries)
     rng = np.random.default_rng(1)
     counters = {s: ConceptMatchCounter(labels, 4) for s in ("valid", "test")}
     for pid in labels.proteins:
-        split = protein_split(pid)
-        if split == "train":
-            continue
+        split = concept_split(pid)
         lab = labels.dense(pid)
         acts = (rng.random((lab.shape[0], 4)) * 0.4).astype(np.float32)
         acts[:, 2] = np.where(lab[:, helix] > 0, 0.9, 0.0)

@@ -1,4 +1,4 @@
-"""``interplm concepts``: Swiss-Prot annotations -> per-residue concept labels (with the valid/test split)."""
+"""``interplm concepts``: Swiss-Prot annotations -> per-residue concept labels (with the valid/test concept split)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
         description=(
             "Read UniProt flat text (modern or legacy FT layout), XML or TSV (.gz ok), keep concepts with enough "
             "examples, and write OUT/labels.npz, OUT/concepts.tsv and OUT/proteins.fasta (the annotated sequences). "
-            "Proteins are split into train/valid/test by a hash of their accession."
+            "Proteins are halved into validation (features chosen) and test (features scored) by a hash of their accession."
         ),
     )
     p.add_argument("uniprot", help="UniProt file")
@@ -33,7 +33,7 @@ def run(args) -> int:
     labels.save(out)
     write_fasta([ProteinRecord(e.accession, e.sequence, e.entry_name) for e in entries], out / "proteins.fasta")
     summary = labels.summary()
-    splits = {s: len(labels.proteins_in_split(s)) for s in ("train", "valid", "test")}
+    valid, test = (len(labels.proteins_in_split(s)) for s in ("valid", "test"))
     print(f"{len(entries)} entries, {len(summary)} concepts ({(summary['level'] == 'residue').sum()} residue-level); "
-          f"proteins train/valid/test {splits['train']}/{splits['valid']}/{splits['test']} -> {out}")  # fmt: skip
+          f"proteins valid/test {valid}/{test} -> {out}")  # fmt: skip
     return 0

@@ -2,7 +2,7 @@
 
 :func:`build_database` streams every protein once through the PLM and the SAE; each protein's
 activations feed the database builder (statistics, top and quantile examples) and, when the
-protein has Swiss-Prot concept labels in the validation or test split, the concept counters. The
+protein has Swiss-Prot concept labels, the concept counters of its half (:func:`concept_split`). The
 concept table (every concept's best features at their best validation threshold, scored on test)
 is written into the same file at the end. The file appears atomically.
 """
@@ -20,7 +20,7 @@ from scipy import sparse
 from interplm_plugins.core.activations import Pipeline, iter_feature_activations
 from interplm_plugins.core.concepts import THRESHOLDS, ConceptLabels, ConceptMatchCounter, feature_concept_table
 from interplm_plugins.core.database import build_feature_database
-from interplm_plugins.core.sequences import ProteinRecord, protein_split
+from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, concept_split
 from interplm_plugins.errors import InterPLMError
 
 
@@ -44,13 +44,12 @@ def build_database(
         for protein in records:
             if protein.id in labels.sequences and labels.sequences[protein.id] != protein.sequence:
                 raise InterPLMError("sequence differs from the one in the concept annotations", record=protein.id)
-        counters = {s: ConceptMatchCounter(labels, pipeline.num_features, thresholds) for s in ("valid", "test")}
+        counters = {s: ConceptMatchCounter(labels, pipeline.num_features, thresholds) for s in CONCEPT_SPLITS}
 
     def stream() -> Iterator[tuple[ProteinRecord, np.ndarray]]:
         for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch):
-            split = protein_split(record.id)
-            if counters and split in counters and record.id in labels.sequences:
-                counters[split].add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
+            if counters and record.id in labels.sequences:
+                counters[concept_split(record.id)].add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
             yield record, acts
 
     def concept_table() -> pd.DataFrame | None:

@@ -35,7 +35,9 @@ residue; precision = tp / (tp + fp), recall = tp / labelled residues, recall_per
 tp_per_domain / instances, f1 and f1_per_domain the harmonic means of precision with each recall.
 The F1 that selects a feature for a concept (``selection_f1``) is f1 for residue-level concepts
 and f1_per_domain for domain-level ones. The feature and threshold are chosen on the validation
-proteins and reported on the test proteins (split by :func:`core.sequences.protein_split`).
+proteins and reported on the test proteins: every annotated protein is in one of the two halves
+(:func:`core.sequences.concept_split`, independent of the train/valid/test split of PLM and SAE
+training, which never see labels).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import pandas as pd
 from scipy import sparse
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.sequences import protein_split
+from interplm_plugins.core.sequences import CONCEPT_SPLITS, concept_split
 from interplm_plugins.core.uniprot import UniProtEntry
 from interplm_plugins.errors import InterPLMError
 
@@ -205,8 +207,10 @@ class ConceptLabels:
         return sparse.vstack(mats, format="csr", dtype=np.int32), offsets
 
     def proteins_in_split(self, split: str) -> list[str]:
-        """The proteins that :func:`protein_split` puts in ``split`` ("train", "valid" or "test")."""
-        return [pid for pid in self.sequences if protein_split(pid) == split]
+        """The proteins that :func:`concept_split` puts in ``split`` ("valid" or "test")."""
+        if split not in CONCEPT_SPLITS:
+            raise InterPLMError(f"concept split must be one of {', '.join(CONCEPT_SPLITS)}, not {split!r}")
+        return [pid for pid in self.sequences if concept_split(pid) == split]
 
     def summary(self) -> pd.DataFrame:
         """One row per concept: name, family, level, instances, residues, proteins."""
@@ -693,25 +697,21 @@ def evaluate_concept_counts(
     labels: ConceptLabels,
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> tuple[ConceptCounts, ConceptCounts]:
-    """Accumulate ``(protein_id, activations [L, F])`` into validation and test counts.
+    """Accumulate ``(protein_id, activations [L, F])`` into validation and test counts (:func:`concept_split`).
 
-    Proteins of the "train" split are skipped (pass only ``labels.proteins_in_split("valid")``
-    and ``"test"`` to save work); a protein without labels is an error.
+    A protein without labels is an error.
     """
     counters: dict[str, ConceptMatchCounter] = {}
     num_features = None
     for protein_id, activations in activation_iter:
-        split = protein_split(protein_id)
         if protein_id not in labels.sequences:
             raise InterPLMError("protein has no concept labels", record=protein_id)
-        if split == "train":
-            continue
         if num_features is None:
             num_features = int(activations.shape[1])
-            counters = {s: ConceptMatchCounter(labels, num_features, thresholds) for s in ("valid", "test")}
-        counters[split].add(protein_id, activations)
+            counters = {s: ConceptMatchCounter(labels, num_features, thresholds) for s in CONCEPT_SPLITS}
+        counters[concept_split(protein_id)].add(protein_id, activations)
     if num_features is None:
-        raise InterPLMError("no validation or test proteins among the activations")
+        raise InterPLMError("no proteins among the activations")
     valid, test = counters["valid"].result(), counters["test"].result()
     for name, counts in (("validation", valid), ("test", test)):
         if counts.n_proteins == 0:

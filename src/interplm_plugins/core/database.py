@@ -14,7 +14,9 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA application_i
     ``num_proteins``, ``num_residues``, ``top_k``, ``quantile_bins``, ``examples_per_bin``,
     ``active_threshold`` and ``concept_split`` (the split concept queries rank by by default).
 ``proteins(protein_idx, protein_id, accession, description, sequence, length, split)``
-    every protein the database was built from (``split`` from :func:`~.sequences.protein_split`).
+    every protein the database was built from (``split``: :func:`~.sequences.protein_split`, the
+    train/valid/test split of the demo's PLM and SAE training; the concept-evaluation halves are
+    :func:`~.sequences.concept_split`).
 ``features(feature, n_active_residues, n_active_proteins, freq_residue, freq_protein,
 max_activation, mean_active)``
     a residue counts as active when its activation exceeds ``active_threshold`` (default 0);

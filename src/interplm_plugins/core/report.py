@@ -25,7 +25,7 @@ from interplm_plugins.core.activations import Pipeline, encode_features
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 from interplm_plugins.core.concepts import THRESHOLDS, ConceptLabels, ConceptMatchCounter, best_feature_per_concept
 from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.sequences import ProteinRecord, protein_split
+from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, concept_split
 from interplm_plugins.errors import InterPLMError
 
 F1_CUTOFF = 0.5
@@ -89,10 +89,10 @@ def compare_with_neurons(
     pipeline: Pipeline, labels: ConceptLabels, thresholds: Sequence[float] = THRESHOLDS, f1_cutoff: float = F1_CUTOFF,
     toks_per_batch: int = 4096,
 ) -> ConceptComparison:
-    """Score SAE features and signed neurons on ``labels``' validation and test proteins (see module docstring)."""
-    records = [ProteinRecord(pid, seq) for pid, seq in labels.sequences.items() if protein_split(pid) in ("valid", "test")]
+    """Score SAE features and signed neurons on all of ``labels``' proteins, halved by :func:`concept_split` (see module docstring)."""
+    records = [ProteinRecord(pid, seq) for pid, seq in labels.sequences.items()]
     if not records:
-        raise InterPLMError("no annotated proteins in the validation or test split")
+        raise InterPLMError("no annotated proteins to compare on")
     layer = pipeline.layer
 
     def embeddings():
@@ -107,10 +107,10 @@ def compare_with_neurons(
     counters = {
         (unit, split): ConceptMatchCounter(labels, width, thresholds)
         for unit, width in (("sae", pipeline.num_features), ("neurons", maxima.size))
-        for split in ("valid", "test")
+        for split in CONCEPT_SPLITS
     }
     for pid, emb in embeddings():
-        split = protein_split(pid)
+        split = concept_split(pid)
         counters[("sae", split)].add(pid, encode_features(pipeline.sae, emb))
         counters[("neurons", split)].add(pid, signed_neurons(emb, maxima))
     counts = {key: counter.result() for key, counter in counters.items()}

@@ -1,4 +1,4 @@
-"""Protein sequences: reading FASTA strictly, and the deterministic train/valid/test split.
+"""Protein sequences: reading FASTA strictly, and the deterministic splits of proteins.
 
 Policy for imperfect FASTA (each case is tested, see ``tests/bad_inputs/README.md``):
 - lowercase letters are upper-cased; CRLF or CR line endings, blank lines, ASCII spaces and tabs
@@ -182,3 +182,20 @@ def protein_split(protein_id: str, valid_fraction: float = 0.15, test_fraction: 
     if u < test_fraction + valid_fraction:
         return "valid"
     return "train"
+
+
+#: The two halves of the concept evaluation: features are chosen on "valid" and scored on "test".
+CONCEPT_SPLITS = ("valid", "test")
+
+
+def concept_split(protein_id: str) -> str:
+    """Which half of the concept evaluation a protein with Swiss-Prot labels belongs to: ``"valid"`` or ``"test"``.
+
+    Half and half by a hash of the id, independent of :func:`protein_split`. Only this split has to
+    keep labels apart: choosing a feature and threshold per concept is the one step that sees
+    labels. PLM and SAE training are unsupervised (InterPLM's SAEs are scored on Swiss-Prot
+    proteins whose sequences ESM-2 met in UniRef50), so every annotated protein serves the
+    evaluation rather than the 30% that :func:`protein_split` holds out from training.
+    """
+    digest = hashlib.sha1(b"concept:" + protein_id.encode("utf-8")).digest()
+    return "valid" if int.from_bytes(digest[:8], "big") < 2**63 else "test"
