@@ -134,7 +134,7 @@ def test_sample_data_and_open_through_napari(viewer, tmp_path):
 # Widgets
 
 
-def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer, qtbot):
+def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer, qtbot, tmp_path):
     widget = _dock(viewer, _widget.ColorByFeatureWidget)
     assert widget.layer_combo.value is demo_layer and widget.chain_combo.choices == (_widget.ALL_CHAINS, "A", "B")
     chain_a = demo_layer.metadata["interplm"]["chains"]["A"]
@@ -172,6 +172,20 @@ def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer,
     expected = _widget.activation_colors(ref_values, "magma", 0.0, ref_values.max())
     np.testing.assert_allclose(demo_layer.face_color[points_a[mapped]], expected, atol=1e-6)
     np.testing.assert_allclose(demo_layer.face_color[points_a[~mapped]], np.tile(_widget.NEUTRAL_GREY, (10, 1)))
+
+    # the same reference as a one-record FASTA file (as PyMOL's uniprot= takes it) colours the same
+    by_sequence = demo_layer.face_color.copy()
+    fasta = tmp_path / "reference.fasta"
+    fasta.write_text(">P04585 reference\n" + reference + "\n")
+    widget.reference.value = str(fasta)
+    _wait(qtbot, widget, widget.color(feature))
+    np.testing.assert_allclose(demo_layer.face_color, by_sequence, atol=1e-6)
+    # a path that is not there: the widget says so (named), the colours stay
+    widget.reference.value = str(tmp_path / "missing.fasta")
+    worker = widget.color(feature)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "reference: neither a protein sequence nor a FASTA file" in widget.status.value and "missing.fasta" in widget.status.value
+    np.testing.assert_allclose(demo_layer.face_color, by_sequence, atol=1e-6)
 
 
 def test_feature_search_picks_the_best_match(tiny_pipeline, viewer, demo_layer):

@@ -166,6 +166,23 @@ def write_fasta(records: Iterable[ProteinRecord], path: str | os.PathLike, width
                 out.write(sequence[i : i + width] + "\n")
 
 
+def read_reference_sequence(text: str, field: str = "reference") -> str:
+    """A full-length reference sequence as a user gives it: one-letter codes, or a FASTA file with one record.
+
+    ``field`` names the input in errors (the PyMOL argument ``uniprot``, napari's ``reference``).
+    """
+    text = str(text).strip()
+    if re.fullmatch(r"[A-Za-z*\s]+", text):  # letters only: a sequence (file names have a dot or a slash)
+        return clean_sequence(text, record=field)
+    path = Path(os.path.expanduser(text))
+    if not path.is_file():
+        raise InterPLMError(f"{field}: neither a protein sequence nor a FASTA file", file=path)
+    records = read_fasta(path)
+    if len(records) != 1:
+        raise InterPLMError(f"{field}: the FASTA file has {len(records)} records; give a file with one, or the sequence itself", file=path)
+    return records[0].sequence
+
+
 SPLITS = ("train", "valid", "test")
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
 
 from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
+from interplm_plugins.core.sequences import read_reference_sequence
 from interplm_plugins.core.structure import StructureChain
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.napari_plugin._reader import METADATA_KEY
@@ -57,11 +58,12 @@ def iter_chain_activations(
     chains: Sequence[StructureChain], reference: str | None = None, source: str | None = None
 ) -> Generator[None, None, dict[str, ChainActivations]]:
     """Worker body: embeds each chain with the session pipeline, yielding after each (progress);
-    returns ``{chain id: ChainActivations}``."""
+    returns ``{chain id: ChainActivations}``. ``reference``: a sequence or a one-record FASTA file."""
+    sequence = read_reference_sequence(reference) if reference else None
     pipeline = current_pipeline()  # loads the model on first use: here, off the GUI thread
     result: dict[str, ChainActivations] = {}
     for chain in chains:
-        result[chain.chain_id] = chain_activations(pipeline, chain, reference=reference or None, source=source)
+        result[chain.chain_id] = chain_activations(pipeline, chain, reference=sequence, source=source)
         yield
     return result
 
@@ -197,7 +199,7 @@ class _StructureWidget(Container):
         self.chain_combo = ComboBox(label="chain", choices=self._chain_choices, visible=chain_picker)
         self.reference = LineEdit(
             label="reference",
-            tooltip="Optional full-length sequence (e.g. UniProt) to embed instead of the modelled residues; "
+            tooltip="Optional full-length sequence (e.g. UniProt), or a FASTA file with one record, to embed instead of the modelled residues; "
             "the chain is aligned to it. Empty: embed the chain's own sequence.",
         )
         self.status = Label(value="")

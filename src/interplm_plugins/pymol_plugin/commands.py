@@ -20,7 +20,8 @@ from pymol.shortcut import Shortcut
 from interplm_plugins.core.activations import Pipeline, current_pipeline, use_pipeline
 from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit
 from interplm_plugins.errors import InterPLMError
-from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, paint, palette_rgb, read_reference, selected_chains
+from interplm_plugins.core.sequences import read_reference_sequence
+from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, paint, palette_rgb, selected_chains
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -60,7 +61,7 @@ def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PA
         raise InterPLMError("which feature? use `interplm color SELECTION, feature=N`")
     feature = pipeline.check_feature(_as_int(feature, "feature"))
     rgb = palette_rgb(palette, _self)  # checked before the model runs
-    reference = read_reference(uniprot) if uniprot else None
+    reference = read_reference_sequence(uniprot, "uniprot") if uniprot else None
     chains = selected_chains(pipeline, selection, reference, _self=_self)
 
     residues = []
@@ -103,7 +104,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
     k = _as_int(k, "k")
     if selection is None:
         selection = "sele" if "sele" in _self.get_names("selections") else "all"
-    reference = read_reference(uniprot) if uniprot else None
+    reference = read_reference_sequence(uniprot, "uniprot") if uniprot else None
     chains = selected_chains(pipeline, selection, reference, _self=_self)
     vectors = np.concatenate([sc.activations.residue_vectors(sc.selected) for sc in chains])
     if len(vectors) == 0:

@@ -19,16 +19,12 @@ properties (Incentive PyMOL; open-source PyMOL raises ``IncentiveOnlyException``
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
-from interplm_plugins.core.sequences import clean_sequence, read_fasta
 from interplm_plugins.core.structure import StructureChain, chain_from_atoms, parse_resi, residue_letter
 from interplm_plugins.errors import InterPLMError
 
@@ -95,20 +91,6 @@ def object_chains(object_name: str, _self) -> list[StructureChain]:
     # Non-amino-acid atoms would be dropped by chain_from_atoms anyway; dropping them here also
     # keeps a ligand with an unusual residue number from failing the whole object.
     return chain_from_atoms(row[1:] for row in rows if residue_letter(row[3], row[4]) is not None)
-
-
-def read_reference(uniprot: str) -> str:
-    """A full-length reference sequence: one-letter codes as given, or from a FASTA file with one record."""
-    text = str(uniprot).strip()
-    if re.fullmatch(r"[A-Za-z*\s]+", text):  # letters only: a sequence (file names have a dot or a slash)
-        return clean_sequence(text, record="uniprot")
-    path = Path(os.path.expanduser(text))
-    if not path.is_file():
-        raise InterPLMError("uniprot: neither a protein sequence nor a FASTA file", file=path)
-    records = read_fasta(path)
-    if len(records) != 1:
-        raise InterPLMError(f"uniprot: the FASTA file has {len(records)} records; give a file with one, or the sequence itself", file=path)
-    return records[0].sequence
 
 
 def selected_chains(pipeline: Pipeline, selection: str, reference: str | None = None, *, _self) -> list[SelectedChain]:
