@@ -186,6 +186,10 @@ def test_report_compares_sae_features_with_signed_neurons(chain, tiny_esm2_path,
     assert summary["concepts_evaluated"] == len(rows) > 0
     assert summary["sae_concepts_with_f1_at_cutoff"] == sum(r["sae_test_f1"] >= 0.5 for r in rows)
     assert summary["concepts_where_sae_beats_neurons"] == sum(r["sae_test_f1"] > r["neuron_test_f1"] for r in rows)
+    by_cutoff = {c["f1_cutoff"]: c for c in summary["concepts_found_by_cutoff"]}
+    assert sorted(by_cutoff) == [0.3, 0.4, 0.5, 0.6]
+    assert by_cutoff[0.5]["sae"] == summary["sae_concepts_with_f1_at_cutoff"]
+    assert by_cutoff[0.3]["neurons"] == sum(r["neuron_test_f1"] >= 0.3 for r in rows)
     # neurons are named by dimension and sign: 32 dims of the tiny model, both signs
     assert all(r["neuron"][-1] in "+-" and 0 <= int(r["neuron"][:-1]) < 32 for r in rows)
     assert all(0 <= r["sae_feature"] < 128 for r in rows)

@@ -33,6 +33,7 @@ def run(args) -> int:
     print(f"{s['concepts_evaluated']} concepts, {s['valid_proteins']} validation / {s['test_proteins']} test proteins")
     print(f"concepts with test F1 >= {s['f1_cutoff']}: SAE features {s['sae_concepts_with_f1_at_cutoff']}, "
           f"neurons {s['neuron_concepts_with_f1_at_cutoff']}")  # fmt: skip
+    print("  at other cutoffs (SAE/neurons): " + ", ".join(f">= {c['f1_cutoff']}: {c['sae']}/{c['neurons']}" for c in s["concepts_found_by_cutoff"]))
     print(f"median test F1: SAE {s['sae_median_test_f1']:.3f}, neurons {s['neuron_median_test_f1']:.3f}; "
           f"SAE better on {s['concepts_where_sae_beats_neurons']}, neurons better on {s['concepts_where_neurons_beat_sae']}")  # fmt: skip
     print(f"wrote {files['json']}, {files['tsv']}, {files['png']}")

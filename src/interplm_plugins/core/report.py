@@ -29,6 +29,8 @@ from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, conce
 from interplm_plugins.errors import InterPLMError
 
 F1_CUTOFF = 0.5
+#: Further cutoffs the summary counts at, so a comparison that hinges on one concept near 0.5 shows it.
+REPORTED_CUTOFFS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
 
 
 def signed_neurons(embeddings: np.ndarray, maxima: np.ndarray | None = None) -> np.ndarray:
@@ -71,6 +73,10 @@ class ConceptComparison:
             "neuron_median_test_f1": float(self.neurons["test_f1"].median()),
             "concepts_where_sae_beats_neurons": int((joined["sae_test_f1"] > joined["neuron_test_f1"]).sum()),
             "concepts_where_neurons_beat_sae": int((joined["sae_test_f1"] < joined["neuron_test_f1"]).sum()),
+            "concepts_found_by_cutoff": [
+                {"f1_cutoff": c, "sae": int((self.sae["test_f1"] >= c).sum()), "neurons": int((self.neurons["test_f1"] >= c).sum())}
+                for c in sorted({*REPORTED_CUTOFFS, self.f1_cutoff})
+            ],
         }
 
     def joined(self) -> pd.DataFrame:
