@@ -12,7 +12,7 @@ from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered
 from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, sae_hash, save_sae
 from interplm_plugins.core.sequences import read_fasta
-from interplm_plugins.core.train import TrainConfig, train_sae
+from interplm_plugins.core.train import TrainConfig, resampling_allowed, train_sae
 from interplm_plugins.errors import InterPLMError
 
 
@@ -122,14 +122,22 @@ def test_dead_features_are_resampled(store, tmp_path):
     state = train_module.make_training_state(config, train_config)
     with torch.no_grad():
         state.sae.encoder.bias[:32] = -1e3
-    resampled = 0
+    resampled = {}
     for batch in store.iter_batches(256, seed=0):
         metrics = train_module.train_step(state, torch.from_numpy(np.asarray(batch, dtype=np.float32)))
-        resampled += int(metrics.get("resampled", 0))
+        resampled[state.step] = int(metrics.get("resampled", 0))
         if state.step >= 60:
             break
-    assert resampled >= 16
+    assert resampled[30] >= 16
     assert float(state.sae.encoder.bias[:32].detach().min()) > -1e3
+    # Step 60 is the last and a multiple of resample_every, but within the learning-rate decay
+    # (the last 20%): features re-initialised there would ship untrained.
+    assert 60 not in {s for s, n in resampled.items() if n} and sum(resampled.values()) == resampled[30]
+
+
+def test_no_resampling_once_the_learning_rate_decays():
+    config = TrainConfig(steps=10_000, resample_every=2_000, decay_fraction=0.2)
+    assert [s + 1 for s in range(config.steps) if resampling_allowed(config, s)] == [2_000, 4_000, 6_000]
 
 
 def test_loss_recovered_of_an_identity_sae_is_one(tiny_plm, swissprot_fasta):

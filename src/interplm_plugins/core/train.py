@@ -4,7 +4,9 @@ Losses (per residue, averaged over the batch):
 - ReLU: ``|x - x_hat|^2 + l1 * sum_i f_i |W_dec[:, i]|`` (L1 weighted by decoder column norms,
   Anthropic's April 2024 update), the L1 coefficient ramped up linearly over the first
   ``l1_warmup_fraction`` of the steps. Dead features are *resampled* every ``resample_every``
-  steps (Anthropic / dictionary_learning): re-initialised towards inputs the SAE reconstructs badly.
+  steps (Anthropic / dictionary_learning): re-initialised towards inputs the SAE reconstructs badly;
+  not once the learning rate decays (:func:`resampling_allowed`), since a feature re-initialised
+  then, or at the last step, would be left untrained in the final weights.
 - TopK / BatchTopK: ``|x - x_hat|^2 + auxk_alpha * AuxK`` with unit-norm decoder columns. AuxK
   (Gao et al. 2024) asks the top ``auxk_k`` *dead* features to reconstruct the residual, so they
   get gradient again. BatchTopK estimates its inference threshold as a running mean of the
@@ -94,6 +96,12 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     if config.decay_fraction > 0 and step >= decay_start:
         factor *= max(0.0, (config.steps - step) / (config.steps - decay_start))
     return config.lr * factor
+
+
+def resampling_allowed(config: TrainConfig, step: int) -> bool:
+    """Whether dead features are resampled after step ``step`` (0-based): every ``resample_every``
+    steps, and only before the learning-rate decay starts."""
+    return (step + 1) % config.resample_every == 0 and step + 1 < config.steps * (1 - config.decay_fraction)
 
 
 def l1_scale(config: TrainConfig, step: int) -> float:
@@ -422,7 +430,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
             smallest = sync.reduce_min(kept.min() if kept.numel() else f.new_zeros(()))
             beta = config.threshold_beta if float(sae.threshold) >= 0 else 0.0
             sae.threshold.copy_(beta * sae.threshold + (1 - beta) * smallest)
-        if sae.kind == "relu" and config.dead_feature_remedy and (step + 1) % config.resample_every == 0:
+        if sae.kind == "relu" and config.dead_feature_remedy and resampling_allowed(config, step):
             metrics["resampled"] = resample_dead_features(state, sync.global_batch(x))
         names = ["loss", "mse", "l0", *extra]
         values = sync.reduce_mean(torch.stack([loss, mse, l0, *extra.values()]).double(), weight).tolist()
