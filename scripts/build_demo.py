@@ -43,9 +43,10 @@ def main() -> int:
     p.add_argument("--layer", type=int, default=3)
     p.add_argument("--width", type=int, default=2048)
     # Layer-3 embeddings of the demo model have norms near 200 (no input normalisation), hence a
-    # large L1 coefficient: a sweep at 800 steps gave L0 156 / FVE 0.99 at 10, 121 / 0.97 at 30.
+    # large L1 coefficient. Chosen by mean validation F1 over concepts among the configurations in
+    # docs/demo_sae_sweep.md (width, L1, steps, kind, layer).
     p.add_argument("--l1", type=float, default=30.0)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=8)
     args = p.parse_args()
@@ -93,6 +94,7 @@ def sae_quality(model: str, work: Path) -> dict:
 def write_model_card(summary: dict, quality: dict, args) -> None:
     plm = json.loads((DEMO / f"{DEMO_MODEL_NAME}.json").read_text())
     sae = json.loads((DEMO / "sae.json").read_text())
+    cutoffs = ", ".join(f"F1 >= {c['f1_cutoff']}: {c['sae']} / {c['neurons']}" for c in summary["concepts_found_by_cutoff"])
     card = f"""# The embedded default: {DEMO_MODEL_NAME}
 
 **What it is.** A small protein language model with ESM-2's architecture (fair-esm's `ESM2` class,
@@ -123,15 +125,17 @@ normalised with `interplm normalize` (activations in [0, 1]).
 | dead features | {quality['dead_fraction']:.1%} |
 | masked-LM loss recovered (held-out test proteins; 1 = perfect, 0 = zero-ablation) | {quality.get('fidelity')} |
 
-**Its feature database** (`features.sqlite`): built with `interplm build-db` over the
-{summary['valid_proteins'] + summary['test_proteins']} validation and test proteins and the training proteins of
-`swissprot_train.dat.gz` (727 reviewed entries); concept matches chosen on validation proteins and
-scored on test proteins.
+**Its feature database** (`features.sqlite`): built with `interplm build-db` over the 727 reviewed
+entries of `swissprot_train.dat.gz`. Concept matches are chosen on one half of them (validation)
+and scored on the other (test), halved by `concept_split`. About 70% of these sequences were in the
+PLM's and the SAE's (unsupervised, label-free) training data, as Swiss-Prot sequences were in
+ESM-2's; only the choice of feature per concept sees labels, and it never sees a test protein.
 
-**Concepts found** (`interplm report`, {summary['concepts_evaluated']} Swiss-Prot concepts, {summary['test_proteins']} held-out test proteins):
+**Concepts found** (`interplm report`, {summary['concepts_evaluated']} Swiss-Prot concepts, {summary['valid_proteins']} validation / {summary['test_proteins']} test proteins):
 {summary['sae_concepts_with_f1_at_cutoff']} concepts have an SAE feature with test F1 >= {summary['f1_cutoff']}, against
-{summary['neuron_concepts_with_f1_at_cutoff']} with the best single neuron of the same layer. Median best F1: SAE
-{summary['sae_median_test_f1']:.3f}, neurons {summary['neuron_median_test_f1']:.3f}.
+{summary['neuron_concepts_with_f1_at_cutoff']} with the best single neuron of the same layer (both signs, scaled to [0, 1]).
+At other cutoffs (SAE / neurons): {cutoffs}. The SAE's best unit is better on
+{summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on {summary['concepts_where_neurons_beat_sae']}.
 
 Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 1.5 h on 2 cores).
 """

@@ -104,8 +104,10 @@ def test_prompts_show_examples_activations_annotations_and_hide_them_from_predic
     for pid, start, seq in shown:
         acts = real[pid][start - 1 : start - 1 + len(seq)]
         peak = int(np.argmax(acts))
-        # the peak residue is listed with its position and activation (2 decimals)
-        assert f"{seq[peak]}{start + peak}:{acts[peak]:.2f}" in prompt
+        # the peak residue is listed with its position and activation (2 decimals), if it reaches
+        # the listing threshold (0.05); a weaker window (a low quantile example) says so
+        listed = f"{seq[peak]}{start + peak}:{acts[peak]:.2f}" in prompt
+        assert listed if acts[peak] >= 0.05 else "none above 0.05" in prompt
     assert "Swiss-Prot annotations:" in prompt and re.search(r"CHAIN|SIGNAL|DOMAIN|HELIX|STRAND", prompt)
 
     predict = predict_req.prompt

@@ -21,7 +21,7 @@ from napari.utils.colormaps import ensure_colormap  # noqa: E402
 
 from interplm_plugins.core.structure import read_structure  # noqa: E402
 from interplm_plugins.napari_plugin import _widget  # noqa: E402
-from interplm_plugins.napari_plugin._reader import napari_get_reader, structure_layer_data  # noqa: E402
+from interplm_plugins.napari_plugin._reader import napari_get_reader  # noqa: E402
 from interplm_plugins.napari_plugin._sample_data import demo_structure_path  # noqa: E402
 
 PLUGIN = "interplm-plugins"
