@@ -97,7 +97,7 @@ def summarise(results_dir: Path) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
         f"Python {m['python']}{', GPU ' + m['gpu'] if m.get('gpu') else ''}; load average at start "
         f"{', '.join(str(r['machine']['load_average_at_start']) for r in results.values())}.",
-        f"Mode: **{' + '.join(modes)}**{' (small sizes: smoke-run numbers, not the measurement)' if 'quick' in modes else ''}; run {dates[0]} to {dates[-1]}.",
+        f"Mode: **{' + '.join(modes)}**{' (small sizes: smoke-run numbers, not the measurement)' if 'quick' in modes else ''}; results written {dates[0]} to {dates[-1]}.",
         "",
         "| benchmark | what | result | target |",
         "|---|---|---|---|",
