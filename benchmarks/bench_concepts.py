@@ -91,8 +91,12 @@ def _distinct_per_feature(features: np.ndarray, instances: np.ndarray, n_feature
     return np.bincount(pairs // (int(instances.max()) + 1), minlength=n_features)
 
 
-def interplm_loop(acts, labels_csc, thresholds, concepts):
-    """InterPLM's sparse-column approach (see the module docstring)."""
+def _loop_over_concepts(acts, thresholds, concepts, labelled_hits):
+    """tp, fp and tp_per_domain ``[C, F, T]`` by looping over thresholds and concepts.
+
+    ``labelled_hits(b, c)`` gives, for the binarised activations ``b`` and concept column ``c``,
+    tp per feature and the feature and instance id of every active labelled residue (the two
+    references differ only in how they find those residues)."""
     n_features = acts.shape[1]
     shape = (len(concepts), n_features, len(thresholds))
     tp, fp, tpd = (np.zeros(shape, dtype=np.int64) for _ in range(3))
@@ -100,30 +104,34 @@ def interplm_loop(acts, labels_csc, thresholds, concepts):
         b = _binarise(acts, t)
         active = np.asarray(b.sum(axis=0)).ravel()
         for ci, c in enumerate(concepts):
-            column = labels_csc[:, c]
-            tp[ci, :, ti] = np.asarray(b.multiply(column > 0).sum(axis=0)).ravel()
+            tp[ci, :, ti], features, instances = labelled_hits(b, c)
             fp[ci, :, ti] = active - tp[ci, :, ti]
-            hits = b.multiply(column).tocoo()
-            tpd[ci, :, ti] = _distinct_per_feature(hits.col, hits.data, n_features)
+            tpd[ci, :, ti] = _distinct_per_feature(features, instances, n_features)
     return tp, fp, tpd
+
+
+def interplm_loop(acts, labels_csc, thresholds, concepts):
+    """InterPLM's sparse-column approach (see the module docstring): every product over all residues."""
+
+    def labelled_hits(b, c):
+        column = labels_csc[:, c]
+        tp = np.asarray(b.multiply(column > 0).sum(axis=0)).ravel()
+        hits = b.multiply(column).tocoo()  # instance id where active and labelled
+        return tp, hits.col, hits.data
+
+    return _loop_over_concepts(acts, thresholds, concepts, labelled_hits)
 
 
 def row_loop(acts, labels_csc, thresholds, concepts):
     """Each concept touches only its labelled residues (see the module docstring)."""
-    n_features = acts.shape[1]
-    shape = (len(concepts), n_features, len(thresholds))
-    tp, fp, tpd = (np.zeros(shape, dtype=np.int64) for _ in range(3))
-    for ti, t in enumerate(thresholds):
-        b = _binarise(acts, t)
-        active = np.asarray(b.sum(axis=0)).ravel()
-        for ci, c in enumerate(concepts):
-            lo, hi = labels_csc.indptr[c], labels_csc.indptr[c + 1]
-            rows, ids = labels_csc.indices[lo:hi], labels_csc.data[lo:hi]
-            sub = b[rows].tocoo()
-            tp[ci, :, ti] = np.bincount(sub.col, minlength=n_features)
-            fp[ci, :, ti] = active - tp[ci, :, ti]
-            tpd[ci, :, ti] = _distinct_per_feature(sub.col, ids[sub.row], n_features)
-    return tp, fp, tpd
+
+    def labelled_hits(b, c):
+        lo, hi = labels_csc.indptr[c], labels_csc.indptr[c + 1]
+        rows, ids = labels_csc.indices[lo:hi], labels_csc.data[lo:hi]
+        sub = b[rows].tocoo()
+        return np.bincount(sub.col, minlength=b.shape[1]), sub.col, ids[sub.row]
+
+    return _loop_over_concepts(acts, thresholds, concepts, labelled_hits)
 
 
 def _same(ours, theirs, concepts, name):
