@@ -186,14 +186,18 @@ def read_reference_sequence(text: str, field: str = "reference") -> str:
 SPLITS = ("train", "valid", "test")
 
 
+def _hash64(key: bytes) -> int:
+    """The first 64 bits of ``key``'s SHA-1: the same on every machine and run, unlike ``hash()``."""
+    return int.from_bytes(hashlib.sha1(key).digest()[:8], "big")
+
+
 def protein_split(protein_id: str, valid_fraction: float = 0.15, test_fraction: float = 0.15) -> str:
     """Deterministic split of a protein by a hash of its id: ``"train"``, ``"valid"`` or ``"test"``.
 
     The same id always lands in the same split, so the demo PLM, the SAE and the concept metrics
     agree on which proteins are held out, across machines and runs.
     """
-    digest = hashlib.sha1(protein_id.encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = _hash64(protein_id.encode("utf-8")) / 2**64
     if u < test_fraction:
         return "test"
     if u < test_fraction + valid_fraction:
@@ -214,5 +218,4 @@ def concept_split(protein_id: str) -> str:
     proteins whose sequences ESM-2 met in UniRef50), so every annotated protein serves the
     evaluation rather than the 30% that :func:`protein_split` holds out from training.
     """
-    digest = hashlib.sha1(b"concept:" + protein_id.encode("utf-8")).digest()
-    return "valid" if int.from_bytes(digest[:8], "big") < 2**63 else "test"
+    return "valid" if _hash64(b"concept:" + protein_id.encode("utf-8")) < 2**63 else "test"
