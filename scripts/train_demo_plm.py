@@ -66,14 +66,15 @@ def encode(batch: list[str], alphabet: Alphabet) -> torch.Tensor:
 @torch.no_grad()
 def held_out_perplexity(model: ESM2, alphabet: Alphabet, seqs: list[str], crop: int) -> float:
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(1234)
     total, count = 0.0, 0
     seqs = sorted((s[:crop] for s in seqs), key=len)
     for i in range(0, len(seqs), 16):
         toks = encode(seqs[i : i + 16], alphabet)
-        corrupted, targets = mask_tokens(toks, alphabet, gen)
+        corrupted, targets = (t.to(device) for t in mask_tokens(toks, alphabet, gen))
         logits = model(corrupted)["logits"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum", ignore_index=-100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum", ignore_index=-100)
         total += loss.item()
         count += int((targets != -100).sum())
     model.train()
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (the recipe's budget) or cuda, for recipe studies on a GPU")
+    p.add_argument("--eval-every", type=int, default=0, help="also log held-out perplexity every N steps (0: only at the end)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop early (and say so) past this")
     p.add_argument("--work", type=Path, default=Path("runs/demo_plm"), help="resumable training state")
     args = p.parse_args(argv)
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     train, held_out = load_sequences(args.data)
     print(f"training proteins {len(train)} ({sum(map(len, train))} residues), held out {len(held_out)}", flush=True)
 
-    model = new_esm2(args.layers, args.dim, args.heads, seed=args.seed).train()
+    device = torch.device(args.device)
+    model = new_esm2(args.layers, args.dim, args.heads, seed=args.seed).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     lr_at = lambda s: args.lr * min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     gen = torch.Generator().manual_seed(args.seed)
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     state_file = args.work / "state.pt"
     st: dict = {}
     if state_file.exists():
-        st = torch.load(state_file, weights_only=True)
+        st = torch.load(state_file, weights_only=True, map_location=device)
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"]); rng.setstate(st["rng"]); start_step = st["step"]
         print(f"resumed at step {start_step}", flush=True)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = s[off : off + args.crop]
             batch.append(s)
         toks = encode(batch, alphabet)
-        corrupted, targets = mask_tokens(toks, alphabet, gen)
+        corrupted, targets = (t.to(device) for t in mask_tokens(toks, alphabet, gen))
         logits = model(corrupted)["logits"]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -160,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         if step % 50 == 0:
             el = time.time() - t0
-            print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} elapsed {el/60:.1f} min", flush=True)
+            print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} elapsed {el/60:.2f} min", flush=True)
             log.append({"step": step, "loss": round(loss.item(), 4)})
+        if args.eval_every and step % args.eval_every == args.eval_every - 1:
+            ppl_now = held_out_perplexity(model, alphabet, held_out, crop=1022)
+            print(f"step {step + 1} held-out perplexity {ppl_now:.3f}", flush=True)
+            log.append({"step": step + 1, "held_out_perplexity": round(ppl_now, 3)})
         if step % 250 == 249:
             with atomic_path(state_file) as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     uni = unigram_perplexity(train, held_out)
     print(f"held-out masked-LM perplexity {ppl:.2f} (unigram baseline {uni:.2f})", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = save_esm2_checkpoint(model, args.out / f"{args.name}.pt")
+    path = save_esm2_checkpoint(model.cpu(), args.out / f"{args.name}.pt")
     metrics = {
         "name": args.name, "architecture": "fair-esm ESM2", "layers": args.layers, "embed_dim": args.dim,
         "attention_heads": args.heads, "parameters": sum(p.numel() for p in model.parameters()),
