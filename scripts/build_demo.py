@@ -95,13 +95,21 @@ def write_model_card(summary: dict, quality: dict, args) -> None:
     plm = json.loads((DEMO / f"{DEMO_MODEL_NAME}.json").read_text())
     sae = json.loads((DEMO / "sae.json").read_text())
     cutoffs = ", ".join(f"F1 >= {c['f1_cutoff']}: {c['sae']} / {c['neurons']}" for c in summary["concepts_found_by_cutoff"])
+    boot = summary["bootstrap_over_test_proteins"]
+    at = next(b for b in boot["sae_minus_neurons_concepts_found"] if b["f1_cutoff"] == summary["f1_cutoff"])
+    bootstrap = (
+        f"Resampling the test proteins ({boot['resamples']} bootstrap resamples, units fixed), SAE - neurons at "
+        f"F1 >= {summary['f1_cutoff']} has a 95% interval of {at['ci95'][0]:+g} to {at['ci95'][1]:+g}; the SAE is ahead in "
+        f"{at['share_sae_ahead']:.0%} of resamples."
+    )
     card = f"""# The embedded default: {DEMO_MODEL_NAME}
 
 **What it is.** A small protein language model with ESM-2's architecture (fair-esm's `ESM2` class,
 {plm['layers']} layers, {plm['embed_dim']} dimensions, {plm['attention_heads']} heads, {plm['parameters']:,} parameters), trained
 here from scratch with ESM's masked-LM objective on {plm['training_proteins']} real proteins
 ({plm['training_residues']:,} residues: the training split of the Swiss-Prot and UniProt FASTA files in
-`../shared/data/sequences`) for {plm['steps']} steps on two CPU cores ({plm['train_minutes']} min). It is saved in
+`../shared/data/sequences`) for {plm['steps']} steps of {plm['batch']} crops, peak learning rate {plm['lr']}, on two CPU
+cores ({plm['train_minutes']} min). It is saved in
 fair-esm's checkpoint format, so `esm.pretrained.load_model_and_alphabet_local` loads it.
 
 **What it is not.** It is **not ESM-2**: it has seen about a millionth of ESM-2's training data,
@@ -135,7 +143,7 @@ ESM-2's; only the choice of feature per concept sees labels, and it never sees a
 {summary['sae_concepts_with_f1_at_cutoff']} concepts have an SAE feature with test F1 >= {summary['f1_cutoff']}, against
 {summary['neuron_concepts_with_f1_at_cutoff']} with the best single neuron of the same layer (both signs, scaled to [0, 1]).
 At other cutoffs (SAE / neurons): {cutoffs}. The SAE's best unit is better on
-{summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on {summary['concepts_where_neurons_beat_sae']}.
+{summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on {summary['concepts_where_neurons_beat_sae']}. {bootstrap}
 
 Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 1.5 h on 2 cores).
 """

@@ -194,3 +194,44 @@ def test_report_compares_sae_features_with_signed_neurons(chain, tiny_esm2_path,
     assert all(r["neuron"][-1] in "+-" and 0 <= int(r["neuron"][:-1]) < 32 for r in rows)
     assert all(0 <= r["sae_feature"] < 128 for r in rows)
     assert (out / "f1_distribution.png").stat().st_size > 1000
+    boot = summary["bootstrap_over_test_proteins"]
+    assert boot["resamples"] == 1000 and [b["f1_cutoff"] for b in boot["sae_minus_neurons_concepts_found"]] == [0.3, 0.4, 0.5, 0.6]
+
+
+def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_path):
+    """Per-protein counts of each concept's chosen unit sum to the reported test F1; the bootstrap is reproducible."""
+    from interplm_plugins.core.activations import load_pipeline
+    from interplm_plugins.core.concepts import ConceptLabels
+    from interplm_plugins.core.report import compare_with_neurons
+
+    pipeline = load_pipeline(model=tiny_esm2_path, sae=chain / "sae_norm.safetensors")
+    comparison = compare_with_neurons(pipeline, ConceptLabels.load(chain / "concepts"))
+    for counts, table in ((comparison.sae_test_counts, comparison.sae), (comparison.neuron_test_counts, comparison.neurons)):
+        assert counts.tp.shape == (comparison.n_test_proteins, len(table))
+        np.testing.assert_allclose(counts.selection_f1()[0], table["test_f1"].to_numpy(), atol=1e-12)
+    summary = comparison.summary()
+    boot = summary["bootstrap_over_test_proteins"]
+    assert boot == comparison.summary()["bootstrap_over_test_proteins"]  # seeded
+    assert [b["f1_cutoff"] for b in boot["sae_minus_neurons_concepts_found"]] == [0.3, 0.4, 0.5, 0.6]
+    for b in (*boot["sae_minus_neurons_concepts_found"], boot["sae_wins_minus_neuron_wins"]):
+        low, high = b["ci95"]
+        assert low <= high and 0 <= b["share_sae_ahead"] + b["share_tied"] <= 1
+
+
+def test_bootstrap_interval_is_tight_when_one_side_always_wins():
+    from interplm_plugins.core.report import ChosenUnitCounts, bootstrap_comparison
+
+    rng = np.random.default_rng(1)
+    proteins, concepts = 40, 6
+    n_positive = rng.integers(0, 5, size=(proteins, concepts)).astype(float)
+    n_instances = (n_positive > 0).astype(float)
+    zeros = np.zeros_like(n_positive)
+    level = np.array([True, False] * 3)
+    perfect = ChosenUnitCounts(n_positive, zeros, n_instances, n_positive, n_instances, level)
+    silent = ChosenUnitCounts(zeros, zeros, zeros, n_positive, n_instances, level)
+    boot = bootstrap_comparison(perfect, silent, [0.5], resamples=200)
+    at = boot["sae_minus_neurons_concepts_found"][0]
+    assert at["share_sae_ahead"] == 1.0 and at["ci95"] == [concepts, concepts]
+    assert bootstrap_comparison(silent, perfect, [0.5], resamples=200)["sae_minus_neurons_concepts_found"][0]["share_sae_ahead"] == 0.0
+    tied = bootstrap_comparison(perfect, perfect, [0.5], resamples=50)
+    assert tied["sae_wins_minus_neuron_wins"] == {"ci95": [0.0, 0.0], "share_sae_ahead": 0.0, "share_tied": 1.0}

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         description=(
             "For each concept of `interplm concepts`, choose the best SAE feature and the best neuron of the same "
             "layer on validation proteins and score them on test proteins. Prints the counts of concepts with "
-            "F1 >= 0.5 and writes OUT/report.json, OUT/concepts.tsv and OUT/f1_distribution.png."
+            "F1 >= 0.5 (with a bootstrap interval over test proteins) and writes OUT/report.json, OUT/concepts.tsv and OUT/f1_distribution.png."
         ),
     )
     p.add_argument("--concepts", required=True, help="folder written by `interplm concepts`")
@@ -36,5 +36,10 @@ def run(args) -> int:
     print("  at other cutoffs (SAE/neurons): " + ", ".join(f">= {c['f1_cutoff']}: {c['sae']}/{c['neurons']}" for c in s["concepts_found_by_cutoff"]))
     print(f"median test F1: SAE {s['sae_median_test_f1']:.3f}, neurons {s['neuron_median_test_f1']:.3f}; "
           f"SAE better on {s['concepts_where_sae_beats_neurons']}, neurons better on {s['concepts_where_neurons_beat_sae']}")  # fmt: skip
+    boot = s["bootstrap_over_test_proteins"]
+    at_cutoff = next(b for b in boot["sae_minus_neurons_concepts_found"] if b["f1_cutoff"] == s["f1_cutoff"])
+    low, high = at_cutoff["ci95"]
+    print(f"bootstrap over test proteins ({boot['resamples']} resamples): SAE - neurons at F1 >= {s['f1_cutoff']}, "
+          f"95% interval {low:+g} to {high:+g}, SAE ahead in {at_cutoff['share_sae_ahead']:.0%} of resamples")  # fmt: skip
     print(f"wrote {files['json']}, {files['tsv']}, {files['png']}")
     return 0

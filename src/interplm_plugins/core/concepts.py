@@ -617,18 +617,24 @@ def concept_metrics(
 ) -> dict[str, np.ndarray]:
     """Precision, recall, recall_per_domain, f1, f1_per_domain and selection_f1, each ``[C, F, T]``.
 
-    ``n_positive``/``n_instances`` ``[C]``: labelled residues and instances per concept;
+    ``n_positive``/``n_instances`` ``[C]``: labelled residues and instances per concept (or arrays
+    shaped like ``tp``, where they vary along its other axes, as in a bootstrap);
     ``residue_level_mask`` ``[C]``: True where the concept is residue-level. A ratio with a zero
     denominator is 0. ``selection_f1`` is f1 for residue-level and f1_per_domain for domain-level
     concepts (InterPLM's choice).
     """
-    per_concept = (slice(None), None, None)
+    tp = np.asarray(tp)
+
+    def per_concept(totals) -> np.ndarray:  # [C] -> [C, 1, 1]; an array shaped like tp stays as it is
+        totals = np.asarray(totals)
+        return totals.reshape(totals.shape + (1,) * (tp.ndim - totals.ndim))
+
     precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, np.asarray(n_positive)[per_concept])
-    recall_per_domain = _ratio(tp_per_domain, np.asarray(n_instances)[per_concept])
+    recall = _ratio(tp, per_concept(n_positive))
+    recall_per_domain = _ratio(tp_per_domain, per_concept(n_instances))
     f1 = _ratio(2 * precision * recall, precision + recall)
     f1_per_domain = _ratio(2 * precision * recall_per_domain, precision + recall_per_domain)
-    mask = np.asarray(residue_level_mask, dtype=bool)[per_concept]
+    mask = per_concept(np.asarray(residue_level_mask, dtype=bool))
     return {
         "precision": precision,
         "recall": recall,

@@ -8,6 +8,12 @@ Neurons are put on the SAE's footing as InterPLM does for its baseline: each emb
 ``d`` gives two candidates, ``max(x_d, 0)`` and ``max(-x_d, 0)`` (a neuron can signal by going
 negative), each divided by its maximum over the scanned proteins, so both lie in [0, 1] and the
 same thresholds (0, 0.15, 0.5, 0.6, 0.8) apply.
+
+Counts of a few hundred test proteins are noisy, and a comparison that hinges on one concept near
+the cutoff says little, so the summary also gives a bootstrap over test proteins: the chosen unit
+and threshold of each concept stay fixed (they were chosen on validation), the test proteins are
+resampled with replacement, and each resample's counts give the difference SAE - neurons, whose
+95% interval and the share of resamples in which the SAE is ahead are reported.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline, encode_features
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
-from interplm_plugins.core.concepts import THRESHOLDS, ConceptLabels, ConceptMatchCounter, best_feature_per_concept
+from interplm_plugins.core.concepts import (
+    THRESHOLDS,
+    ConceptLabels,
+    ConceptMatchCounter,
+    best_feature_per_concept,
+    concept_metrics,
+    count_matches,
+    label_totals,
+)
 from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, concept_split
 from interplm_plugins.errors import InterPLMError
@@ -31,6 +45,7 @@ from interplm_plugins.errors import InterPLMError
 F1_CUTOFF = 0.5
 #: Further cutoffs the summary counts at, so a comparison that hinges on one concept near 0.5 shows it.
 REPORTED_CUTOFFS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def signed_neurons(embeddings: np.ndarray, maxima: np.ndarray | None = None) -> np.ndarray:
@@ -39,6 +54,60 @@ def signed_neurons(embeddings: np.ndarray, maxima: np.ndarray | None = None) -> 
     if maxima is not None:
         both /= np.where(maxima > 0, maxima, 1.0)[None, :]
     return both
+
+
+@dataclass
+class ChosenUnitCounts:
+    """For each test protein (rows) and concept (columns), the counts of the unit chosen for that concept.
+
+    Summed over rows they are the test counts behind the report's test F1; resampling rows is the bootstrap.
+    """
+
+    tp: np.ndarray
+    fp: np.ndarray
+    tp_per_domain: np.ndarray
+    n_positive: np.ndarray
+    n_instances: np.ndarray
+    residue_level: np.ndarray  # [C]
+
+    def selection_f1(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """``[B, C]`` test F1 of each concept's unit, proteins weighted by ``weights [B, P]`` (default: each once)."""
+        if weights is None:
+            weights = np.ones((1, self.tp.shape[0]))
+        summed = [(weights @ x).T[:, :, None] for x in (self.tp, self.fp, self.tp_per_domain, self.n_positive, self.n_instances)]
+        return concept_metrics(*summed, self.residue_level)["selection_f1"][:, :, 0].T
+
+
+def _chosen_unit_counts(activations, labels, units: np.ndarray, threshold_index: np.ndarray, thresholds: Sequence[float]) -> list[np.ndarray]:
+    """One protein's tp, fp, tp_per_domain, n_positive, n_instances ``[C]`` for each concept's ``units[c]`` at its threshold."""
+    # count_matches over just the chosen columns, then each concept's own (unit, threshold) entry:
+    # the same counting as the full table, so summed over proteins these are the report's test counts.
+    tp, fp, tpd = count_matches(activations[:, units], labels, thresholds)
+    concept = np.arange(units.size)
+    return [tp[concept, concept, threshold_index], fp[concept, concept, threshold_index], tpd[concept, concept, threshold_index], *label_totals(labels)]
+
+
+def bootstrap_comparison(
+    sae: ChosenUnitCounts, neurons: ChosenUnitCounts, cutoffs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict:
+    """Resample test proteins: per cutoff, the 95% interval of (SAE - neuron) concepts found and the share with the SAE ahead."""
+    n_proteins = sae.tp.shape[0]
+    weights = np.random.default_rng(seed).multinomial(n_proteins, np.full(n_proteins, 1.0 / n_proteins), size=resamples).astype(np.float64)
+    f1_sae, f1_neurons = sae.selection_f1(weights), neurons.selection_f1(weights)
+
+    def spread(diff: np.ndarray) -> dict:
+        low, high = np.percentile(diff, [2.5, 97.5])
+        return {"ci95": [float(low), float(high)], "share_sae_ahead": float((diff > 0).mean()), "share_tied": float((diff == 0).mean())}
+
+    wins = (f1_sae > f1_neurons).sum(axis=1) - (f1_sae < f1_neurons).sum(axis=1)
+    return {
+        "resamples": resamples,
+        "seed": seed,
+        "sae_minus_neurons_concepts_found": [
+            {"f1_cutoff": c, **spread((f1_sae >= c).sum(axis=1) - (f1_neurons >= c).sum(axis=1))} for c in cutoffs
+        ],
+        "sae_wins_minus_neuron_wins": spread(wins),
+    }
 
 
 @dataclass
@@ -51,6 +120,9 @@ class ConceptComparison:
     n_valid_proteins: int
     n_test_proteins: int
     embed_dim: int  # neuron index n is dimension n % embed_dim, positive part first
+    #: Per test protein, each concept's chosen SAE feature / neuron counted at its chosen threshold.
+    sae_test_counts: ChosenUnitCounts | None = None
+    neuron_test_counts: ChosenUnitCounts | None = None
 
     @property
     def sae_concepts_found(self) -> int:
@@ -62,6 +134,10 @@ class ConceptComparison:
 
     def summary(self) -> dict:
         joined = self.joined()
+        cutoffs = sorted({*REPORTED_CUTOFFS, self.f1_cutoff})
+        bootstrap = {}
+        if self.sae_test_counts is not None and self.neuron_test_counts is not None:
+            bootstrap = {"bootstrap_over_test_proteins": bootstrap_comparison(self.sae_test_counts, self.neuron_test_counts, cutoffs)}
         return {
             "concepts_evaluated": int(len(self.sae)),
             "valid_proteins": self.n_valid_proteins,
@@ -75,8 +151,9 @@ class ConceptComparison:
             "concepts_where_neurons_beat_sae": int((joined["sae_test_f1"] < joined["neuron_test_f1"]).sum()),
             "concepts_found_by_cutoff": [
                 {"f1_cutoff": c, "sae": int((self.sae["test_f1"] >= c).sum()), "neurons": int((self.neurons["test_f1"] >= c).sum())}
-                for c in sorted({*REPORTED_CUTOFFS, self.f1_cutoff})
+                for c in cutoffs
             ],
+            **bootstrap,
         }
 
     def joined(self) -> pd.DataFrame:
@@ -122,7 +199,23 @@ def compare_with_neurons(
     counts = {key: counter.result() for key, counter in counters.items()}
     tables = {unit: best_feature_per_concept(counts[(unit, "valid")], counts[(unit, "test")]) for unit in ("sae", "neurons")}
     n_valid, n_test = counts[("sae", "valid")].n_proteins, counts[("sae", "test")].n_proteins
-    return ConceptComparison(tables["sae"], tables["neurons"], f1_cutoff, n_valid, n_test, pipeline.plm.embed_dim)
+
+    # Pass 3, test proteins only: per-protein counts of each concept's chosen unit, for the bootstrap.
+    concept_names = [c.name for c in labels.concepts]
+    columns = [concept_names.index(name) for name in tables["sae"]["concept"]]
+    chosen = {unit: (tables[unit]["feature"].to_numpy(), np.array([list(thresholds).index(t) for t in tables[unit]["threshold"]])) for unit in tables}
+    rows: dict[str, list[list[np.ndarray]]] = {unit: [] for unit in tables}
+    test_records = [r for r in records if concept_split(r.id) == "test"]
+    for pid, reps in embed_sequences(pipeline.plm, test_records, [layer], toks_per_batch=toks_per_batch):
+        emb, concept_labels = reps[layer], labels.matrix(pid)[:, columns]
+        for unit, activations in (("sae", encode_features(pipeline.sae, emb)), ("neurons", signed_neurons(emb, maxima))):
+            rows[unit].append(_chosen_unit_counts(activations, concept_labels, *chosen[unit], thresholds))
+    residue_level = labels.residue_level[columns]
+    test_counts = {
+        unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64) for i in range(5)), residue_level=residue_level)
+        for unit in tables
+    }
+    return ConceptComparison(tables["sae"], tables["neurons"], f1_cutoff, n_valid, n_test, pipeline.plm.embed_dim, test_counts["sae"], test_counts["neurons"])
 
 
 def plot_f1_distribution(comparison: ConceptComparison, out_png: str | os.PathLike, title: str = "") -> Path:
