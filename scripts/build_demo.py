@@ -45,8 +45,8 @@ def main() -> int:
     # Layer-3 embeddings of the demo model have norms near 200 (no input normalisation), hence a
     # large L1 coefficient. Chosen by mean validation F1 over concepts among the configurations in
     # docs/demo_sae_sweep.md (width, L1, steps, kind, layer).
-    p.add_argument("--l1", type=float, default=30.0)
-    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--l1", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=8)
     args = p.parse_args()
@@ -145,7 +145,7 @@ ESM-2's; only the choice of feature per concept sees labels, and it never sees a
 At other cutoffs (SAE / neurons): {cutoffs}. The SAE's best unit is better on
 {summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on {summary['concepts_where_neurons_beat_sae']}. {bootstrap}
 
-Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 1.5 h on 2 cores).
+Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 75 min on 2 cores).
 """
     write_text_atomic(DEMO / "MODEL_CARD.md", card)
 
