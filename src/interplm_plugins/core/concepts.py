@@ -653,6 +653,16 @@ def _best_index(selection: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
     return np.argmax(np.where(best, tie, -1.0), axis=1)
 
 
+def choose_on_validation(valid: ConceptCounts, metrics: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per concept, the feature and threshold index with the best validation selection F1.
+
+    Ties go to the higher plain F1, then the lower feature index and threshold. ``metrics``:
+    ``valid.metrics()``, where the caller has it already.
+    """
+    metrics = valid.metrics() if metrics is None else metrics
+    return np.divmod(_best_index(metrics["selection_f1"], metrics["f1"]), len(valid.thresholds))
+
+
 def best_feature_per_concept(valid: ConceptCounts, test: ConceptCounts) -> pd.DataFrame:
     """For each concept, the (feature, threshold) with the best validation selection F1, scored on test.
 
@@ -665,9 +675,7 @@ def best_feature_per_concept(valid: ConceptCounts, test: ConceptCounts) -> pd.Da
     if [c.name for c in valid.concepts] != [c.name for c in test.concepts] or valid.thresholds != test.thresholds:
         raise InterPLMError("validation and test counts are over different concepts or thresholds")
     vm, tm = valid.metrics(), test.metrics()
-    n_thresholds = len(valid.thresholds)
-    flat = _best_index(vm["selection_f1"], vm["f1"])
-    feature, t_index = np.divmod(flat, n_thresholds)
+    feature, t_index = choose_on_validation(valid, vm)
     rows = np.arange(len(valid.concepts))
 
     def pick(metrics: dict[str, np.ndarray], key: str) -> np.ndarray:

@@ -34,6 +34,7 @@ from interplm_plugins.core.concepts import (
     ConceptLabels,
     ConceptMatchCounter,
     best_feature_per_concept,
+    choose_on_validation,
     concept_metrics,
     count_matches,
     label_totals,
@@ -178,44 +179,51 @@ def compare_with_neurons(
         raise InterPLMError("no annotated proteins to compare on")
     layer = pipeline.layer
 
-    def embeddings():
-        for pid, reps in embed_sequences(pipeline.plm, records, [layer], toks_per_batch=toks_per_batch):
+    def embeddings(subset: list[ProteinRecord]):
+        for pid, reps in embed_sequences(pipeline.plm, subset, [layer], toks_per_batch=toks_per_batch):
             yield pid, reps[layer]
 
-    # Pass 1: each signed neuron's maximum (the model is small next to the metric work; two passes
+    def units(emb: np.ndarray):
+        return (("sae", encode_features(pipeline.sae, emb)), ("neurons", signed_neurons(emb, maxima)))
+
+    # Pass 1: each signed neuron's maximum (the model is small next to the metric work; passes
     # avoid holding every embedding in memory).
     maxima = np.zeros(2 * pipeline.plm.embed_dim, dtype=np.float32)
-    for _, emb in embeddings():
+    for _, emb in embeddings(records):
         maxima = np.maximum(maxima, signed_neurons(emb).max(axis=0))
-    counters = {
-        (unit, split): ConceptMatchCounter(labels, width, thresholds)
-        for unit, width in (("sae", pipeline.num_features), ("neurons", maxima.size))
-        for split in CONCEPT_SPLITS
-    }
-    for pid, emb in embeddings():
-        split = concept_split(pid)
-        counters[("sae", split)].add(pid, encode_features(pipeline.sae, emb))
-        counters[("neurons", split)].add(pid, signed_neurons(emb, maxima))
-    counts = {key: counter.result() for key, counter in counters.items()}
-    tables = {unit: best_feature_per_concept(counts[(unit, "valid")], counts[(unit, "test")]) for unit in ("sae", "neurons")}
-    n_valid, n_test = counts[("sae", "valid")].n_proteins, counts[("sae", "test")].n_proteins
+    widths = {"sae": pipeline.num_features, "neurons": maxima.size}
+    counters = {(unit, split): ConceptMatchCounter(labels, width, thresholds) for unit, width in widths.items() for split in CONCEPT_SPLITS}
+    by_split = {split: [r for r in records if concept_split(r.id) == split] for split in CONCEPT_SPLITS}
 
-    # Pass 3, test proteins only: per-protein counts of each concept's chosen unit, for the bootstrap.
+    # Pass 2, validation proteins: choose each concept's feature / neuron and threshold.
+    for pid, emb in embeddings(by_split["valid"]):
+        for unit, activations in units(emb):
+            counters[(unit, "valid")].add(pid, activations)
+    valid_counts = {unit: counters[(unit, "valid")].result() for unit in widths}
+    chosen = {unit: choose_on_validation(valid_counts[unit]) for unit in widths}
+
+    # Pass 3, test proteins: the full test counts, and per protein the counts of each concept's
+    # chosen unit (they sum to the test counts at the chosen entries), for the bootstrap.
+    rows: dict[str, list[list[np.ndarray]]] = {unit: [] for unit in widths}
+    for pid, emb in embeddings(by_split["test"]):
+        concept_labels = labels.matrix(pid)
+        for unit, activations in units(emb):
+            counters[(unit, "test")].add(pid, activations)
+            rows[unit].append(_chosen_unit_counts(activations, concept_labels, *chosen[unit], thresholds))
+    test_counts = {unit: counters[(unit, "test")].result() for unit in widths}
+    tables = {unit: best_feature_per_concept(valid_counts[unit], test_counts[unit]) for unit in widths}
+
+    # The tables keep the concepts with labelled residues in both halves; so do the per-protein counts.
     concept_names = [c.name for c in labels.concepts]
     columns = [concept_names.index(name) for name in tables["sae"]["concept"]]
-    chosen = {unit: (tables[unit]["feature"].to_numpy(), np.array([list(thresholds).index(t) for t in tables[unit]["threshold"]])) for unit in tables}
-    rows: dict[str, list[list[np.ndarray]]] = {unit: [] for unit in tables}
-    test_records = [r for r in records if concept_split(r.id) == "test"]
-    for pid, reps in embed_sequences(pipeline.plm, test_records, [layer], toks_per_batch=toks_per_batch):
-        emb, concept_labels = reps[layer], labels.matrix(pid)[:, columns]
-        for unit, activations in (("sae", encode_features(pipeline.sae, emb)), ("neurons", signed_neurons(emb, maxima))):
-            rows[unit].append(_chosen_unit_counts(activations, concept_labels, *chosen[unit], thresholds))
-    residue_level = labels.residue_level[columns]
-    test_counts = {
-        unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64) for i in range(5)), residue_level=residue_level)
-        for unit in tables
+    chosen_counts = {
+        unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64)[:, columns] for i in range(5)), residue_level=labels.residue_level[columns])
+        for unit in widths
     }
-    return ConceptComparison(tables["sae"], tables["neurons"], f1_cutoff, n_valid, n_test, pipeline.plm.embed_dim, test_counts["sae"], test_counts["neurons"])
+    return ConceptComparison(
+        tables["sae"], tables["neurons"], f1_cutoff, valid_counts["sae"].n_proteins, test_counts["sae"].n_proteins, pipeline.plm.embed_dim,
+        chosen_counts["sae"], chosen_counts["neurons"],
+    )  # fmt: skip
 
 
 def plot_f1_distribution(comparison: ConceptComparison, out_png: str | os.PathLike, title: str = "") -> Path:
