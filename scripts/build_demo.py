@@ -42,9 +42,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "demo")
     p.add_argument("--layer", type=int, default=3)
     p.add_argument("--width", type=int, default=2048)
-    # Layer-3 embeddings of the demo model have norms near 200 (no input normalisation), hence a
-    # large L1 coefficient. Chosen by mean validation F1 over concepts among the configurations in
-    # docs/demo_sae_sweep.md (width, L1, steps, kind, layer).
+    # Layer-3 embeddings of the demo model have norms near 80 (no input normalisation), and the L1
+    # coefficient scales with them. Chosen by mean validation F1 over concepts among the
+    # configurations in docs/demo_sae_sweep.md.
     p.add_argument("--l1", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=1024)
