@@ -6,10 +6,13 @@ Run after ``scripts/train_demo_plm.py`` (which writes the demo PLM into the pack
     python scripts/build_demo.py --data ../shared/data
 
 Steps (each an ``interplm`` subcommand, so this is also the worked example of the README):
-concepts (Swiss-Prot labels) -> embed (training-split proteins of both FASTA files) -> train (ReLU
-SAE) -> normalize -> build-db (all Swiss-Prot proteins, concept matches chosen on validation and
-scored on test) -> report (SAE features vs neurons). Work files go to runs/demo/; what ships goes
-to src/interplm_plugins/data/demo/ and the report's numbers to docs/demo_report.json.
+concepts (Swiss-Prot labels of every annotated file, halved by MMseqs2 clusters) -> embed
+(training-split proteins of both FASTA files) -> train (ReLU SAE) -> normalize -> build-db (all
+annotated proteins, concept matches chosen on validation and scored on test) -> report (SAE
+features vs neurons). ``--reuse-sae`` keeps the shipped SAE and redoes concepts, build-db and
+report only. Work files go to runs/demo/; what ships goes to src/interplm_plugins/data/demo/ (with
+the halves, ``concept_halves.tsv``, so the tests recompute the report exactly) and the report's
+numbers to docs/demo_report.json.
 """
 
 from __future__ import annotations
@@ -49,26 +52,29 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--reuse-sae", action="store_true", help="keep the shipped SAE: redo concepts, build-db and report")
     args = p.parse_args()
     work, model = args.work, str(DEMO / f"{DEMO_MODEL_NAME}.pt")
     work.mkdir(parents=True, exist_ok=True)
 
-    swissprot_dat = args.data / "uniprot" / "swissprot_train.dat.gz"
+    annotated = annotated_files(args.data)
     fastas = [args.data / "sequences" / "swissprot_train.fasta", args.data / "sequences" / "mmseqs2_examples_QUERY_500.fasta"]
     records = [r for f in fastas for r in read_fasta(f)]
     write_fasta([r for r in records if protein_split(r.id) == "train"], work / "train.fasta")
 
-    step("-q", "concepts", str(swissprot_dat), "--out", str(work / "concepts"))
-    step("-q", "embed", str(work / "train.fasta"), "--model", model, "--layer", str(args.layer), "--out", str(work / "emb"))
-    step("-q", "train", str(work / "emb"), "--out", str(work / "sae"), "--width", str(args.width), "--l1", str(args.l1),
-         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--warmup", "300")  # fmt: skip
-    step("-q", "normalize", str(work / "sae" / "sae.safetensors"), "--store", str(work / "emb"), "--out", str(DEMO / "sae.safetensors"))
+    step("-q", "concepts", *map(str, annotated), "--out", str(work / "concepts"))
+    shutil.copyfile(work / "concepts" / "splits.tsv", DEMO / "concept_halves.tsv")
+    if not args.reuse_sae:
+        step("-q", "embed", str(work / "train.fasta"), "--model", model, "--layer", str(args.layer), "--out", str(work / "emb"))
+        step("-q", "train", str(work / "emb"), "--out", str(work / "sae"), "--width", str(args.width), "--l1", str(args.l1),
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--warmup", "300")  # fmt: skip
+        step("-q", "normalize", str(work / "sae" / "sae.safetensors"), "--store", str(work / "emb"), "--out", str(DEMO / "sae.safetensors"))
     step("-q", "build-db", str(work / "concepts" / "proteins.fasta"), "--model", model, "--sae", str(DEMO / "sae.safetensors"),
          "--concepts", str(work / "concepts"), "--top-k", str(args.top_k), "--out", str(DEMO / "features.sqlite"))  # fmt: skip
     step("-q", "report", "--concepts", str(work / "concepts"), "--model", model, "--sae", str(DEMO / "sae.safetensors"), "--out", str(work / "report"))
 
     report = json.loads((work / "report" / "report.json").read_text())
-    quality = sae_quality(model, work)
+    quality = sae_quality(model, args.data)
     write_text_atomic(REPO / "docs" / "demo_report.json", json.dumps({**report, "sae_quality": quality}, indent=1))
     (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "report" / "f1_distribution.png", REPO / "docs" / "images" / "demo_f1_distribution.png")
@@ -77,17 +83,20 @@ def main() -> int:
     return 0
 
 
-def sae_quality(model: str, work: Path) -> dict:
-    """Reconstruction and sparsity on the training store, and loss recovered on held-out Swiss-Prot proteins."""
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered
+def annotated_files(data: Path) -> list[Path]:
+    """Every annotated Swiss-Prot file of ../shared/data: the 727 training entries, then uniprot/more/."""
+    more = data / "uniprot" / "more"
+    return [data / "uniprot" / "swissprot_train.dat.gz", *sorted(more.glob("*.dat.gz")), *sorted(more.glob("*.json.gz"))]
+
+
+def sae_quality(model: str, data: Path) -> dict:
+    """Reconstruction, sparsity and loss recovered on held-out Swiss-Prot proteins (``tests/test_demo.py`` recomputes them)."""
     from interplm_plugins.core.plm import load_plm
     from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.evaluate import held_out_quality
 
-    sae = load_sae(DEMO / "sae.safetensors")
-    quality = evaluate_sae(sae, EmbeddingStore(work / "emb"))
-    held_out = [r for r in read_fasta(work / "concepts" / "proteins.fasta") if protein_split(r.id) == "test"]
-    quality.update(loss_recovered(load_plm(model), sae, held_out, sae.config.plm_layer, max_proteins=60))
+    held_out = [r for r in read_fasta(data / "sequences" / "swissprot_train.fasta") if protein_split(r.id) == "test"]
+    quality = held_out_quality(load_plm(model), load_sae(DEMO / "sae.safetensors"), held_out, REPO / "runs" / "demo" / "held_out_emb")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()}
 
 

@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from interplm_plugins.core.activations import chain_activations, demo_structure_path
+    from interplm_plugins.core.database import concept_label
     from interplm_plugins.core.showcase import FeatureShowcase, activation_profile_png, informative_features, write_html_summary
     from interplm_plugins.core.structure import read_structure
     from interplm_plugins.errors import InterPLMError
@@ -64,7 +65,7 @@ def run(args) -> int:
         show.images[f"{structure.name} colored by feature {feature} (blue = 0, red = maximum; grey = no value)"] = image
         show.images["activation along the sequence"] = activation_profile_png(show, labels, out / f"feature_{feature}_profile.png")
         showcases.append(show)
-        concept = f"{match.concept} (F1 {match.f1:.2f})" if match else "no concept match"
+        concept = concept_label(match)
         print(f"  feature {feature:>5}: max {show.max_activation:.2f} on {show.active_residues} residues; best concept {concept}")
     facts = {**pipeline.describe(), "structure": str(structure), "chain": f"{chain.chain_id} ({len(chain)} residues)"}
     page = write_html_summary(

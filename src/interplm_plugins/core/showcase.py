@@ -42,7 +42,7 @@ def informative_features(activations: np.ndarray, k: int = 3, database=None, max
 
     A feature qualifies when it fires strongly somewhere but not everywhere (at most
     ``max_active_fraction`` of residues, at least 3); it scores its maximum activation times
-    ``0.25 + F1`` of its best concept match in ``database`` (so features with a known meaning
+    ``0.25 + validation F1`` of its best concept match in ``database`` (so features with a known meaning
     come first), and features whose best concept is already shown are passed over.
     """
     acts = np.asarray(activations, dtype=np.float32)
@@ -55,7 +55,7 @@ def informative_features(activations: np.ndarray, k: int = 3, database=None, max
     best = {}
     if database is not None and candidates.size:
         best = database.best_concepts([int(f) for f in candidates])
-        score = score * np.array([0.25 + (best[int(f)].f1 if int(f) in best else 0.0) for f in candidates])
+        score = score * np.array([0.25 + (best[int(f)].valid_f1 if int(f) in best else 0.0) for f in candidates])  # chooses: validation only
     chosen: list[int] = []
     shown_concepts: set[str] = set()
     for i in np.argsort(-score, kind="stable"):

@@ -41,7 +41,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from interplm_plugins.core.sequences import clean_sequence
 from interplm_plugins.errors import InterPLMError
@@ -511,3 +511,23 @@ def _tsv_position(text: str, path: Path, accession: str) -> int | None:
     if not match:
         raise InterPLMError(f"bad feature position {text!r}", file=path, record=accession)
     return int(match.group(1)) if match.group(1) else None  # a bare '?' is an unknown position
+
+
+def read_uniprot_files(paths: Iterable[str | os.PathLike]) -> tuple[list[UniProtEntry], list[str]]:
+    """Entries of several UniProt files in order, each accession once: ``(entries, skipped accessions)``.
+
+    An accession met again in a later file is skipped, the first reading kept; where the later
+    sequence differs (another release), one warning per file counts those.
+    """
+    entries: dict[str, UniProtEntry] = {}
+    skipped: list[str] = []
+    for path in map(Path, paths):
+        differing = 0
+        for entry in read_uniprot(path):
+            first = entries.setdefault(entry.accession, entry)
+            if first is not entry:
+                skipped.append(entry.accession)
+                differing += first.sequence != entry.sequence
+        if differing:
+            log.warning("%s: %d entries already read from an earlier file with another sequence (another release); the first kept", path, differing)
+    return list(entries.values()), skipped
