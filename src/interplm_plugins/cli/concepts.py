@@ -8,7 +8,8 @@ def add_parser(subparsers) -> None:
         "concepts",
         help="turn UniProt annotations into per-residue concept labels",
         description=(
-            "Read UniProt flat text (modern or legacy FT layout), XML or TSV (.gz ok), keep concepts with enough "
+            "Read UniProt flat text (modern or legacy FT layout), XML, REST JSON (one entry or {\"results\": [...]}, "
+            "as rest.uniprot.org serves it) or TSV (.gz ok), keep concepts with enough "
             "examples, and write OUT/labels.npz, OUT/concepts.tsv and OUT/proteins.fasta (the annotated sequences). "
             "Proteins are halved into validation (features chosen) and test (features scored) by a hash of their accession."
         ),

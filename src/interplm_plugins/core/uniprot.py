@@ -550,8 +550,12 @@ def _read_json(handle: IO[str], path: Path) -> Iterator[UniProtEntry]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         accessions = _JSON_ACCESSION.findall(text, 0, exc.pos)
+        where = f"line {exc.lineno} column {exc.colno}"
+        truncated = exc.pos >= len(text.rstrip())
         raise InterPLMError(
-            f"malformed or truncated JSON at line {exc.lineno} column {exc.colno} ({exc.msg})",
+            f"JSON ends at {where} before it is complete: the file is truncated"
+            if truncated
+            else f"malformed JSON at {where} ({exc.msg})",
             file=path,
             record=accessions[-1] if accessions else None,
         ) from None
