@@ -165,6 +165,9 @@ TSV_FEATURE_COLUMNS = frozenset(
 #: Feature keys UniProt uses (modern and legacy flat files); other types are kept but counted in a warning.
 KNOWN_FEATURE_KEYS = frozenset(XML_FEATURE_KEYS.values()) | {"VARSPLIC", "SE_CYS", "NON_CONS", "NON_TER", "CONFLICT"}
 
+# An AC line whose first accession does not start in column 6.
+_MISINDENTED_AC = re.compile(r"^AC(?!   [A-Za-z0-9]).*$", re.MULTILINE)
+
 # Legacy descriptions carry the evidence as a trailing parenthesis; XML has it as status=.
 _LEGACY_EVIDENCE = re.compile(r"(?:^|\s*\()(By similarity|Potential|Probable)\)?\.?$")
 
@@ -306,6 +309,9 @@ def _parse_flat_entry(text: str, path: Path) -> UniProtEntry:
     from Bio.SeqFeature import UnknownPosition
 
     accession = _flat_accession(text)
+    bad_ac = _MISINDENTED_AC.search(text)
+    if bad_ac:  # Biopython reads from column 6 on: 'AC  Q00001;' would become accession '00001'
+        raise InterPLMError(f"malformed AC line {bad_ac.group(0)!r} (accessions start in column 6)", file=path, record=accession)
     try:
         with warnings.catch_warnings():
             # e.g. 'Possibly corrupt RX line': about references, which are not read; the one-line
