@@ -647,7 +647,7 @@ def _add_json_feature(collector: _FeatureCollector, feature: dict, where: str, p
         end,
         _location_text(start, end),
         isoform=str(isoform) if isoform else None,
-        description=_json_expect(feature.get("description", ""), str, f"{where}.description", path, accession),
+        description=_json_expect(feature.get("description") or "", str, f"{where}.description", path, accession),
         ligand=ligand_name.strip() if isinstance(ligand_name, str) else "",
         evidence=_json_evidence(feature.get("evidences")),
     )
