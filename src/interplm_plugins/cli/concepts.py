@@ -11,7 +11,8 @@ def add_parser(subparsers) -> None:
         "concepts",
         help="turn UniProt annotations into per-residue concept labels",
         description=(
-            "Read UniProt flat text (modern or legacy FT layout), XML, TSV or REST JSON (.gz ok; several files: each "
+            "Read UniProt flat text (modern or legacy FT layout), XML, TSV or REST JSON (one entry or {\"results\": [...]}, as "
+            "rest.uniprot.org serves it; .gz ok; several files: each "
             "accession once), keep concepts with enough examples, and halve the proteins into validation (each "
             "concept's feature and threshold are chosen there) and test (they are scored there) by sequence clusters: "
             "MMseqs2 easy-cluster at --min-seq-id identity and --coverage, whole clusters to one half, so no protein has "
