@@ -167,6 +167,11 @@ def test_bad_parameters_and_duplicate_ids(planted):
     with pytest.raises(InterPLMError, match="duplicate protein id") as err:
         cluster_sequences([first, first], mmseqs="")
     assert err.value.record == first.id
+    for mmseqs in ("", None):  # both paths check sequences before anything runs
+        with pytest.raises(InterPLMError, match="record gappy: gap '-' at position 4") as err:
+            cluster_sequences([first, ProteinRecord("gappy", "MKV-LL")], mmseqs=mmseqs)
+    lower = cluster_sequences([first, ProteinRecord("lower", first.sequence.lower())], mmseqs="")
+    assert lower.representative["lower"] == first.id  # lowercase letters are residues too
 
 
 def test_save_load_round_trip(python_clusters, tmp_path):

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.sequences import PROTEIN_LETTERS, ProteinRecord, write_fasta
+from interplm_plugins.core.sequences import PROTEIN_LETTERS, ProteinRecord, clean_sequence, write_fasta
 from interplm_plugins.errors import InterPLMError
 
 #: Identity at which proteins count as homologs: below ~30% pairwise identity homology is no longer evident.
@@ -155,10 +155,11 @@ def cluster_sequences(
     """Cluster by sequence identity with MMseqs2 (`mmseqs easy-cluster`, found on PATH or given), else the pure-Python fallback (a warning says so).
 
     ``mmseqs`` is the executable (``None``: ``mmseqs`` on PATH; ``""``: use the fallback without a
-    warning). ``threads`` defaults to the CPUs this process may use. Duplicate ids or bad
-    sequences raise :class:`InterPLMError`.
+    warning). ``threads`` defaults to the machine's CPUs. Duplicate ids, bad sequences (see
+    :func:`~interplm_plugins.core.sequences.clean_sequence`) and thresholds outside [0, 1] raise
+    :class:`InterPLMError`.
     """
-    _check_parameters(records, min_seq_id, coverage)
+    records = _checked_records(records, min_seq_id, coverage)
     if mmseqs is None:
         mmseqs = shutil.which("mmseqs") or ""
         if not mmseqs:
@@ -171,19 +172,22 @@ def cluster_sequences(
         return _cluster_python(records, min_seq_id, coverage)
     if shutil.which(mmseqs) is None:
         raise InterPLMError("not an executable mmseqs", file=mmseqs)
-    return _cluster_mmseqs(records, min_seq_id, coverage, threads or len(os.sched_getaffinity(0)), mmseqs)
+    return _cluster_mmseqs(records, min_seq_id, coverage, threads or os.cpu_count() or 1, mmseqs)
 
 
-def _check_parameters(records: Sequence[ProteinRecord], min_seq_id: float, coverage: float) -> None:
-    """Raise :class:`InterPLMError` for thresholds outside [0, 1] or duplicate protein ids."""
+def _checked_records(records: Sequence[ProteinRecord], min_seq_id: float, coverage: float) -> list[ProteinRecord]:
+    """The records with cleaned sequences; :class:`InterPLMError` for thresholds outside [0, 1], duplicate ids, bad sequences."""
     for name, value in (("min_seq_id", min_seq_id), ("coverage", coverage)):
         if not 0.0 <= float(value) <= 1.0:
             raise InterPLMError(f"{name} must lie in [0, 1], not {value}")
     seen: set[str] = set()
+    checked = []
     for rec in records:
         if rec.id in seen:
             raise InterPLMError("duplicate protein id: clusters need unique ids", record=rec.id)
         seen.add(rec.id)
+        checked.append(ProteinRecord(rec.id, clean_sequence(rec.sequence, record=rec.id), rec.description))
+    return checked
 
 
 def _cluster_mmseqs(
@@ -252,17 +256,15 @@ def _kmer_positions(sequence: str, k: int = FALLBACK_KMER) -> tuple[np.ndarray, 
 def _diagonal_hits(query: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
     """Most separate k-mer matches lying within :data:`FALLBACK_BAND` diagonals of each other (BLAST's two-hit idea), and their median diagonal.
 
-    Chance matches scatter over diagonals, a homolog's line up along its alignment. Overlapping
-    matches on one diagonal (a chance 7-mer is three 5-mers) count once.
+    Chance matches scatter over diagonals, a homolog's line up along its alignment. Matches in
+    one k-long stretch of a diagonal count once, so a chance 7-mer (three 5-mers) is not three hits.
     """
     _, in_query, in_target = np.intersect1d(query[0], target[0], assume_unique=True, return_indices=True)
     query_pos = query[1][in_query]
     diagonals = query_pos - target[1][in_target]
-    order = np.lexsort((query_pos, diagonals))
-    diagonals, query_pos = diagonals[order], query_pos[order]
-    separate = np.ones(len(diagonals), dtype=bool)
-    separate[1:] = (diagonals[1:] != diagonals[:-1]) | (query_pos[1:] - query_pos[:-1] >= FALLBACK_KMER)
-    diagonals = diagonals[separate]
+    # one hit per (diagonal, k-long stretch of the query); np.unique sorts them by diagonal
+    stretch = np.unique(np.stack([diagonals, query_pos // FALLBACK_KMER], axis=1), axis=0)
+    diagonals = stretch[:, 0]
     if len(diagonals) == 0:
         return 0, 0
     # for each match, the matches on diagonals up to FALLBACK_BAND above it
@@ -271,7 +273,7 @@ def _diagonal_hits(query: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarra
     return int(in_band[start]), int(diagonals[start + int(in_band[start]) // 2])
 
 
-def ungapped_identity(a: str, b: str, diagonal: int) -> tuple[float, float]:
+def _ungapped_identity(a: str, b: str, diagonal: int) -> tuple[float, float]:
     """``(identity, coverage)`` of the gapless alignment pairing ``a[i]`` with ``b[i - diagonal]``, defined as in :func:`alignment_identity`."""
     start, end = max(0, diagonal), min(len(a), len(b) + diagonal)
     if end <= start:
@@ -316,7 +318,7 @@ def _matching_representative(
         if hits < FALLBACK_MIN_SHARED_KMERS:
             continue
         # a close homolog passes on its k-mers' diagonal without a gap; the costly alignment is for the others
-        identity, covered = ungapped_identity(sequences[query], sequences[rep], diagonal)
+        identity, covered = _ungapped_identity(sequences[query], sequences[rep], diagonal)
         if identity >= min_seq_id and covered >= coverage:
             return rep
         tried += 1
