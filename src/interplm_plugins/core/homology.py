@@ -18,9 +18,10 @@ Splits made from its clusters are therefore leakier; install MMseqs2.
 
 Measured at 0.3 / 0.8 on the 727 Swiss-Prot proteins of ``shared/data/sequences/swissprot_train.fasta``
 (2 shared CPU cores; more in docs/HOMOLOGY.md): MMseqs2 14-7e284 (1 thread) 623 clusters, the
-largest of 19, in 19-42 s (mostly its fixed start-up); the fallback 627 clusters, largest 19, in
-4-5 s, grouping 270 of the 295 pairs MMseqs2 groups. On 7936 Swiss-Prot human and maize proteins:
-MMseqs2 5422 clusters (largest 349) in 113 s, the fallback 5739 (largest 192) in 127 s.
+largest of 19, in 19-42 s (mostly its fixed start-up); the fallback 625 clusters, largest 19, in
+3 s, grouping 278 of the 295 pairs MMseqs2 groups. On 7936 Swiss-Prot human and maize proteins:
+MMseqs2 5422 clusters (largest 349) in 113 s, the fallback 5643 (largest 169) in 159 s; for
+100,000 it would need about an hour.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ DEFAULT_COVERAGE = 0.8
 FALLBACK_KMER = 5
 #: Candidate representatives the fallback aligns per sequence (those sharing the most k-mers).
 FALLBACK_CANDIDATES = 4
-#: Separate shared k-mers a candidate needs within FALLBACK_BAND diagonals: chance 5-mer matches are common
+#: Shared k-mers (one per k-long stretch of a diagonal) a candidate needs within FALLBACK_BAND diagonals: chance matches are common
 #: (on the 727 Swiss-Prot proteins, 2 let 138 chance pairs through to the alignment for 3 more true ones).
 FALLBACK_MIN_SHARED_KMERS = 3
 #: Width (in diagonals) of the band in which shared k-mers count together; allows small indels between them.
