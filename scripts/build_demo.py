@@ -53,7 +53,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--reuse-sae", action="store_true", help="keep the shipped SAE: redo concepts, build-db and report")
+    p.add_argument("--card-only", action="store_true", help="only write MODEL_CARD.md again from docs/demo_report.json")
     args = p.parse_args()
+    if args.card_only:
+        shipped = json.loads((REPO / "docs" / "demo_report.json").read_text())
+        write_model_card(shipped["summary"], shipped["sae_quality"], args)
+        return 0
     work, model = args.work, str(DEMO / f"{DEMO_MODEL_NAME}.pt")
     work.mkdir(parents=True, exist_ok=True)
 
@@ -71,6 +76,8 @@ def main() -> int:
         step("-q", "normalize", str(work / "sae" / "sae.safetensors"), "--store", str(work / "emb"), "--out", str(DEMO / "sae.safetensors"))
     step("-q", "build-db", str(work / "concepts" / "proteins.fasta"), "--model", model, "--sae", str(DEMO / "sae.safetensors"),
          "--concepts", str(work / "concepts"), "--top-k", str(args.top_k), "--out", str(DEMO / "features.sqlite"))  # fmt: skip
+    # The shipped database carries the feature clusters, so the plugins' neighbour lists work out of the box.
+    step("-q", "cluster", str(DEMO / "features.sqlite"), "--sae", str(DEMO / "sae.safetensors"), "--out", str(REPO / "docs" / "images" / "demo_feature_map.png"))
     step("-q", "report", "--concepts", str(work / "concepts"), "--model", model, "--sae", str(DEMO / "sae.safetensors"), "--out", str(work / "report"))
 
     report = json.loads((work / "report" / "report.json").read_text())
@@ -103,13 +110,13 @@ def sae_quality(model: str, data: Path) -> dict:
 def write_model_card(summary: dict, quality: dict, args) -> None:
     plm = json.loads((DEMO / f"{DEMO_MODEL_NAME}.json").read_text())
     sae = json.loads((DEMO / "sae.json").read_text())
-    cutoffs = ", ".join(f"F1 >= {c['f1_cutoff']}: {c['sae']} / {c['neurons']}" for c in summary["concepts_found_by_cutoff"])
+    cutoffs = ", ".join(f"F1 > {c['f1_cutoff']}: {c['sae']} / {c['neurons']}" for c in summary["concepts_found_by_cutoff"])
     boot = summary["bootstrap_over_test_proteins"]
     at = next(b for b in boot["sae_minus_neurons_concepts_found"] if b["f1_cutoff"] == summary["f1_cutoff"])
     bootstrap = (
         f"Resampling the test proteins ({boot['resamples']} bootstrap resamples, units fixed), SAE - neurons at "
-        f"F1 >= {summary['f1_cutoff']} has a 95% interval of {at['ci95'][0]:+g} to {at['ci95'][1]:+g}; the SAE is ahead in "
-        f"{at['share_sae_ahead']:.0%} of resamples."
+        f"F1 > {summary['f1_cutoff']} has a 95% interval of {at['ci95'][0]:+g} to {at['ci95'][1]:+g}; the SAE is ahead in "
+        f"{at['share_sae_ahead']:.0%} of resamples and tied in {at['share_tied']:.0%}."
     )
     card = f"""# The embedded default: {DEMO_MODEL_NAME}
 
@@ -132,29 +139,40 @@ plugins and tests have a model with some biology in it. For research, use real E
 | unigram (amino-acid frequency) baseline perplexity | {plm['unigram_perplexity']} |
 
 **Its SAE** (`sae.safetensors` + `sae.json`): a {sae['kind']} SAE on layer {sae['plm_layer']}, {sae['d_in']} -> {sae['d_hidden']} features,
-L1 coefficient {sae['l1_coefficient']}, trained with `interplm train` for {args.steps} steps of {args.batch_size} residues and
-normalised with `interplm normalize` (activations in [0, 1]).
+L1 coefficient {sae['l1_coefficient']}, trained with `interplm train` and normalised with `interplm normalize`
+(activations in [0, 1]). Measured on the {quality['num_residues_evaluated']:,} residues of {quality['num_proteins_evaluated']} held-out Swiss-Prot proteins
+(the test split of `protein_split`, in no training data; loss recovered on the first {quality['num_proteins']}); `tests/test_demo.py`
+recomputes each number from the shipped files:
 
 | measure | value |
 |---|---|
-| fraction of variance explained (training store) | {quality['fraction_variance_explained']} |
-| mean active features per residue (L0) | {quality['l0']} |
-| dead features | {quality['dead_fraction']:.1%} |
-| masked-LM loss recovered (held-out test proteins; 1 = perfect, 0 = zero-ablation) | {quality.get('fidelity')} |
+| fraction of variance explained | {quality['fraction_variance_explained']:.3f} |
+| mean active features per residue (L0) | {quality['l0']:.0f} |
+| dead features | {quality['dead_fraction']:.0%} |
+| masked-LM loss recovered (1 = perfect, 0 = zero-ablation) | {quality['fidelity']:.3f} |
 
-**Its feature database** (`features.sqlite`): built with `interplm build-db` over the 727 reviewed
-entries of `swissprot_train.dat.gz`. Concept matches are chosen on one half of them (validation)
-and scored on the other (test), halved by `concept_split`. About 70% of these sequences were in the
-PLM's and the SAE's (unsupervised, label-free) training data, as Swiss-Prot sequences were in
-ESM-2's; only the choice of feature per concept sees labels, and it never sees a test protein.
+**Its feature database** (`features.sqlite`): built with `interplm build-db` over the
+{summary['valid_proteins'] + summary['test_proteins']} annotated Swiss-Prot entries of `../shared/data/uniprot` (the 727 of
+`swissprot_train.dat.gz` and the new ones of `uniprot/more/`). The entries are halved by MMseqs2 clusters
+(30% identity, 80% coverage; whole clusters to one half, `concept_halves.tsv`): each concept's features and
+thresholds are chosen on the validation half ({summary['valid_proteins']} proteins) and scored on the test half
+({summary['test_proteins']}). A concept is evaluated with {summary['eligibility']} ({summary['concepts_evaluated']} of
+{summary['concepts_in_vocabulary']}). Queries rank by validation F1 and show test F1; a feature under validation F1 0.2 has
+no concept match. Its UMAP + HDBSCAN feature clusters (`interplm cluster`) are stored with it. About 70% of these
+sequences were in the PLM's and the SAE's (unsupervised, label-free) training data, as Swiss-Prot sequences
+were in ESM-2's; only the choice of feature per concept sees labels, and it never sees a test protein.
 
-**Concepts found** (`interplm report`, {summary['concepts_evaluated']} Swiss-Prot concepts, {summary['valid_proteins']} validation / {summary['test_proteins']} test proteins):
-{summary['sae_concepts_with_f1_at_cutoff']} concepts have an SAE feature with test F1 >= {summary['f1_cutoff']}, against
-{summary['neuron_concepts_with_f1_at_cutoff']} with the best single neuron of the same layer (both signs, scaled to [0, 1]).
-At other cutoffs (SAE / neurons): {cutoffs}. The SAE's best unit is better on
-{summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on {summary['concepts_where_neurons_beat_sae']}. {bootstrap}
+**Concepts found** (`interplm report`): {summary['sae_concepts_above_cutoff']} concepts have an SAE feature with test
+F1 > {summary['f1_cutoff']}, against {summary['neuron_concepts_above_cutoff']} with the best single neuron of the same layer
+(both signs; neurons and features scaled on the validation half). At other cutoffs (SAE / neurons):
+{cutoffs}. The SAE's best unit is better on {summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on
+{summary['concepts_where_neurons_beat_sae']}. {bootstrap}
 
-Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 75 min on 2 cores).
+Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 75 min on 2 cores);
+`python scripts/build_demo.py --reuse-sae` redoes only the concepts, database and report.
+
+Attribution: the Swiss-Prot entries are UniProtKB (CC BY 4.0, UniProt Consortium); see
+`../shared/data/SOURCES.md` for where each file came from.
 """
     write_text_atomic(DEMO / "MODEL_CARD.md", card)
 

@@ -322,6 +322,12 @@ class ConceptLabels:
 def _read_splits(path: Path, sequences: dict[str, str]) -> dict[str, str] | None:
     if not path.is_file():
         return None  # labels without halves (a --test-concepts set needs none)
+    return read_halves(path, sequences)
+
+
+def read_halves(path: str | os.PathLike, sequences: dict[str, str]) -> dict[str, str]:
+    """``{protein: "valid" | "test"}`` from a ``splits.tsv`` (as ``interplm concepts`` writes it) for these labelled proteins."""
+    path = Path(path)
     splits: dict[str, str] = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):

@@ -25,6 +25,7 @@ from interplm_plugins.core.concept_labels import (
     build_concept_labels,
     concept_kind,
     label_totals,
+    read_halves,
     split_into_halves,
 )
 from interplm_plugins.core.concept_metrics import concept_metrics
@@ -39,7 +40,7 @@ from interplm_plugins.core.concept_selection import (
 __all__ = [
     "THRESHOLDS", "ConceptCounts", "ConceptMatchCounter", "HalvesCounter", "count_matches",
     "DEFAULT_MIN_INSTANCES", "DEFAULT_MIN_PROTEINS", "FAMILIES", "HALVES", "Concept", "ConceptHalves", "ConceptLabels",
-    "FamilySpec", "build_concept_labels", "concept_kind", "label_totals", "split_into_halves",
+    "FamilySpec", "build_concept_labels", "concept_kind", "label_totals", "read_halves", "split_into_halves",
     "concept_metrics", "Eligibility", "best_feature_per_concept", "choose_on_validation", "feature_concept_table",
     "rank_features_on_validation",
 ]  # fmt: skip

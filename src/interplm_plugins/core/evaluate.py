@@ -172,4 +172,5 @@ def held_out_quality(plm, sae: SparseAutoencoder, records: Sequence, work_dir: s
     store = embed_to_store(plm, list(records), sae.config.plm_layer, work_dir)[sae.config.plm_layer]
     quality = evaluate_sae(sae, store, max_residues=None)
     quality.update(loss_recovered(plm, sae, records, sae.config.plm_layer, max_proteins=max_proteins))
+    quality.update(num_proteins_evaluated=len(store.proteins), num_residues_evaluated=int(store.num_residues))
     return quality
