@@ -171,6 +171,12 @@ F1 > {summary['f1_cutoff']}, against {summary['neuron_concepts_above_cutoff']} w
 Rebuild: `python scripts/train_demo_plm.py && python scripts/build_demo.py` (about 75 min on 2 cores);
 `python scripts/build_demo.py --reuse-sae` redoes only the concepts, database and report.
 
+**The demo structure** (`P32633_AF.pdb`, what `interplm demo` shows): the AlphaFold DB model of MTC7_YEAST
+(AlphaFold Protein Structure Database, DeepMind / EMBL-EBI, CC BY 4.0), shipped with its Swiss-Prot entry
+(`P32633_MTC7_YEAST.txt`, UniProtKB, CC BY 4.0, UniProt Consortium), so the demo can draw the entry's
+transmembrane helices and disordered region under the features that match them. MTC7_YEAST is in the
+validation half of the concept evaluation (it helped choose features, it scores none).
+
 Attribution: the Swiss-Prot entries are UniProtKB (CC BY 4.0, UniProt Consortium); see
 `../shared/data/SOURCES.md` for where each file came from.
 """

@@ -209,7 +209,10 @@ def test_interplm_demo_with_no_arguments(tmp_path):
     out = result.stdout
     page = tmp_path / "interplm_demo" / "index.html"
     assert "interplm_demo/index.html" in out and "best concept" in out
+    # The shown protein's own annotation: at least one feature's best concept is annotated there, and said so.
+    assert "annotated in MTC7_YEAST at 13-33, 42-62" in out or "annotated in MTC7_YEAST at 94-121" in out
     html = page.read_text()
+    assert "the protein's UniProt entry annotates it at residues" in html and "P32633 MTC7_YEAST" in html
     images = re.findall(r'src="([^"]+\.png)"', html)
     assert len(images) >= 4
     assert "best Swiss-Prot concept match" in html
