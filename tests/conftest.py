@@ -106,10 +106,16 @@ def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entri
 def alternate_halves(entries, accessions=None, min_instances: int = 3, min_proteins: int = 2):
     """Concept halves of real entries without clustering (every other protein to validation): for fixtures
     where the halves' homology does not matter; ``interplm concepts`` makes them from MMseqs2 clusters."""
-    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels
+    from interplm_plugins.core.concepts import build_concept_labels
 
     chosen = [e for e in entries if accessions is None or e.accession in accessions]
-    labels = build_concept_labels(chosen, min_instances=min_instances, min_proteins=min_proteins)
+    return halve_alternately(build_concept_labels(chosen, min_instances=min_instances, min_proteins=min_proteins))
+
+
+def halve_alternately(labels):
+    """``labels`` halved every other protein (validation, test, validation, ...), as :class:`ConceptHalves`."""
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels
+
     splits = {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}
     return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, splits))
 

@@ -22,6 +22,8 @@ from interplm_plugins.core.concepts import (
 )
 from interplm_plugins.errors import InterPLMError
 
+from conftest import halve_alternately
+
 # 8 residues, 2 concepts. Concept 0 has two instances (domains 1: residues 0-2, 2: residues 5-6);
 # concept 1 is residue-level with instances 7 (residue 3) and 9 (residue 7).
 LABELS = np.array(
@@ -151,14 +153,9 @@ def test_labels_from_real_swissprot(swissprot_entries, tmp_path):
         ConceptLabels.load(tmp_path)
 
 
-def _halved(labels: ConceptLabels) -> ConceptHalves:
-    splits = {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}
-    return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, splits))
-
-
 def test_best_feature_chosen_on_validation_and_scored_on_test(swissprot_entries):
     """A planted feature that marks helices exactly must be chosen for Helix with test F1 1."""
-    halves = _halved(build_concept_labels(swissprot_entries[:200]))
+    halves = halve_alternately(build_concept_labels(swissprot_entries[:200]))
     helix = halves.valid.names.index("Helix")
     rng = np.random.default_rng(1)
     counter = HalvesCounter(halves, 4)
@@ -197,7 +194,7 @@ def test_choice_never_reads_test_counts():
 
 
 def test_concepts_with_too_few_examples_per_half_are_not_evaluated(swissprot_entries):
-    halves = _halved(build_concept_labels(swissprot_entries[:200], min_instances=2, min_proteins=2))
+    halves = halve_alternately(build_concept_labels(swissprot_entries[:200], min_instances=2, min_proteins=2))
     counter = HalvesCounter(halves, 2)
     for pid, sequence in halves.sequences.items():
         counter.add(pid, np.full((len(sequence), 2), 0.5, dtype=np.float32))

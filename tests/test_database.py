@@ -401,3 +401,12 @@ def test_open_reader_keeps_answering_while_another_process_rebuilds(tmp_path):
         assert reader.concepts_for_feature(0)[0].concept == "Binding site: Zn"
         with FeatureDatabase(path) as fresh:
             assert fresh.provenance["plm"] == "rebuilt" and fresh.top_examples(0)[0].protein_id == "NEW0"
+
+
+def test_match_query_reads_the_columns_concept_match_holds():
+    from dataclasses import fields
+
+    from interplm_plugins.core import database
+
+    selected = database._MATCH_SELECT.split("SELECT ")[1].split(" FROM")[0].replace(" ", "").split(",")
+    assert selected == list(database._MATCH_COLUMNS) == [f.name for f in fields(database.ConceptMatch)]

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from interplm_plugins.core.activations import encode_features
-from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, Eligibility, build_concept_labels
+from interplm_plugins.core.concepts import Eligibility
 from interplm_plugins.core.report import compare_units
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+
+from conftest import alternate_halves
 
 DIM = 8
 
@@ -17,16 +19,14 @@ DIM = 8
 @pytest.fixture(scope="module")
 def planted(swissprot_entries):
     """Real Swiss-Prot helix labels; embeddings where neuron 3 goes *negative* on helices and is 0 elsewhere."""
-    labels = build_concept_labels(swissprot_entries[:120], min_instances=5, min_proteins=2)
-    splits = {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}
-    labels = ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, splits)
-    halves = ConceptHalves.from_splits(labels)
+    halves = alternate_halves(swissprot_entries[:120], min_instances=5, min_proteins=2)
+    labels = halves.valid
     helix = labels.names.index("Helix")
     rng = np.random.default_rng(0)
     embeddings = {}
-    for pid in labels.proteins:
-        in_helix = labels.dense(pid)[:, helix] > 0
-        emb = rng.normal(0.0, 0.05, size=(len(labels.sequences[pid]), DIM)).astype(np.float32)
+    for pid, sequence in halves.sequences.items():
+        in_helix = halves.labels(halves.half(pid)).dense(pid)[:, helix] > 0
+        emb = rng.normal(0.0, 0.05, size=(len(sequence), DIM)).astype(np.float32)
         emb[:, 3] = np.where(in_helix, -2.0, 0.0)
         embeddings[pid] = emb
     sae = SparseAutoencoder(SAEConfig(d_in=DIM, d_hidden=16, kind="relu"), generator=torch.Generator().manual_seed(0)).eval()

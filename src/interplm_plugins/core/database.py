@@ -165,6 +165,11 @@ _MATCH_COLUMNS = (
     "feature", "concept", "family", "level", "threshold",
     "valid_f1", "valid_precision", "valid_recall", "test_f1", "test_precision", "test_recall",
 )  # fmt: skip
+#: The match columns in :class:`ConceptMatch`'s order (a literal: SQL is never built from variables).
+_MATCH_SELECT = (
+    "SELECT feature, concept, family, level, threshold, valid_f1, valid_precision, valid_recall, test_f1, test_precision,"
+    " test_recall FROM concept_matches"
+)
 _REQUIRED_MATCH_COLUMNS = ("feature", "concept", "threshold", "valid_f1", "valid_precision", "valid_recall", "test_f1", "test_precision", "test_recall")
 
 
@@ -839,12 +844,10 @@ class FeatureDatabase:
         """Every concept in the database, sorted."""
         return list(self._concepts)
 
-    _MATCH_SELECT = f"SELECT {', '.join(_MATCH_COLUMNS)} FROM concept_matches"
-
     def _matches(self, where: str, params: Sequence[Any], min_valid_f1: float | None, limit: int) -> list[ConceptMatch]:
         # Ranked by validation F1 only: the test metrics are what is reported, never what chooses.
         rows = self._query(
-            f"{self._MATCH_SELECT} WHERE {where} AND valid_f1 >= ? ORDER BY valid_f1 DESC, feature, concept LIMIT ?",
+            f"{_MATCH_SELECT} WHERE {where} AND valid_f1 >= ? ORDER BY valid_f1 DESC, feature, concept LIMIT ?",
             (*params, self._floor(min_valid_f1), int(limit)),
         )
         return [ConceptMatch(*row) for row in rows]
@@ -880,7 +883,7 @@ class FeatureDatabase:
         for start in range(0, len(features), 500):
             chunk = features[start : start + 500]
             rows = self._query(
-                f"{self._MATCH_SELECT} WHERE feature IN ({', '.join('?' * len(chunk))}) AND valid_f1 >= ?"
+                f"{_MATCH_SELECT} WHERE feature IN ({', '.join('?' * len(chunk))}) AND valid_f1 >= ?"
                 " ORDER BY feature, valid_f1 DESC, concept",
                 (*chunk, self._floor(min_valid_f1)),
             )
