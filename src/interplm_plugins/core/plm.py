@@ -174,7 +174,8 @@ def _download(name: str, dest: Path) -> None:
 
 
 def load_plm(spec: str | os.PathLike | None = "demo", device: str | torch.device = "cpu") -> PLM:
-    """Load an ESM-2 model: ``"demo"`` (embedded), a fair-esm hub name, or a local ``.pt`` path."""
+    """Load an ESM-2 model: ``"demo"`` (embedded), a fair-esm hub name, a local ``.pt`` path, or a Hugging Face
+    repo id / local folder in transformers' layout (:mod:`~interplm_plugins.core.hf_esm`)."""
     if spec is None or str(spec) in DEMO_ALIASES:
         path = demo_model_path()
         if not path.exists():
@@ -202,8 +203,13 @@ def load_plm(spec: str | os.PathLike | None = "demo", device: str | torch.device
                 file=dest,
             ) from None
         return load_checkpoint(dest, device)
+    from interplm_plugins.core.hf_esm import is_hf_model_spec, load_hf_esm
+
+    if is_hf_model_spec(spec_str):  # Hugging Face layout: a repo id (owner/name[@rev]) or a local folder
+        return load_hf_esm(spec_str, device)
     raise InterPLMError(
-        f"'{spec_str}' is neither a checkpoint file nor a known ESM-2 name ({', '.join(ESM2_MODELS)}, or 'demo')"
+        f"'{spec_str}' is neither a checkpoint file nor a known ESM-2 name ({', '.join(ESM2_MODELS)}, or 'demo'), "
+        f"nor a Hugging Face model (owner/name, or a folder with config.json)"
     )
 
 
