@@ -139,9 +139,12 @@ def test_interprot_sae_reads_what_interprot_computes(hub, hub_root, protein):
 
 
 def test_no_network_and_no_cache_is_one_line_saying_what_to_download(tmp_path):
-    """Through the real command line: exit status 2, one line naming the file and where the cache is."""
+    """Through the real command line: exit status 2, one line naming the file and where the cache is.
+
+    (Offline mode: with an unreachable endpoint huggingface_hub first retries for ~20 s, then the same line
+    says "the Hub could not be reached".)"""
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(tmp_path / "empty_home"), HF_ENDPOINT="http://127.0.0.1:9", INTERPLM_OFFLINE="")
+    env.update(HF_HOME=str(tmp_path / "empty_home"), HF_HUB_OFFLINE="1", INTERPLM_OFFLINE="")
     result = subprocess.run(
         [sys.executable, "-m", "interplm_plugins.cli", "-q", "features", "MKTAYIAKQR", "--model", ESM2_8M, "--out", str(tmp_path / "f")],
         capture_output=True, text=True, timeout=120, env=env,
@@ -149,6 +152,16 @@ def test_no_network_and_no_cache_is_one_line_saying_what_to_download(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "interplm: error:" in lines[0]
-    assert f"{ESM2_8M}/config.json is not in the Hugging Face cache and the Hub could not be reached" in lines[0]
-    assert f"hf download {ESM2_8M} config.json" in lines[0] and str(tmp_path / "empty_home" / "hub") in lines[0]
+    assert f"{ESM2_8M}/config.json is not in the Hugging Face cache and offline mode is on" in lines[0]
+    assert f"run `hf download {ESM2_8M}` and copy its cache to" in lines[0] and str(tmp_path / "empty_home" / "hub") in lines[0]
     assert not (tmp_path / "f").exists()
+
+
+def test_sae_not_cached_offline_names_the_file_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(InterPLMError) as err:
+        resolve_sae_spec("interplm-esm2-8m/layer_4")
+    assert "run `hf download Elana/InterPLM-esm2-8m layer_4/ae_normalized.pt`" in str(err.value)
+    assert str(tmp_path / "empty" / "hub") in str(err.value) and "\n" not in str(err.value)

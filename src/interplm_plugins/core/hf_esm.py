@@ -232,10 +232,10 @@ def hf_model_files(spec: str) -> tuple[Path, Path, Path | None]:
         return folder / CONFIG_FILE, weights, vocab if vocab.is_file() else None
     from interplm_plugins.core.hub import hub_download_first
 
-    config = hub_download_first(spec, (CONFIG_FILE,))
-    weights = hub_download_first(spec, WEIGHT_FILES)
+    config = hub_download_first(spec, (CONFIG_FILE,), whole_repo=True)
+    weights = hub_download_first(spec, WEIGHT_FILES, whole_repo=True)
     try:
-        vocab = hub_download_first(spec, (VOCAB_FILE,))
+        vocab = hub_download_first(spec, (VOCAB_FILE,), whole_repo=True)
     except InterPLMError:
         vocab = None  # a repo without tokenizer files: the config's ids are still checked
     return config, weights, vocab

@@ -18,6 +18,8 @@ A resolved spec carries the PLM the SAE was trained on and its layer (from the n
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -53,8 +55,24 @@ def split_revision(repo: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
-def hub_download(repo_id: str, filename: str, revision: str | None = None) -> Path:
+@contextlib.contextmanager
+def _quiet_hub_logger():
+    """huggingface_hub logs each failed attempt (it retries with back-off before giving up, ~20 s without
+    network); a failure is reported once, as this toolkit's one-line error, so its warnings are held back."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def hub_download(repo_id: str, filename: str, revision: str | None = None, whole_repo: bool = False) -> Path:
     """Local path of ``filename`` in Hub repo ``repo_id`` at ``revision``, from the cache or downloaded into it.
+
+    ``whole_repo``: the file is one of several the caller needs (a model), so the error suggests
+    downloading the repository rather than this one file.
 
     Raises :class:`InterPLMError` with one line saying what to download and where when the file is neither
     cached nor reachable, and :class:`FileNotFoundError` when the repo (reachable) has no such file.
@@ -67,17 +85,18 @@ def hub_download(repo_id: str, filename: str, revision: str | None = None) -> Pa
     cache = hub_cache_dir()
     offline = hub_offline()
     try:
-        path = hf_hub_download(
-            repo_id, filename, revision=revision, cache_dir=str(cache), local_files_only=offline,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        )  # fmt: skip
+        with _quiet_hub_logger():
+            path = hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=str(cache), local_files_only=offline,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )  # fmt: skip
     except LocalEntryNotFoundError:
         why = "offline mode is on (HF_HUB_OFFLINE / INTERPLM_OFFLINE)" if offline else "the Hub could not be reached"
         at = f"@{revision}" if revision else ""
+        command = f"hf download {repo_id}{'' if whole_repo else ' ' + filename}{' --revision ' + revision if revision else ''}"
         raise InterPLMError(
             f"{repo_id}{at}/{filename} is not in the Hugging Face cache and {why}; on a machine with network run "
-            f"`hf download {repo_id} {filename}{' --revision ' + revision if revision else ''}` and copy its cache "
-            f"to {cache} (or point HF_HOME / HF_HUB_CACHE at it)",
+            f"`{command}` and copy its cache to {cache} (or point HF_HOME / HF_HUB_CACHE at it)",
             file=cache,
         ) from None
     except EntryNotFoundError:
@@ -90,12 +109,12 @@ def hub_download(repo_id: str, filename: str, revision: str | None = None) -> Pa
     return Path(path)
 
 
-def hub_download_first(repo: str, filenames: tuple[str, ...]) -> Path:
+def hub_download_first(repo: str, filenames: tuple[str, ...], whole_repo: bool = False) -> Path:
     """The first of ``filenames`` that ``repo`` (``owner/name[@rev]``) has; one-line error if none."""
     repo_id, revision = split_revision(repo)
     for filename in filenames:
         try:
-            return hub_download(repo_id, filename, revision)
+            return hub_download(repo_id, filename, revision, whole_repo)
         except FileNotFoundError:
             continue
     raise InterPLMError(f"the Hub repository has none of {', '.join(filenames)}", record=repo)
