@@ -147,15 +147,9 @@ def read_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise InterPLMError(f"not a readable safetensors file ({exc})", file=path) from None
-    from interplm_plugins.core.plm import torch_load_failure, torch_load_weights
+    from interplm_plugins.core.plm import torch_load_tensor_dict
 
-    try:
-        state = torch_load_weights(path)
-    except Exception as exc:  # truncated, foreign or unsafe pickles raise many types
-        raise InterPLMError(f"not a readable PyTorch weights file ({torch_load_failure(exc)})", file=path) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InterPLMError("not a transformers state dict (expected a dict of tensors)", file=path)
-    return state
+    return torch_load_tensor_dict(path, "PyTorch weights", "a transformers state dict")
 
 
 def convert_hf_state_dict(state: dict[str, torch.Tensor], config: dict, file: Path) -> ESM2:

@@ -123,6 +123,18 @@ def torch_load_weights(path: str | os.PathLike):
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def torch_load_tensor_dict(path: str | os.PathLike, readable: str, state_dict: str) -> dict:
+    """A file that must hold a dict of tensors (a state dict), read with ``weights_only=True``; otherwise one
+    line: ``not a readable <readable> file (why)`` or ``not <state_dict> (expected a dict of tensors)``."""
+    try:
+        state = torch_load_weights(path)
+    except Exception as exc:  # truncated, foreign or unsafe pickles raise many types
+        raise InterPLMError(f"not a readable {readable} file ({torch_load_failure(exc)})", file=path) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InterPLMError(f"not {state_dict} (expected a dict of tensors)", file=path)
+    return dict(state)
+
+
 def _torch_load_checkpoint(path: Path) -> dict:
     try:
         data = torch_load_weights(path)
