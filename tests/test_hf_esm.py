@@ -121,3 +121,28 @@ def test_folder_without_weights_is_one_line(tmp_path, hf_folder):
     (folder / "config.json").write_text((hf_folder / "config.json").read_text())
     with pytest.raises(InterPLMError, match="no model.safetensors or pytorch_model.bin"):
         load_plm(folder)
+
+
+def test_same_weights_as_a_fair_esm_checkpoint_give_the_same_fingerprint(hf_folder, tmp_path):
+    """The HF model saved in fair-esm's .pt format loads with equal weights and weights fingerprint (the .pt's
+    own identity stays file-based: see docs/MODELS.md)."""
+    from interplm_plugins.core.hf_esm import weights_fingerprint
+    from interplm_plugins.core.plm import save_esm2_checkpoint
+
+    hf = load_plm(hf_folder)
+    pt = load_plm(save_esm2_checkpoint(hf.model, tmp_path / "esm2_t3_tiny.pt", dtype=torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(hf.model.state_dict().values(), pt.model.state_dict().values()))
+    assert weights_fingerprint(pt.model) == hf.identity.split(":")[1]
+
+
+def test_pickled_code_in_pytorch_model_bin_is_refused(hf_folder, tmp_path):
+    import collections
+    import fractions
+    import shutil
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(hf_folder / "config.json", folder / "config.json")
+    torch.save({"w": torch.zeros(1), "x": collections.OrderedDict(a=fractions.Fraction(1, 3))}, folder / "pytorch_model.bin")
+    with pytest.raises(InterPLMError, match="refused: the file holds pickled Python objects other than tensors"):
+        load_plm(folder)
