@@ -146,3 +146,8 @@ def test_pickled_code_in_pytorch_model_bin_is_refused(hf_folder, tmp_path):
     torch.save({"w": torch.zeros(1), "x": collections.OrderedDict(a=fractions.Fraction(1, 3))}, folder / "pytorch_model.bin")
     with pytest.raises(InterPLMError, match="refused: the file holds pickled Python objects other than tensors"):
         load_plm(folder)
+
+
+def test_a_missing_file_path_is_not_taken_for_a_hub_repo(tmp_path):
+    with pytest.raises(InterPLMError, match="neither a checkpoint file nor a known ESM-2 name"):
+        load_plm("models/esm2_typo.pt")

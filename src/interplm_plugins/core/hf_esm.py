@@ -76,7 +76,9 @@ def is_hf_model_spec(spec: str | os.PathLike) -> bool:
     path = Path(str(spec)).expanduser()
     if path.is_dir():
         return (path / CONFIG_FILE).is_file()
-    return not path.exists() and bool(REPO_ID_PATTERN.match(str(spec)))
+    # a missing file such as models/esm2.pt is a typo'd path, not a repo to download
+    looks_like_file = path.suffix.lower() in (".pt", ".pth", ".bin", ".safetensors", ".json", ".gz")
+    return not path.exists() and not looks_like_file and bool(REPO_ID_PATTERN.match(str(spec)))
 
 
 def _read_json(path: Path) -> dict:
