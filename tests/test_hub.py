@@ -32,6 +32,7 @@ def hub_root(tmp_path_factory):
     save_hf_esm2(root / TINY, layers=3, dim=64, heads=4)
     save_interplm_ae(root / "testlab/tiny-saes/layer_2/ae_normalized.pt", 64, 128, seed=1)
     save_interprot_sae(root / "testlab/tiny-saes/esm2_plm64_l2_sae128_k8.safetensors", 64, 128, seed=2)
+    save_interprot_sae(root / "liambai/InterProt-ESM2-SAEs/esm2_plm1280_l24_sae4096.safetensors", 1280, 4096, seed=3)
     return root
 
 
@@ -165,3 +166,20 @@ def test_sae_not_cached_offline_names_the_file_to_download(tmp_path, monkeypatch
         resolve_sae_spec("interplm-esm2-8m/layer_4")
     assert "run `hf download Elana/InterPLM-esm2-8m layer_4/ae_normalized.pt`" in str(err.value)
     assert str(tmp_path / "empty" / "hub") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_interprot_short_name_finds_its_published_file_name(hub, hub_root):
+    from interplm_plugins.core.interprot import load_interprot_sae
+
+    found = resolve_sae_spec("interprot-esm2-650m/l24_sae4096")
+    assert found.path.name == "esm2_plm1280_l24_sae4096.safetensors" and (found.plm, found.layer, found.fmt) == ("esm2_t33_650M_UR50D", 24, "interprot")
+    sae = load_interprot_sae(found.path, plm_name=found.plm, layer=found.layer)
+    assert (sae.d_in, sae.d_hidden, sae.config.k, sae.config.plm_layer) == (1280, 4096, 128, 24)
+
+
+def test_model_revision_pinning(hub):
+    from interplm_plugins.core.plm import load_plm
+
+    plm = load_plm(f"{TINY}@{hub.commit(TINY)}")
+    assert plm.name == TINY and plm.num_layers == 3
+    assert any(f"/{TINY}/resolve/{hub.commit(TINY)}/model.safetensors" in path for _, path in hub.requests)
