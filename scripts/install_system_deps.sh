@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System libraries that napari/Qt need on a headless machine (Xvfb, OpenGL, the xcb platform plugin).
+# System libraries that napari/Qt need on a headless machine (Xvfb, OpenGL, the xcb platform plugin),
+# and MMseqs2, which clusters sequences for the homology-aware splits.
 #   bash scripts/install_system_deps.sh          # installs only what is missing
 #   bash scripts/install_system_deps.sh --check  # lists what is missing; exit 1 if anything is
 # Debian/Ubuntu only (apt-get); elsewhere it says so and exits 0 so that installs keep going.
@@ -12,6 +13,7 @@ PACKAGES=(
     libxkbcommon-x11-0 libdbus-1-3  # Qt's xcb platform plugin
     libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
     libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
+    mmseqs2                         # sequence clustering for homology-aware splits (core/homology.py; its tests require it)
 )
 
 check_only=0

@@ -97,12 +97,21 @@ def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entri
     """A real feature database of the tiny pipeline over real Swiss-Prot proteins, with concept matches."""
     from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.annotate import build_database
-    from interplm_plugins.core.concepts import build_concept_labels
 
-    ids = {r.id for r in tiny_db_records}
-    labels = build_concept_labels([e for e in swissprot_entries if e.accession in ids], min_instances=3, min_proteins=2)
     pipeline = load_pipeline(tiny_esm2_path, tiny_sae_path)
-    return build_database(pipeline, tiny_db_records, tmp_path_factory.mktemp("db") / "features.sqlite", labels=labels, progress=False)
+    halves = alternate_halves(swissprot_entries, {r.id for r in tiny_db_records})
+    return build_database(pipeline, tiny_db_records, tmp_path_factory.mktemp("db") / "features.sqlite", halves=halves, progress=False)
+
+
+def alternate_halves(entries, accessions=None, min_instances: int = 3, min_proteins: int = 2):
+    """Concept halves of real entries without clustering (every other protein to validation): for fixtures
+    where the halves' homology does not matter; ``interplm concepts`` makes them from MMseqs2 clusters."""
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels
+
+    chosen = [e for e in entries if accessions is None or e.accession in accessions]
+    labels = build_concept_labels(chosen, min_instances=min_instances, min_proteins=min_proteins)
+    splits = {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}
+    return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, splits))
 
 
 @pytest.fixture()

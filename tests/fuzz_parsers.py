@@ -10,7 +10,7 @@ Two engines:
   re-compression as ``.gz``), one to six mutations stacked per input;
 - ``atheris`` (``pip install atheris``): coverage-guided libFuzzer over the same seeds.
 
-Every input is written to a file with a suffix the reader sees (``.fasta``, ``.dat``, ``.xml``,
+Every input is written to a file with a suffix the reader sees (``.fasta``, ``.dat``, ``.xml``, ``.json``,
 ``.tsv``, ``.pdb``, ``.cif``, sometimes ``.gz``) and read. Outcomes: ``ok`` (parsed; then checked:
 unique non-empty ids, sequences of protein letters only, features inside their sequence),
 ``error`` (InterPLMError), ``crash`` (any other exception, or a result that breaks those checks),
@@ -49,7 +49,7 @@ CORPUS = HERE / "bad_inputs"
 
 TARGET_SUFFIXES = {
     "fasta": [".fasta", ".fa", ".fasta.gz"],
-    "uniprot": [".dat", ".xml", ".tsv", ".txt", ".dat.gz"],
+    "uniprot": [".dat", ".xml", ".tsv", ".json", ".txt", ".dat.gz", ".json.gz"],
     "structure": [".pdb", ".cif", ".pdb.gz"],
 }
 
@@ -59,7 +59,9 @@ TOKENS = [
     b"?..?", b"-1", b"0", b"99999999999999999999", b"//\n", b"ID   ", b"AC   ", b"FT   ", b"FT   DOMAIN          ",
     b"FT                   /note=\"", b"SQ   SEQUENCE   ", b"\"", b"</entry>", b"<entry>", b"<feature type=\"domain\">",
     b"<location><begin position=\"", b"<sequence length=\"", b"&amp;", b"&lol;", b"<!DOCTYPE x [<!ENTITY a \"b\">]>",
-    b"Entry\tSequence\n", b"\tHELIX 1..5; ", b"BINDING ", b"/ligand=\"", b"ATOM  ", b"HETATM", b"data_", b"loop_\n",
+    b"Entry\tSequence\n", b"\tHELIX 1..5; ", b"BINDING ", b"/ligand=\"", b'{"results": [', b'"primaryAccession": "',
+    b'"value": null', b'"modifier": "UNKNOWN"', b'"sequence": "Q00001-2", ', b"{", b"}", b"[", b"]", b",", b"\\u0000",
+    b"ATOM  ", b"HETATM", b"data_", b"loop_\n",
     b"_atom_site.", b"END\n", b"MODEL        1\n", b"ENDMDL\n",
 ]  # fmt: skip
 
@@ -99,6 +101,14 @@ def load_seeds(shared: Path = SHARED, corpus: Path = CORPUS) -> dict[str, list[t
             text = xml.read_text()
             cut = text.find("</entry>", text.find("</entry>") + 1)
             add("uniprot", ".xml", (text[: cut + len("</entry>")] + "\n</uniprot>\n").encode())
+        rest_json = shared / "uniprot" / "more" / "uniprot_rest_json_parquet_44.json.gz"
+        if rest_json.is_file():  # REST JSON: a two-entry search result and one entry, features only
+            with gzip.open(rest_json, "rt") as fh:
+                results = json.load(fh)["results"]
+            keep = ("primaryAccession", "uniProtkbId", "entryType", "sequence", "features")
+            small = [{k: e[k] for k in keep if k in e} for e in results[:3]]
+            add("uniprot", ".json", json.dumps({"results": small[:2]}, indent=1).encode())
+            add("uniprot", ".json", json.dumps(small[2]).encode())
         tsv = shared / "uniprot" / "procaliper_sample_uniprot.tsv"
         if tsv.is_file():
             add("uniprot", ".tsv", "".join(tsv.read_text().splitlines(keepends=True)[:4]).encode())

@@ -180,16 +180,18 @@ def test_report_compares_sae_features_with_signed_neurons(chain, tiny_esm2_path,
     args = ["report", "--concepts", str(chain / "concepts"), "--model", str(tiny_esm2_path),
             "--sae", str(chain / "sae_norm.safetensors"), "--out", str(out)]  # fmt: skip
     assert main(["-q", *args]) == 0
-    assert "concepts with test F1 >= 0.5" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "concepts with test F1 > 0.5" in printed and "whole sequence clusters" in printed
     report = json.loads((out / "report.json").read_text())
     summary, rows = report["summary"], report["concepts"]
     assert summary["concepts_evaluated"] == len(rows) > 0
-    assert summary["sae_concepts_with_f1_at_cutoff"] == sum(r["sae_test_f1"] >= 0.5 for r in rows)
+    assert summary["sae_concepts_above_cutoff"] == sum(r["sae_test_f1"] > 0.5 for r in rows)
+    assert all(r["valid_proteins"] >= 3 and r["test_proteins"] >= 3 for r in rows)  # the default eligibility
     assert summary["concepts_where_sae_beats_neurons"] == sum(r["sae_test_f1"] > r["neuron_test_f1"] for r in rows)
     by_cutoff = {c["f1_cutoff"]: c for c in summary["concepts_found_by_cutoff"]}
     assert sorted(by_cutoff) == [0.3, 0.4, 0.5, 0.6]
-    assert by_cutoff[0.5]["sae"] == summary["sae_concepts_with_f1_at_cutoff"]
-    assert by_cutoff[0.3]["neurons"] == sum(r["neuron_test_f1"] >= 0.3 for r in rows)
+    assert by_cutoff[0.5]["sae"] == summary["sae_concepts_above_cutoff"]
+    assert by_cutoff[0.3]["neurons"] == sum(r["neuron_test_f1"] > 0.3 for r in rows)
     # neurons are named by dimension and sign: 32 dims of the tiny model, both signs
     assert all(r["neuron"][-1] in "+-" and 0 <= int(r["neuron"][:-1]) < 32 for r in rows)
     assert all(0 <= r["sae_feature"] < 128 for r in rows)
@@ -198,14 +200,33 @@ def test_report_compares_sae_features_with_signed_neurons(chain, tiny_esm2_path,
     assert boot["resamples"] == 1000 and [b["f1_cutoff"] for b in boot["sae_minus_neurons_concepts_found"]] == [0.3, 0.4, 0.5, 0.6]
 
 
+def test_report_scores_on_another_annotated_set(chain, tiny_esm2_path, shared_data, tmp_path, capsys):
+    """--test-concepts: choose on all of one set, score on all of another, leaving out the proteins both have."""
+    from interplm_plugins.core.concepts import ConceptLabels
+
+    more = shared_data / "uniprot" / "more" / "swissprot_testfixtures_122.dat.gz"
+    assert main(["-q", "concepts", str(more), "--out", str(tmp_path / "more"), "--min-instances", "2", "--min-proteins", "1"]) == 0
+    args = ["report", "--concepts", str(chain / "concepts"), "--test-concepts", str(tmp_path / "more"), "--model", str(tiny_esm2_path),
+            "--sae", str(chain / "sae_norm.safetensors"), "--out", str(tmp_path / "report")]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())["summary"]
+    first, second = ConceptLabels.load(chain / "concepts"), ConceptLabels.load(tmp_path / "more")
+    shared = set(first.sequences) & set(second.sequences)
+    assert shared  # 36 entries of the second file are in swissprot_train.dat.gz as well
+    assert summary["valid_proteins"] == len(first.proteins)
+    assert summary["test_proteins"] == len(second.proteins) - len(shared)
+    assert "scored on" in summary["halves"] and summary["concepts_evaluated"] > 0
+    assert "halves: chosen on all" in capsys.readouterr().out
+
+
 def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_path):
     """Per-protein counts of each concept's chosen unit sum to the reported test F1; the bootstrap is reproducible."""
     from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.concepts import ConceptLabels
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels
     from interplm_plugins.core.report import compare_with_neurons
 
     pipeline = load_pipeline(model=tiny_esm2_path, sae=chain / "sae_norm.safetensors")
-    comparison = compare_with_neurons(pipeline, ConceptLabels.load(chain / "concepts"))
+    comparison = compare_with_neurons(pipeline, ConceptHalves.from_splits(ConceptLabels.load(chain / "concepts")))
     for counts, table in ((comparison.sae_test_counts, comparison.sae), (comparison.neuron_test_counts, comparison.neurons)):
         assert counts.tp.shape == (comparison.n_test_proteins, len(table))
         np.testing.assert_allclose(counts.selection_f1()[0], table["test_f1"].to_numpy(), atol=1e-12)

@@ -7,8 +7,12 @@ import pytest
 from scipy import sparse
 
 from interplm_plugins.core.concepts import (
+    Concept,
+    ConceptHalves,
     ConceptLabels,
     ConceptMatchCounter,
+    Eligibility,
+    HalvesCounter,
     best_feature_per_concept,
     build_concept_labels,
     concept_metrics,
@@ -16,7 +20,6 @@ from interplm_plugins.core.concepts import (
     feature_concept_table,
     label_totals,
 )
-from interplm_plugins.core.sequences import concept_split
 from interplm_plugins.errors import InterPLMError
 
 # 8 residues, 2 concepts. Concept 0 has two instances (domains 1: residues 0-2, 2: residues 5-6);
@@ -130,36 +133,99 @@ def test_labels_from_real_swissprot(swissprot_entries, tmp_path):
     s = names.index("Signal peptide")
     with_signal = [p for p in labels.proteins if labels.dense(p)[:, s].any()]
     assert with_signal and all(labels.dense(p)[0, s] > 0 for p in with_signal)
-    # Halved by accession hash into valid/test, every protein in exactly one half, deterministically.
-    valid, test = labels.proteins_in_split("valid"), labels.proteins_in_split("test")
-    assert set(valid) | set(test) == set(labels.proteins) and not set(valid) & set(test)
-    assert 0.35 < len(valid) / len(labels.proteins) < 0.65
-    assert valid == [p for p in labels.proteins if concept_split(p) == "valid"]
+    # Without halves, asking for one is an error that says how to make them.
+    with pytest.raises(InterPLMError, match="interplm concepts"):
+        labels.proteins_in_split("valid")
     with pytest.raises(InterPLMError, match="concept split"):
         labels.proteins_in_split("train")
+    labels = ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins},
+                           {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}, {"halves": "alternate"})  # fmt: skip
     labels.save(tmp_path)
     again = ConceptLabels.load(tmp_path)
-    assert again.names == names
+    assert again.names == names and again.splits == labels.splits and again.settings == {"halves": "alternate"}
     p0 = labels.proteins[0]
     np.testing.assert_array_equal(again.dense(p0), labels.dense(p0))
+    # A damaged halves file is one line naming it.
+    (tmp_path / "splits.tsv").write_text("protein_id\thalf\nNOT_A_PROTEIN\tvalid\n")
+    with pytest.raises(InterPLMError, match="splits.tsv.*line 2"):
+        ConceptLabels.load(tmp_path)
+
+
+def _halved(labels: ConceptLabels) -> ConceptHalves:
+    splits = {p: "valid" if i % 2 else "test" for i, p in enumerate(labels.proteins)}
+    return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, splits))
 
 
 def test_best_feature_chosen_on_validation_and_scored_on_test(swissprot_entries):
     """A planted feature that marks helices exactly must be chosen for Helix with test F1 1."""
-    labels = build_concept_labels(swissprot_entries[:200])
-    helix = labels.names.index("Helix")
+    halves = _halved(build_concept_labels(swissprot_entries[:200]))
+    helix = halves.valid.names.index("Helix")
     rng = np.random.default_rng(1)
-    counters = {s: ConceptMatchCounter(labels, 4) for s in ("valid", "test")}
-    for pid in labels.proteins:
-        split = concept_split(pid)
-        lab = labels.dense(pid)
-        acts = (rng.random((lab.shape[0], 4)) * 0.4).astype(np.float32)
+    counter = HalvesCounter(halves, 4)
+    for pid, sequence in halves.sequences.items():
+        lab = halves.labels(halves.half(pid)).dense(pid)
+        acts = (rng.random((len(sequence), 4)) * 0.4).astype(np.float32)
         acts[:, 2] = np.where(lab[:, helix] > 0, 0.9, 0.0)
-        counters[split].add(pid, acts)
-    valid, test = counters["valid"].result(), counters["test"].result()
+        assert counter.add(pid, acts) == halves.half(pid)
+    assert counter.add("NOT_ANNOTATED", np.zeros((5, 4), dtype=np.float32)) is None
+    valid, test = counter.results()
     table = best_feature_per_concept(valid, test)
     row = table[table["concept"] == "Helix"].iloc[0]
     assert row["feature"] == 2 and row["test_f1_residue"] == pytest.approx(1.0)
     matches = feature_concept_table(valid, test, per_concept=2)
-    top = matches[matches["concept"] == "Helix"].sort_values("valid_f1", ascending=False).iloc[0]
-    assert top["feature"] == 2 and top["f1"] == pytest.approx(1.0)
+    top = matches[matches["concept"] == "Helix"].iloc[0]  # rows of a concept come in validation rank order
+    assert top["feature"] == 2 and top["valid_f1"] == pytest.approx(1.0) and top["test_f1"] == pytest.approx(1.0)
+
+
+def test_choice_never_reads_test_counts():
+    """Validation-best feature 0 is chosen and stored first even though feature 1 is the test-best."""
+    labels = np.array([[1], [1], [0], [0]], dtype=np.int32)
+    concepts = [Concept("Helix", "Helix", False)]
+    valid_acts = np.array([[0.9, 0.0], [0.9, 0.9], [0.0, 0.9], [0.0, 0.9]], dtype=np.float32)  # f0 exact, f1 half wrong
+    test_acts = valid_acts[:, ::-1].copy()  # on test the two swap
+    per_half = {}
+    for half, acts in (("valid", valid_acts), ("test", test_acts)):
+        lab = ConceptLabels(concepts, {half: "ACDE"}, {half: sparse.csr_matrix(labels)})
+        counter = ConceptMatchCounter(lab, 2, (0.0, 0.5))
+        counter.add(half, acts)
+        per_half[half] = counter.result()
+    relaxed = Eligibility(min_proteins=1, min_instances=1)
+    best = best_feature_per_concept(per_half["valid"], per_half["test"], relaxed).iloc[0]
+    assert best["feature"] == 0 and best["valid_f1"] == pytest.approx(1.0) and best["test_f1"] < 1.0
+    table = feature_concept_table(per_half["valid"], per_half["test"], per_concept=2, eligibility=relaxed)
+    assert table["feature"].tolist() == [0, 1] and table["test_f1"].iloc[1] == pytest.approx(1.0)
+
+
+def test_concepts_with_too_few_examples_per_half_are_not_evaluated(swissprot_entries):
+    halves = _halved(build_concept_labels(swissprot_entries[:200], min_instances=2, min_proteins=2))
+    counter = HalvesCounter(halves, 2)
+    for pid, sequence in halves.sequences.items():
+        counter.add(pid, np.full((len(sequence), 2), 0.5, dtype=np.float32))
+    valid, test = counter.results()
+    rule = Eligibility(min_proteins=3, min_instances=3)
+    table = best_feature_per_concept(valid, test, rule)
+    assert 0 < len(table) < len(halves.concepts)
+    assert (table["valid_proteins"] >= 3).all() and (table["test_proteins"] >= 3).all() and (table["test_instances"] >= 3).all()
+    dropped = set(halves.valid.names) - set(table["concept"])
+    thin = [c for c in dropped if min(valid.n_proteins_with[halves.valid.names.index(c)], test.n_proteins_with[halves.valid.names.index(c)]) < 3]
+    assert thin and set(thin) <= dropped
+    # n_proteins_with counts proteins, recomputed here from the labels directly.
+    c = halves.valid.names.index(table["concept"].iloc[0])
+    assert valid.n_proteins_with[c] == sum(halves.valid.dense(p)[:, c].any() for p in halves.valid.proteins)
+
+
+def test_separate_test_set_is_aligned_and_never_overlaps(swissprot_entries):
+    choose = build_concept_labels(swissprot_entries[:120])
+    score = build_concept_labels(swissprot_entries[100:220])  # 20 proteins shared with the first set
+    halves = ConceptHalves.from_separate_sets(choose, score)
+    assert halves.test.names == choose.names and len(halves.dropped_from_test) == 20
+    assert not set(halves.valid.sequences) & set(halves.test.sequences)
+    # A concept the test set has is labelled identically after alignment; one it lacks is empty.
+    for name in set(choose.names) & set(score.names):
+        pid = next(p for p in halves.test.proteins if score.dense(p)[:, score.names.index(name)].any())
+        np.testing.assert_array_equal(halves.test.dense(pid)[:, choose.names.index(name)], score.dense(pid)[:, score.names.index(name)])
+        break
+    for name in set(choose.names) - set(score.names):
+        assert all(not halves.test.dense(p)[:, choose.names.index(name)].any() for p in halves.test.proteins)
+    with pytest.raises(InterPLMError, match="also in"):
+        ConceptHalves.from_separate_sets(choose, choose)

@@ -33,15 +33,27 @@ PROTEINS = [
     (ProteinRecord("B", "GG", "protein B"), np.array([[0.25, 0, 0.5], [0, 0, 0.5]], np.float32)),
     (ProteinRecord("C", "PPP", "protein C"), np.array([[0, 0, 0], [0, 0, 0], [0.75, 0, 0]], np.float32)),
 ]
+MATCH_COLUMNS = ["feature", "concept", "family", "level", "threshold", "valid_f1", "valid_precision", "valid_recall",
+                 "test_f1", "test_precision", "test_recall"]  # fmt: skip
+
+
+def _matches(rows) -> pd.DataFrame:
+    """Concept matches from ``(feature, concept, valid_f1, test_f1, ...)`` rows; the other columns get plain values."""
+    full = [(f, c, "family", "domain", 0.5, v, v, v, t, t, t) for f, c, v, t in rows]
+    return pd.DataFrame(full, columns=MATCH_COLUMNS)
+
+
+# Helix: feature 2 is the test-best (0.6) but feature 0 the validation-best (0.35): queries must rank 0 first.
+# Signal peptide: feature 1 scores 0.7 on test but only 0.1 on validation, under the floor (0.2): no match.
 CONCEPTS = pd.DataFrame(
     [
-        (0, "Binding site: Zn", "binding", "test", 0.9, 0.5),
-        (0, "Helix", "secondary", "test", 0.3, 0.5),
-        (2, "Helix", "secondary", "test", 0.6, 0.15),
-        (0, "Helix", "secondary", "valid", 0.95, 0.5),
-        (2, "Zinc finger C2H2", "domain", "test", 0.4, 0.6),
+        (0, "Binding site: Zn", "binding", "residue", 0.5, 0.85, 0.8, 0.9, 0.9, 0.95, 0.85),
+        (0, "Helix", "secondary", "domain", 0.5, 0.35, 0.3, 0.4, 0.3, 0.25, 0.4),
+        (2, "Helix", "secondary", "domain", 0.15, 0.25, 0.2, 0.3, 0.6, 0.5, 0.75),
+        (2, "Zinc finger C2H2", "domain", "domain", 0.6, 0.4, 0.5, 0.33, 0.4, 0.45, 0.36),
+        (1, "Signal peptide", "region", "domain", 0.0, 0.1, 0.1, 0.1, 0.7, 0.7, 0.7),
     ],
-    columns=["feature", "concept", "family", "split", "f1", "threshold"],
+    columns=MATCH_COLUMNS,
 )
 SUMMARY = pd.DataFrame(
     {
@@ -141,19 +153,37 @@ def test_reservoir_samples_the_whole_stream(tmp_path):
         assert db.top_examples(0)[0].protein_id == "P199"
 
 
-def test_concept_queries_rank_by_f1_on_the_test_split(db):
-    assert [(m.concept, m.f1) for m in db.concepts_for_feature(0)] == [("Binding site: Zn", 0.9), ("Helix", 0.3)]
-    assert [(m.concept, m.f1) for m in db.concepts_for_feature(0, split="valid")] == [("Helix", 0.95)]
-    assert db.concepts_for_feature(0, k=1)[0].threshold == 0.5 and db.concepts_for_feature(0)[0].family == "binding"
-    assert db.concepts_for_feature(1) == []
-    # an exact name selects that concept; otherwise a case-insensitive substring
-    assert [(m.feature, m.f1) for m in db.features_for_concept("HELIX")] == [(2, 0.6), (0, 0.3)]
+def test_concept_queries_rank_by_validation_and_report_test(db):
+    assert [(m.concept, m.valid_f1, m.f1) for m in db.concepts_for_feature(0)] == [("Binding site: Zn", 0.85, 0.9), ("Helix", 0.35, 0.3)]
+    best = db.concepts_for_feature(0, k=1)[0]
+    assert (best.threshold, best.family, best.level, best.precision, best.recall) == (0.5, "binding", "residue", 0.95, 0.85)
+    assert best.label() == "Binding site: Zn (test F1 0.90)" and "recall 0.85" in best.metrics_text()
+    assert db.concepts_for_feature(0)[1].label() == "Helix (test F1 per domain 0.30)"
+    assert "recall per domain 0.40" in db.concepts_for_feature(0)[1].metrics_text()
+    # Helix: the validation-best feature 0 comes first although feature 2 scores higher on test.
+    assert [(m.feature, m.f1) for m in db.features_for_concept("HELIX")] == [(0, 0.3), (2, 0.6)]
+    assert db.best_concepts([0, 2]) == {0: db.concepts_for_feature(0)[0], 2: db.concepts_for_feature(2)[0]}
+    assert db.concepts_for_feature(2)[0].concept == "Zinc finger C2H2"  # validation 0.4 beats Helix's 0.25
+    # Under the floor (validation F1 0.1 < 0.2) a match is no match, whatever its test F1; a query may lower the floor.
+    assert db.concept_floor == 0.2 and db.concepts_for_feature(1) == [] and db.best_concepts([1]) == {}
+    assert db.features_for_concept("Signal peptide") == []
+    assert [m.feature for m in db.features_for_concept("Signal peptide", min_valid_f1=0.0)] == [1]
+    assert [m.concept for m in db.concepts_for_feature(0, min_valid_f1=0.5)] == ["Binding site: Zn"]
     assert [(m.feature, m.concept) for m in db.features_for_concept("zn")] == [(0, "Binding site: Zn")]
     assert [(m.feature, m.concept) for m in db.features_for_concept("zin")] == [(2, "Zinc finger C2H2")]
-    assert [m.concept for m in db.features_for_concept("i", k=2)] == ["Binding site: Zn", "Helix"]
-    assert db.features_for_concept("Signal peptide") == [] and db.features_for_concept("") == []
+    assert [m.concept for m in db.features_for_concept("i", k=2)] == ["Binding site: Zn", "Zinc finger C2H2"]  # validation 0.85, 0.4
+    assert db.features_for_concept("") == []
     assert db.concept_names() == ["Binding site: Zn", "Helix", "Signal peptide", "Zinc finger C2H2"]
-    assert db.concept_split == "test"
+
+
+def test_concept_floor_is_the_builds_unless_the_reader_asks(tmp_path):
+    path = _build(tmp_path / "f.sqlite", concept_floor=0.05)
+    with FeatureDatabase(path) as db:
+        assert db.provenance["concept_floor"] == 0.05 and db.concepts_for_feature(1)[0].concept == "Signal peptide"
+    with FeatureDatabase(path, concept_floor=0.5) as db:
+        assert [m.concept for m in db.concepts_for_feature(0)] == ["Binding site: Zn"]
+    with pytest.raises(InterPLMError, match="concept_floor"):
+        _build(tmp_path / "g.sqlite", concept_floor=1.5)
 
 
 def test_features_active_at_ranks_by_mean_over_positions(db):
@@ -163,7 +193,7 @@ def test_features_active_at_ranks_by_mean_over_positions(db):
     assert hits[0].best_concept.concept == "Binding site: Zn"
     hits = db.features_active_at(acts_a, [0, 1], k=5)
     assert [(h.feature, h.score) for h in hits] == [(0, 0.25), (2, 0.125)]
-    assert hits[1].best_concept.concept == "Helix"
+    assert hits[1].best_concept.concept == "Zinc finger C2H2"
     assert db.features_active_at(acts_a, [3]) == []
     with pytest.raises(InterPLMError, match="position 4 is outside the sequence"):
         db.features_active_at(acts_a, [1, 4])
@@ -192,19 +222,19 @@ def test_unknown_feature_is_an_error_naming_the_range(db):
 
 def test_injection_like_concept_names_are_plain_data(tmp_path):
     nasty = ["x'); DROP TABLE features;--", "100% _match_", 'quote " and \\ backslash']
-    table = pd.DataFrame({"feature": [0, 2, 2], "concept": nasty, "f1": [0.5, 0.7, 0.2]})
+    table = _matches([(0, nasty[0], 0.5, 0.5), (2, nasty[1], 0.7, 0.7), (2, nasty[2], 0.3, 0.2)])
     with FeatureDatabase(_build(tmp_path / "f.sqlite", concept_table=table, concept_summary=None)) as db:
         assert db.concept_names() == sorted(nasty)
         assert [m.concept for m in db.features_for_concept("drop table")] == [nasty[0]]
         assert [m.concept for m in db.features_for_concept("%")] == [nasty[1]]  # not a LIKE wildcard
         assert [m.concept for m in db.features_for_concept("_")] == [nasty[1]]
         assert db.features_for_concept("'; --") == []
-        assert db.num_features == 3 and db.concepts_for_feature(0)[0].split == "test"  # default split
+        assert db.num_features == 3 and db.concepts_for_feature(0)[0].valid_f1 == 0.5
 
 
 def test_database_without_concepts_answers_empty(tmp_path):
     with FeatureDatabase(_build(tmp_path / "f.sqlite", concept_table=None, concept_summary=None)) as db:
-        assert db.concept_names() == [] and db.concepts_for_feature(0) == [] and db.concept_split is None
+        assert db.concept_names() == [] and db.concepts_for_feature(0) == []
         assert db.features_for_concept("Helix") == [] and db.search_features("helix") == []
         assert db.features_active_at(PROTEINS[0][1], [2])[0].best_concept is None
 
@@ -224,8 +254,8 @@ def test_descriptions_and_clusters_are_added_atomically(tmp_path):
         info = db.feature_info(0)
         assert (info["description"], info["cluster"], info["x"], info["y"]) == ("Metal site", 1, 0.0, 3.0)
         hits = db.search_features("HELIX")
-        # concept "Helix": feature 2 (F1 0.6), feature 0 (0.3); description "Helix cap" of feature 2 scores 0.5
-        assert [(h.feature, h.score, h.matched) for h in hits] == [(2, 0.6, "Helix"), (0, 0.3, "Helix")]
+        # concept "Helix": feature 0 (validation F1 0.35), feature 2 (0.25); description "Helix cap" of feature 2 scores 0.5
+        assert [(h.feature, h.score, h.matched) for h in hits] == [(2, 0.5, "Helix cap"), (0, 0.35, "Helix")]
         assert hits[0].description == "Helix cap"
         assert [(h.feature, h.matched) for h in db.search_features("metal")] == [(0, "Metal site")]
         assert db.top_examples(0)[0].protein_id == "A"  # the rest of the database came along
@@ -260,9 +290,11 @@ def test_bad_concept_table_and_provenance_are_errors(tmp_path):
     with pytest.raises(InterPLMError, match="concept_table lacks column"):
         _build(tmp_path / "f.sqlite", concept_table=pd.DataFrame({"feature": [0], "concept": ["x"]}))
     with pytest.raises(InterPLMError, match=r"feature 9 is not an index in 0..2"):
-        _build(tmp_path / "f.sqlite", concept_table=pd.DataFrame({"feature": [9], "concept": ["x"], "f1": [0.1]}))
+        _build(tmp_path / "f.sqlite", concept_table=_matches([(9, "x", 0.1, 0.1)]))
     with pytest.raises(InterPLMError, match="more than one row for feature 0"):
-        _build(tmp_path / "f.sqlite", concept_table=pd.DataFrame({"feature": [0, 0], "concept": ["x", "x"], "f1": [0.1, 0.2]}))
+        _build(tmp_path / "f.sqlite", concept_table=_matches([(0, "x", 0.1, 0.1), (0, "x", 0.2, 0.2)]))
+    with pytest.raises(InterPLMError, match="test_f1 is missing"):
+        _build(tmp_path / "f.sqlite", concept_table=_matches([(0, "x", 0.1, None)]))
     with pytest.raises(InterPLMError, match="provenance value of 'sae'"):
         _build(tmp_path / "f.sqlite", provenance={"sae": object()})
     assert not (tmp_path / "f.sqlite").exists()

@@ -46,47 +46,154 @@ def test_demo_model_predicts_masked_residues_better_than_frequencies():
     assert metrics["held_out_perplexity"] < metrics["unigram_perplexity"] - 1.0
 
 
-def test_demo_database_matches_its_sae_and_has_concepts():
-    pipeline = load_pipeline()
-    db = pipeline.database
-    assert db.provenance["sae_hash"] == pipeline.sae_hash
-    assert db.num_features == pipeline.num_features
-    # every concept the shipped report finds at F1 >= 0.5 is in the database, with the same feature and test F1
-    report = json.loads((REPO / "docs" / "demo_report.json").read_text())
-    strong = [row for row in report["concepts"] if row["sae_test_f1"] >= 0.5]
-    assert len(strong) == report["summary"]["sae_concepts_with_f1_at_cutoff"] > 0
-    for row in strong:
-        matches = [m for m in db.features_for_concept(row["concept"], k=100, split="test") if m.concept == row["concept"]]
-        assert any(m.feature == row["sae_feature"] and m.f1 == pytest.approx(row["sae_test_f1"], abs=1e-4) for m in matches), row
+def _annotated_files(shared: Path) -> list[Path]:
+    """What scripts/build_demo.py reads: the 727 training entries, then uniprot/more/."""
+    more = shared / "uniprot" / "more"
+    return [shared / "uniprot" / "swissprot_train.dat.gz", *sorted(more.glob("*.dat.gz")), *sorted(more.glob("*.json.gz"))]
 
 
-def test_shipped_report_covers_every_annotated_protein():
-    """The README's SAE-vs-neuron numbers (docs/demo_report.json) use all 727 Swiss-Prot proteins, halved into validation and test."""
-    report = json.loads((REPO / "docs" / "demo_report.json").read_text())
-    summary = report["summary"]
-    assert summary["valid_proteins"] + summary["test_proteins"] == 727 and summary["test_proteins"] >= 300
-    assert summary["concepts_evaluated"] >= 80
-    assert summary["concepts_where_sae_beats_neurons"] + summary["concepts_where_neurons_beat_sae"] <= summary["concepts_evaluated"]
-    assert report["sae_quality"]["fidelity"] > 0.9
+@pytest.fixture(scope="module")
+def demo_halves(shared_data):
+    """The demo's concept halves, rebuilt from the real entries and the shipped halves (MMseqs2 clusters at build time)."""
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
+    from interplm_plugins.core.uniprot import read_uniprot_files
+
+    entries, _ = read_uniprot_files(_annotated_files(shared_data))
+    labels = build_concept_labels(entries)
+    halves = read_halves(DEMO_DIR / "concept_halves.tsv", labels.sequences)
+    return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, halves))
 
 
-def test_shipped_report_is_reproduced_and_sae_features_beat_neurons(swissprot_entries):
-    """Recomputed from the shipped pipeline, the comparison equals docs/demo_report.json, and says what the README says:
-    SAE features find more concepts than neurons at InterPLM's F1 >= 0.5 (and at 0.4), are the better unit on more
-    concepts, and stay ahead in most bootstrap resamples of the test proteins."""
-    from interplm_plugins.core.concepts import build_concept_labels
+@pytest.fixture(scope="module")
+def shipped_report():
+    return json.loads((REPO / "docs" / "demo_report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def recomputed_summary(demo_halves):
     from interplm_plugins.core.report import compare_with_neurons
 
-    summary = compare_with_neurons(load_pipeline(), build_concept_labels(swissprot_entries)).summary()
-    shipped = json.loads((REPO / "docs" / "demo_report.json").read_text())["summary"]
-    assert summary.keys() == shipped.keys()
+    return compare_with_neurons(load_pipeline(), demo_halves).summary()
+
+
+def test_demo_database_matches_its_sae_and_evaluates_the_reports_concepts(shipped_report):
+    pipeline = load_pipeline()
+    db = pipeline.database
+    assert db.provenance["sae_hash"] == pipeline.sae_hash and db.num_features == pipeline.num_features
+    assert db.concept_floor == 0.2 and db.provenance["concept_selection"] == "validation"
+    assert "mmseqs2" in db.provenance["concept_halves"] and "whole sequence clusters" in db.provenance["concept_halves"]
+    evaluated = {name for name in db.concept_names() if db.concept_summary(name)["evaluated"]}
+    assert evaluated == {row["concept"] for row in shipped_report["concepts"]}
+    for name in evaluated:
+        summary = db.concept_summary(name)
+        assert summary["valid_proteins"] >= 3 and summary["test_proteins"] >= 3
+    # Clusters ship with it, so the plugins' neighbour lists are filled.
+    assert db.feature_info(0)["cluster"] is not None and len(db.cluster_neighbours(0, 5)) > 0 or db.feature_info(0)["cluster"] == -1
+
+
+def test_shipped_report_covers_every_annotated_protein(shipped_report, demo_halves):
+    """The README's SAE-vs-neuron numbers (docs/demo_report.json) use every annotated entry of ../shared/data, halved by clusters."""
+    summary = shipped_report["summary"]
+    assert summary["valid_proteins"] == len(demo_halves.valid.proteins) and summary["test_proteins"] == len(demo_halves.test.proteins)
+    assert summary["valid_proteins"] + summary["test_proteins"] == 856
+    assert summary["eligibility"] == ">= 3 proteins and >= 3 instances in each half" and "mmseqs2" in summary["halves"]
+    assert summary["concepts_where_sae_beats_neurons"] + summary["concepts_where_neurons_beat_sae"] <= summary["concepts_evaluated"]
+
+
+def test_shipped_report_is_reproduced(recomputed_summary, shipped_report):
+    """Recomputed from the shipped pipeline and halves, the comparison equals docs/demo_report.json."""
+    shipped = shipped_report["summary"]
+    assert recomputed_summary.keys() == shipped.keys()
     for key, value in shipped.items():
-        assert summary[key] == (pytest.approx(value, abs=1e-3) if isinstance(value, float) else value), key
-    assert summary["concepts_where_sae_beats_neurons"] > summary["concepts_where_neurons_beat_sae"]
-    at = {c["f1_cutoff"]: c for c in summary["concepts_found_by_cutoff"]}
-    assert at[0.5]["sae"] > at[0.5]["neurons"] and at[0.4]["sae"] > at[0.4]["neurons"]
-    boot = {b["f1_cutoff"]: b for b in summary["bootstrap_over_test_proteins"]["sae_minus_neurons_concepts_found"]}
-    assert boot[0.5]["share_sae_ahead"] > 0.5
+        if key == "halves":  # the clustering's words; the halves themselves are the shipped file
+            continue
+        assert recomputed_summary[key] == (pytest.approx(value, abs=1e-3) if isinstance(value, float) else value), key
+
+
+def _readme_table(title: str) -> dict[str, list[str]]:
+    """The README's table whose header line contains ``title``: first cell -> the other cells."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and title in line)
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_readme_concept_numbers_are_the_recomputed_ones(recomputed_summary):
+    table = _readme_table("SAE features | best single neurons")
+    at = {c["f1_cutoff"]: c for c in recomputed_summary["concepts_found_by_cutoff"]}
+    for cutoff in (0.3, 0.4, 0.5, 0.6):
+        row = next(cells for key, cells in table.items() if key.startswith(f"concepts with test F1 > {cutoff}"))
+        assert row[:2] == [str(at[cutoff]["sae"]), str(at[cutoff]["neurons"])], cutoff
+    wins = table["concepts where this unit type is better"]
+    assert wins[:2] == [str(recomputed_summary["concepts_where_sae_beats_neurons"]), str(recomputed_summary["concepts_where_neurons_beat_sae"])]
+    boot = {b["f1_cutoff"]: b for b in recomputed_summary["bootstrap_over_test_proteins"]["sae_minus_neurons_concepts_found"]}
+    low, high = boot[0.5]["ci95"]
+    readme = (REPO / "README.md").read_text()
+    assert f"95 % interval of the difference is {low:+g} to {high:+g}" in readme
+    assert f"finds more concepts at 0.5 in {boot[0.5]['share_sae_ahead']:.0%}" in readme.replace(" %", "%")
+
+
+def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(shared_data, tmp_path):
+    """FVE, L0, dead fraction and loss recovered on held-out Swiss-Prot proteins, from the shipped PLM and SAE alone,
+    equal what the model card and README state."""
+    from interplm_plugins.core.evaluate import held_out_quality
+    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sequences import protein_split, read_fasta
+
+    held_out = [r for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta") if protein_split(r.id) == "test"]
+    quality = held_out_quality(load_plm("demo"), load_sae(DEMO_SAE), held_out, tmp_path / "emb")
+    card = (DEMO_DIR / "MODEL_CARD.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    fve, l0 = f"{quality['fraction_variance_explained']:.3f}", f"{quality['l0']:.0f}"
+    dead, fidelity = f"{quality['dead_fraction']:.0%}", f"{quality['fidelity']:.3f}"
+    for row in (f"| fraction of variance explained | {fve} |", f"| mean active features per residue (L0) | {l0} |",
+                f"| dead features | {dead} |", f"| masked-LM loss recovered (1 = perfect, 0 = zero-ablation) | {fidelity} |"):
+        assert row in card, row
+    assert (f"fraction of variance explained {fve}, L0 {l0} features per residue, {dead.replace('%', ' %')} dead, "
+            f"masked-LM loss recovered **{fidelity}**") in readme  # fmt: skip
+
+
+def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
+    """loss_recovered's fidelity equals (CE_zero - CE_sae) / (CE_zero - CE_clean) from three forward passes written out here."""
+    from interplm_plugins.core.evaluate import loss_recovered
+    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sequences import read_fasta
+
+    sae = load_sae(tiny_sae_path).eval()
+    records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) < 300][:4]
+    model, alphabet, layer = tiny_plm.model.eval(), tiny_plm.alphabet, sae.config.plm_layer
+    got = loss_recovered(tiny_plm, sae, records, layer, max_proteins=None)
+    rng = np.random.default_rng(0)  # loss_recovered's masking: 15% of each protein's residues, the same draws
+    losses = {"clean": [], "sae": [], "zero": []}
+    for record in records:
+        _, _, tokens = alphabet.get_batch_converter()([(record.id, record.sequence)])
+        n_mask = max(1, round(0.15 * len(record.sequence)))
+        masked_at = torch.from_numpy(np.sort(rng.choice(len(record.sequence), size=n_mask, replace=False)) + 1)
+        inputs = tokens.clone()
+        inputs[0, masked_at] = alphabet.mask_idx
+        for name, replace in (("clean", None), ("sae", lambda x: sae(x)[0]), ("zero", torch.zeros_like)):
+            handle = None
+            if replace is not None:
+                def hook(module, args, output, replace=replace):
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    new = hidden.clone()  # [T, B, D] inside fair-esm's layers; residues are rows 1..L
+                    new[1:-1] = replace(hidden[1:-1].reshape(-1, hidden.shape[-1])).reshape(hidden[1:-1].shape)
+                    return (new, *output[1:]) if isinstance(output, tuple) else new
+                # the last layer's representation is the one after the final layer norm (fair-esm's repr_layers)
+                module = model.emb_layer_norm_after if layer == model.num_layers else model.layers[layer - 1]
+                handle = module.register_forward_hook(hook)
+            with torch.no_grad():
+                logits = model(inputs)["logits"][0, masked_at]
+            if handle is not None:
+                handle.remove()
+            losses[name].append(torch.nn.functional.cross_entropy(logits, tokens[0, masked_at], reduction="sum").item())
+    assert abs(got["fidelity"] - 1.0) > 0.01  # a real, imperfect SAE: this is no identity check
+    assert got["fidelity"] == pytest.approx((sum(losses["zero"]) - sum(losses["sae"])) / (sum(losses["zero"]) - sum(losses["clean"])), rel=1e-4)
 
 
 def test_interplm_demo_with_no_arguments(tmp_path):
@@ -102,7 +209,10 @@ def test_interplm_demo_with_no_arguments(tmp_path):
     out = result.stdout
     page = tmp_path / "interplm_demo" / "index.html"
     assert "interplm_demo/index.html" in out and "best concept" in out
+    # The shown protein's own annotation: at least one feature's best concept is annotated there, and said so.
+    assert "annotated in MTC7_YEAST at 13-33, 42-62" in out or "annotated in MTC7_YEAST at 94-121" in out
     html = page.read_text()
+    assert "the protein's UniProt entry annotates it at residues" in html and "P32633 MTC7_YEAST" in html
     images = re.findall(r'src="([^"]+\.png)"', html)
     assert len(images) >= 4
     assert "best Swiss-Prot concept match" in html

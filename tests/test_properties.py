@@ -4,7 +4,8 @@
   clean_sequence normalises exactly what the policy says and refuses everything else.
 - UniProt flat text: generated feature tables (ranges, single positions, '<'/'>'/'?' fuzzy
   positions, unknown positions, other isoforms, positions outside the sequence) come back as
-  the features and dropped features the module documents.
+  the features and dropped features the module documents, and the same entry written as
+  UniProt's REST JSON reads back identically.
 - Structures: generated chains (negative and gapped numbering, insertion codes, altlocs,
   modified residues, ligands, waters, free amino acids) written as PDB text read back as the
   expected residues, Cα coordinates included; align_to_reference recovers the known mapping of
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,7 +40,7 @@ from interplm_plugins.core.structure import (
     read_structure_ca,
     residue_letter,
 )
-from interplm_plugins.core.uniprot import read_uniprot
+from interplm_plugins.core.uniprot import FEATURE_TYPE_NAMES, read_uniprot
 from interplm_plugins.errors import InterPLMError
 
 #: Modest by default so the suite stays fast; INTERPLM_HYPOTHESIS_EXAMPLES=2000 for a long hunt.
@@ -181,6 +183,31 @@ def test_flat_feature_locations(data, sequence):
     assert [(ftype, reason) for ftype, _, reason in entry.dropped] == dropped
     for f in entry.features:
         assert 1 <= f.start <= f.end <= length
+    # the same entry as UniProt's REST JSON reads the same, dropped features and their reasons included
+    rest_names = {key: rest for key, _, rest in FEATURE_TYPE_NAMES}
+    features = [
+        {"type": rest_names[key], "location": _json_location(loc), "description": note.strip()}
+        for (loc, _), key, note in zip(specs, keys, notes)
+    ]
+    document = {"primaryAccession": "Q00001", "uniProtkbId": "TEST_HUMAN", "sequence": {"value": sequence, "length": length},
+                "features": features}  # fmt: skip
+    (path.parent / "entry.json").write_text(json.dumps({"results": [document]}))
+    assert read_uniprot(path.parent / "entry.json") == [entry]
+
+
+def _json_position(text: str) -> dict:
+    """One end of a flat FT location as REST JSON: '<1'/'>9' OUTSIDE, '?4' UNSURE, '?' UNKNOWN."""
+    if text == "?":
+        return {"value": None, "modifier": "UNKNOWN"}
+    modifier = {"<": "OUTSIDE", ">": "OUTSIDE", "?": "UNSURE"}.get(text[0], "EXACT")
+    return {"value": int(text.lstrip("<>?")), "modifier": modifier}
+
+
+def _json_location(flat_location: str) -> dict:
+    isoform, _, span = flat_location.rpartition(":")
+    start, _, end = span.partition("..")
+    location = {"start": _json_position(start), "end": _json_position(end or start)}
+    return {**location, "sequence": isoform} if isoform else location
 
 
 # ----------------------------------------------------------------------------- structures

@@ -54,3 +54,25 @@ def print_json_or_table(rows: dict, as_json: bool) -> None:
     for key, value in rows.items():
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {text}")
+
+
+def add_concept_options(parser: argparse.ArgumentParser, required: bool, test_set: bool = False) -> None:
+    """--concepts (and --test-concepts): the annotated proteins a concept evaluation chooses and scores on."""
+    parser.add_argument("--concepts", required=required, help="folder written by `interplm concepts` (its validation/test halves)")
+    if test_set:
+        parser.add_argument(
+            "--test-concepts",
+            help="a second `interplm concepts` folder: choose each concept's feature on all of --concepts, score on all of this one",
+        )
+
+
+def load_concept_halves(args: argparse.Namespace):
+    """``(ConceptHalves, Eligibility)`` from --concepts [--test-concepts], or ``(None, None)`` without --concepts."""
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, Eligibility
+
+    if not getattr(args, "concepts", None):
+        return None, None
+    labels = ConceptLabels.load(args.concepts)
+    test_folder = getattr(args, "test_concepts", None)
+    halves = ConceptHalves.from_separate_sets(labels, ConceptLabels.load(test_folder)) if test_folder else ConceptHalves.from_splits(labels)
+    return halves, Eligibility.from_settings(labels.settings)

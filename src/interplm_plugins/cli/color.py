@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         width=args.width, height=args.height, pipeline=pipeline, legend=not args.no_legend,
     )  # fmt: skip
     peak = f", max {result['max']:.3f} at {result['peak']}" if result["mapped"] else ""
-    concept = f" [{result['best_concept']}]" if result["best_concept"] else ""
+    concept = f" [{result['best_concept_label']}]"
     print(f"{result['png']}: feature {result['feature']}{concept} on {result['mapped']} residues{peak}")
     return 0

@@ -1,39 +1,65 @@
-"""``interplm concepts``: Swiss-Prot annotations -> per-residue concept labels (with the valid/test concept split)."""
+"""``interplm concepts``: UniProt annotations -> per-residue concept labels, halved into validation and test by sequence clusters."""
 
 from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from interplm_plugins.core.concept_selection import DEFAULT_MIN_INSTANCES_PER_HALF, DEFAULT_MIN_PROTEINS_PER_HALF
+    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID
+
     p = subparsers.add_parser(
         "concepts",
         help="turn UniProt annotations into per-residue concept labels",
         description=(
-            "Read UniProt flat text (modern or legacy FT layout), XML or TSV (.gz ok), keep concepts with enough "
-            "examples, and write OUT/labels.npz, OUT/concepts.tsv and OUT/proteins.fasta (the annotated sequences). "
-            "Proteins are halved into validation (features chosen) and test (features scored) by a hash of their accession."
+            "Read UniProt flat text (modern or legacy FT layout), XML, TSV or REST JSON (one entry or {\"results\": [...]}, as "
+            "rest.uniprot.org serves it; .gz ok; several files: each "
+            "accession once), keep concepts with enough examples, and halve the proteins into validation (each "
+            "concept's feature and threshold are chosen there) and test (they are scored there) by sequence clusters: "
+            "MMseqs2 easy-cluster at --min-seq-id identity and --coverage, whole clusters to one half, so no protein has "
+            "a close homolog across the line. A concept is evaluated only with at least --min-proteins-per-half "
+            "proteins and --min-instances-per-half instances in each half. Writes OUT/labels.npz, OUT/concepts.tsv, "
+            "OUT/splits.tsv (each protein's half), OUT/clusters.tsv (the clustering), OUT/concepts.json (these "
+            "settings) and OUT/proteins.fasta (the annotated sequences)."
         ),
     )
-    p.add_argument("uniprot", help="UniProt file")
+    p.add_argument("uniprot", nargs="+", help="UniProt file(s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--min-instances", type=int, default=10, help="keep concepts with at least this many occurrences (default 10)")
     p.add_argument("--min-proteins", type=int, default=3, help="... in at least this many proteins (default 3)")
-    p.set_defaults(run=run)
+    p.add_argument("--min-proteins-per-half", type=int, default=DEFAULT_MIN_PROTEINS_PER_HALF,
+                   help=f"evaluate a concept only with this many proteins in each half (default {DEFAULT_MIN_PROTEINS_PER_HALF})")
+    p.add_argument("--min-instances-per-half", type=int, default=DEFAULT_MIN_INSTANCES_PER_HALF,
+                   help=f"... and this many instances (domains, sites, bonds) in each half (default {DEFAULT_MIN_INSTANCES_PER_HALF})")
+    p.add_argument("--min-seq-id", type=float, default=DEFAULT_MIN_SEQ_ID,
+                   help=f"sequence identity that puts two proteins in one cluster (default {DEFAULT_MIN_SEQ_ID})")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE, help=f"alignment coverage for that (default {DEFAULT_COVERAGE})")
+    p.set_defaults(run=run)  # fmt: skip
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from interplm_plugins.core.concepts import build_concept_labels
+    from interplm_plugins.core.concepts import Eligibility, build_concept_labels, split_into_halves
+    from interplm_plugins.core.homology import cluster_sequences
     from interplm_plugins.core.sequences import ProteinRecord, write_fasta
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.uniprot import read_uniprot_files
 
-    entries = read_uniprot(args.uniprot)
+    eligibility = Eligibility(args.min_proteins_per_half, args.min_instances_per_half)
+    entries, skipped = read_uniprot_files(args.uniprot)
+    records = [ProteinRecord(e.accession, e.sequence, e.entry_name) for e in entries]
+    clusters = cluster_sequences(records, min_seq_id=args.min_seq_id, coverage=args.coverage)
     labels = build_concept_labels(entries, min_instances=args.min_instances, min_proteins=args.min_proteins)
+    labels = split_into_halves(labels, clusters)
+    labels.settings.update(eligibility=eligibility.to_dict(), sources=[str(p) for p in args.uniprot])
     out = Path(args.out)
+    clusters.save(out / "clusters.tsv")
     labels.save(out)
-    write_fasta([ProteinRecord(e.accession, e.sequence, e.entry_name) for e in entries], out / "proteins.fasta")
+    write_fasta(records, out / "proteins.fasta")
     summary = labels.summary()
+    evaluable = int(((summary["valid_proteins"] >= eligibility.min_proteins) & (summary["test_proteins"] >= eligibility.min_proteins)).sum())
     valid, test = (len(labels.proteins_in_split(s)) for s in ("valid", "test"))
-    print(f"{len(entries)} entries, {len(summary)} concepts ({(summary['level'] == 'residue').sum()} residue-level); "
-          f"proteins valid/test {valid}/{test} -> {out}")  # fmt: skip
+    again = f" ({len(skipped)} repeated accessions skipped)" if skipped else ""
+    print(f"{len(entries)} entries{again}, {len(summary)} concepts ({(summary['level'] == 'residue').sum()} residue-level, "
+          f"{evaluable} with >= {eligibility.min_proteins} proteins in each half); {labels.settings['clustering']['clusters']} "
+          f"sequence clusters; proteins valid/test {valid}/{test} -> {out}")  # fmt: skip
     return 0

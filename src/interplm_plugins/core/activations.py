@@ -36,6 +36,10 @@ from interplm_plugins.errors import InterPLMError
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 DEMO_SAE = DEMO_DIR / "sae.safetensors"
 DEMO_DATABASE = DEMO_DIR / "features.sqlite"
+#: What `interplm demo` shows by default: MTC7_YEAST (P32633), an AlphaFold DB model (CC BY 4.0) with its
+#: Swiss-Prot entry (CC BY 4.0): two transmembrane helices and a disordered region to check features against.
+DEMO_SHOWCASE_STRUCTURE = DEMO_DIR / "P32633_AF.pdb"
+DEMO_SHOWCASE_ENTRY = DEMO_DIR / "P32633_MTC7_YEAST.txt"
 
 
 def default_cache_dir() -> Path:

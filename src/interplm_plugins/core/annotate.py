@@ -2,9 +2,10 @@
 
 :func:`build_database` streams every protein once through the PLM and the SAE; each protein's
 activations feed the database builder (statistics, top and quantile examples) and, when the
-protein has Swiss-Prot concept labels, the concept counters of its half (:func:`concept_split`). The
-concept table (every concept's best features at their best validation threshold, scored on test)
-is written into the same file at the end. The file appears atomically.
+protein is annotated, the :class:`~.concept_counts.HalvesCounter` of the concept halves. The
+concept table (every eligible concept's best features on validation, each at its validation
+threshold, with the test metrics there) is written into the same file at the end. The file
+appears atomically.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import pandas as pd
 from scipy import sparse
 
 from interplm_plugins.core.activations import Pipeline, iter_feature_activations
-from interplm_plugins.core.concepts import THRESHOLDS, ConceptLabels, ConceptMatchCounter, feature_concept_table
-from interplm_plugins.core.database import build_feature_database
-from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, concept_split
+from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter
+from interplm_plugins.core.concept_labels import ConceptHalves
+from interplm_plugins.core.concept_selection import Eligibility, feature_concept_table
+from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
+from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
 
 
@@ -28,46 +31,48 @@ def build_database(
     pipeline: Pipeline,
     records: Sequence[ProteinRecord],
     out_path: str | os.PathLike,
-    labels: ConceptLabels | None = None,
+    halves: ConceptHalves | None = None,
+    eligibility: Eligibility | None = None,
     thresholds: Sequence[float] = THRESHOLDS,
     matches_per_concept: int = 20,
+    concept_floor: float = DEFAULT_CONCEPT_FLOOR,
     top_k: int = 10,
     toks_per_batch: int = 4096,
     data_sources: Sequence[str] = (),
     progress: bool = True,
 ) -> Path:
-    """Build the feature database of ``pipeline`` over ``records`` (and ``labels``' concepts) at ``out_path``."""
+    """Build the feature database of ``pipeline`` over ``records`` (and ``halves``' concepts) at ``out_path``."""
     if not records:
         raise InterPLMError("no proteins to build the feature database from", file=out_path)
-    counters: dict[str, ConceptMatchCounter] = {}
-    if labels is not None:
+    eligibility = eligibility or Eligibility()
+    counter: HalvesCounter | None = None
+    if halves is not None:
+        annotated = halves.sequences
         for protein in records:
-            if protein.id in labels.sequences and labels.sequences[protein.id] != protein.sequence:
+            if protein.id in annotated and annotated[protein.id] != protein.sequence:
                 raise InterPLMError("sequence differs from the one in the concept annotations", record=protein.id)
-        counters = {s: ConceptMatchCounter(labels, pipeline.num_features, thresholds) for s in CONCEPT_SPLITS}
+        counter = HalvesCounter(halves, pipeline.num_features, thresholds)
+    evaluated: list[np.ndarray] = []  # the eligibility mask, once the counts are in
 
     def stream() -> Iterator[tuple[ProteinRecord, np.ndarray]]:
         for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch):
-            if counters and record.id in labels.sequences:
-                counters[concept_split(record.id)].add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
+            if counter is not None:
+                counter.add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
             yield record, acts
 
     def concept_table() -> pd.DataFrame | None:
-        if not counters:
+        if counter is None:
             return None
-        valid, test = counters["valid"].result(), counters["test"].result()
-        if valid.n_proteins == 0 or test.n_proteins == 0:
-            raise InterPLMError(
-                f"concept metrics need annotated proteins in both validation and test splits "
-                f"(got {valid.n_proteins} and {test.n_proteins})"
-            )
-        return feature_concept_table(valid, test, per_concept=matches_per_concept)
+        valid, test = counter.results()
+        evaluated.append(eligibility.mask(valid, test))
+        return feature_concept_table(valid, test, per_concept=matches_per_concept, eligibility=eligibility)
 
     def concept_summary() -> pd.DataFrame | None:
-        if labels is None:
+        if halves is None:
             return None
-        summary = labels.summary()
-        return summary.rename(columns={"instances": "n_instances", "residues": "n_residues", "proteins": "n_proteins"})
+        summary = concept_vocabulary(halves)
+        summary["evaluated"] = evaluated[0].astype(int) if evaluated else 0
+        return summary
 
     provenance = {
         "plm": pipeline.plm.name,
@@ -80,6 +85,8 @@ def build_database(
         "thresholds": [float(t) for t in thresholds],
         "data_sources": [str(s) for s in data_sources],
     }
+    if halves is not None:
+        provenance.update(concept_selection="validation", concept_halves=halves.how, concept_eligibility=eligibility.describe())
     return build_feature_database(
         out_path,
         stream(),
@@ -87,6 +94,24 @@ def build_database(
         concept_table=concept_table,
         concept_summary=concept_summary,
         top_k=top_k,
+        concept_floor=concept_floor,
         progress=progress,
         total=len(records),
+    )
+
+
+def concept_vocabulary(halves: ConceptHalves) -> pd.DataFrame:
+    """One row per concept: family, level, instances, residues and proteins overall and per half."""
+    valid, test = halves.valid.summary(), halves.test.summary()
+    return pd.DataFrame(
+        {
+            "concept": valid["concept"],
+            "family": valid["family"],
+            "level": valid["level"],
+            "n_instances": valid["instances"] + test["instances"],
+            "n_residues": valid["residues"] + test["residues"],
+            "n_proteins": valid["proteins"] + test["proteins"],
+            "valid_proteins": valid["proteins"],
+            "test_proteins": test["proteins"],
+        }
     )

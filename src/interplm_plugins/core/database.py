@@ -12,11 +12,12 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA application_i
     ``sae_hash``, ``thresholds``, ``data_sources``, ... as given by the builder, plus
     ``schema_version``, ``created`` (UTC ISO time), ``tool_version``, ``num_features``,
     ``num_proteins``, ``num_residues``, ``top_k``, ``quantile_bins``, ``examples_per_bin``,
-    ``active_threshold`` and ``concept_split`` (the split concept queries rank by by default).
+    ``active_threshold``, ``concept_floor``, ``concept_halves`` (how the validation/test halves
+    were made) and ``concept_eligibility``.
 ``proteins(protein_idx, protein_id, accession, description, sequence, length, split)``
     every protein the database was built from (``split``: :func:`~.sequences.protein_split`, the
     train/valid/test split of the demo's PLM and SAE training; the concept-evaluation halves are
-    :func:`~.sequences.concept_split`).
+    recorded in the concepts folder, ``splits.tsv``).
 ``features(feature, n_active_residues, n_active_proteins, freq_residue, freq_protein,
 max_activation, mean_active)``
     a residue counts as active when its activation exceeds ``active_threshold`` (default 0);
@@ -30,9 +31,19 @@ activations)``
     per-residue activation of that feature: zlib-compressed little-endian float16, length L.
 ``concepts(concept, family, level, n_instances, n_residues, n_proteins)``
     the concept vocabulary (Swiss-Prot annotation types and their subcategories).
-``concept_matches(feature, concept, family, split, threshold, precision, recall, f1,
-f1_per_domain, recall_per_domain)``
-    how well a feature, at its best activation threshold, detects a concept on a split.
+``concepts(concept, family, level, n_instances, n_residues, n_proteins, valid_proteins, test_proteins,
+evaluated)``
+    the concept vocabulary (Swiss-Prot annotation types and their subcategories), with how many
+    proteins carry each in the validation and test halves and whether it met the eligibility rule
+    (meta ``concept_eligibility``) and so was evaluated.
+``concept_matches(feature, concept, family, level, threshold, valid_f1, valid_precision,
+valid_recall, test_f1, test_precision, test_recall)``
+    for each evaluated concept, its best features on the validation half, each at the threshold
+    chosen on validation, with the validation metrics and the test metrics at that same
+    threshold. F1 and recall are at the concept's ``level``: per residue for residue-level
+    concepts, per domain (instance) for domain-level ones. Every query ranks by ``valid_f1`` and
+    reports ``test_f1``; matches below the floor (meta ``concept_floor``, default
+    :data:`DEFAULT_CONCEPT_FLOOR` validation F1) are "no concept match".
 ``descriptions(feature, model, description, score, created)`` and ``clusters(feature, cluster,
 x, y)``
     interpretation results, filled later with :func:`update_feature_database`.
@@ -63,7 +74,9 @@ from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.sequences import protein_split
 from interplm_plugins.errors import InterPLMError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Validation F1 below which a feature has "no concept match" (a database records its own in meta).
+DEFAULT_CONCEPT_FLOOR = 0.2
 #: ``PRAGMA application_id`` of feature databases ("IPLM"), to tell them from other SQLite files.
 APPLICATION_ID = 0x49504C4D
 _REBUILD = "rebuild it with `interplm build-db`"
@@ -106,20 +119,24 @@ CREATE TABLE concepts (
     level TEXT,
     n_instances INTEGER,
     n_residues INTEGER,
-    n_proteins INTEGER
+    n_proteins INTEGER,
+    valid_proteins INTEGER,
+    test_proteins INTEGER,
+    evaluated INTEGER
 );
 CREATE TABLE concept_matches (
     feature INTEGER NOT NULL,
     concept TEXT NOT NULL,
     family TEXT,
-    split TEXT NOT NULL,
-    threshold REAL,
-    precision REAL,
-    recall REAL,
-    f1 REAL NOT NULL,
-    f1_per_domain REAL,
-    recall_per_domain REAL,
-    PRIMARY KEY (feature, concept, split)
+    level TEXT CHECK (level IN ('residue', 'domain')),
+    threshold REAL NOT NULL,
+    valid_f1 REAL NOT NULL,
+    valid_precision REAL NOT NULL,
+    valid_recall REAL NOT NULL,
+    test_f1 REAL NOT NULL,
+    test_precision REAL NOT NULL,
+    test_recall REAL NOT NULL,
+    PRIMARY KEY (feature, concept)
 );
 CREATE TABLE descriptions (
     feature INTEGER NOT NULL,
@@ -136,14 +153,19 @@ CREATE TABLE clusters (feature INTEGER PRIMARY KEY, cluster INTEGER NOT NULL, x 
 _TABLES = ("meta", "proteins", "features", "examples", "concepts", "concept_matches", "descriptions", "clusters")
 
 _INDEXES = """
-CREATE INDEX concept_matches_by_feature ON concept_matches (split, feature, f1 DESC);
-CREATE INDEX concept_matches_by_concept ON concept_matches (split, concept, f1 DESC);
+CREATE INDEX concept_matches_by_feature ON concept_matches (feature, valid_f1 DESC);
+CREATE INDEX concept_matches_by_concept ON concept_matches (concept, valid_f1 DESC);
 """
 
-#: ``{version: sql}`` upgrading a database from ``version`` to ``version + 1``.
+#: ``{version: sql}`` upgrading a database from ``version`` to ``version + 1``. None from 1: a
+#: version-1 database kept only test metrics, so its matches cannot be re-ranked on validation.
 _MIGRATIONS: dict[int, str] = {}
 
-_MATCH_COLUMNS = ("threshold", "precision", "recall", "f1_per_domain", "recall_per_domain")
+_MATCH_COLUMNS = (
+    "feature", "concept", "family", "level", "threshold",
+    "valid_f1", "valid_precision", "valid_recall", "test_f1", "test_precision", "test_recall",
+)  # fmt: skip
+_REQUIRED_MATCH_COLUMNS = ("feature", "concept", "threshold", "valid_f1", "valid_precision", "valid_recall", "test_f1", "test_precision", "test_recall")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,18 +189,77 @@ class Example:
 
 @dataclass
 class ConceptMatch:
-    """How well ``feature`` detects ``concept`` on ``split`` at its best activation ``threshold``."""
+    """How well ``feature`` detects ``concept``: chosen on the validation half, scored on the test half.
+
+    ``threshold`` was chosen on validation; ``valid_*`` are the validation metrics there, ``test_*``
+    the test metrics at the same threshold. F1 and recall are at the concept's ``level``
+    (``"residue"``, or ``"domain"``: per instance). ``f1``, ``precision`` and ``recall`` are the
+    test metrics: the score to report.
+    """
 
     feature: int
     concept: str
     family: str | None
-    split: str
-    f1: float
-    precision: float | None = None
-    recall: float | None = None
-    threshold: float | None = None
-    f1_per_domain: float | None = None
-    recall_per_domain: float | None = None
+    level: str | None
+    threshold: float
+    valid_f1: float
+    valid_precision: float
+    valid_recall: float
+    test_f1: float
+    test_precision: float
+    test_recall: float
+
+    @property
+    def f1(self) -> float:
+        return self.test_f1
+
+    @property
+    def precision(self) -> float:
+        return self.test_precision
+
+    @property
+    def recall(self) -> float:
+        return self.test_recall
+
+    @property
+    def f1_label(self) -> str:
+        return "F1 per domain" if self.level == "domain" else "F1"
+
+    @property
+    def recall_label(self) -> str:
+        return "recall per domain" if self.level == "domain" else "recall"
+
+    def label(self) -> str:
+        """``"Coiled coil (test F1 per domain 0.59)"``: the concept and its score, for legends and lists."""
+        return f"{self.concept} (test {self.f1_label} {self.f1:.2f})"
+
+    def metrics_text(self) -> str:
+        """F1, precision and recall at one level, on test, and what chose them."""
+        return (
+            f"test {self.f1_label} {self.f1:.2f}, precision {self.precision:.2f}, {self.recall_label} {self.recall:.2f}"
+            f" (threshold {self.threshold:g} and feature chosen on validation, {self.f1_label} {self.valid_f1:.2f})"
+        )
+
+
+def concept_label(match: ConceptMatch | None) -> str:
+    """:meth:`ConceptMatch.label`, or ``"no concept match"``: the one wording every surface shows."""
+    return match.label() if match is not None else NO_CONCEPT_MATCH
+
+
+NO_CONCEPT_MATCH = "no concept match"
+
+
+def concept_match_lines(matches: Sequence[ConceptMatch]) -> list[str]:
+    """A table of matches with headers: validation F1 (what ranked them), then test F1, precision and recall at the concept's level."""
+    lines = [
+        f"{'feature':>8}  {'valid F1':>8}  {'test F1':>7}  {'precision':>9}  {'recall':>6}  {'level':<7}  {'threshold':>9}  concept",
+    ]
+    for m in matches:
+        lines.append(
+            f"{m.feature:>8}  {m.valid_f1:8.2f}  {m.f1:7.2f}  {m.precision:9.2f}  {m.recall:6.2f}  {m.level or '-':<7}  {m.threshold:9g}  {m.concept}"
+        )
+    lines.append("(ranked by validation F1; F1, precision and recall on the test half; level 'domain': F1 and recall per domain)")
+    return lines
 
 
 @dataclass
@@ -400,8 +481,8 @@ def _frame_rows(frame: pd.DataFrame, required: Sequence[str], optional: Sequence
 
 
 def _concept_rows(concept_table: pd.DataFrame, num_features: int) -> list[tuple]:
-    frame = _frame_rows(concept_table, ("feature", "concept", "f1"), ("family", "split", *_MATCH_COLUMNS), "concept_table")
-    frame["split"] = frame["split"].where(frame["split"].notna(), "test")
+    optional = [c for c in _MATCH_COLUMNS if c not in _REQUIRED_MATCH_COLUMNS]
+    frame = _frame_rows(concept_table, _REQUIRED_MATCH_COLUMNS, optional, "concept_table")[list(_MATCH_COLUMNS)]
     features = pd.to_numeric(frame["feature"], errors="coerce")
     bad = features.isna() | (features < 0) | (features >= num_features) | (features % 1 != 0)
     if bad.any():
@@ -409,17 +490,15 @@ def _concept_rows(concept_table: pd.DataFrame, num_features: int) -> list[tuple]
             f"concept_table row {int(np.flatnonzero(bad.to_numpy())[0])}: feature {frame['feature'][bad].iloc[0]!r} "
             f"is not an index in 0..{num_features - 1}"
         )
-    if frame["f1"].isna().any():
-        raise InterPLMError(f"concept_table row {int(np.flatnonzero(frame['f1'].isna().to_numpy())[0])}: f1 is missing")
+    for column in _REQUIRED_MATCH_COLUMNS[2:]:
+        if frame[column].isna().any():
+            raise InterPLMError(f"concept_table row {int(np.flatnonzero(frame[column].isna().to_numpy())[0])}: {column} is missing")
     frame["feature"] = features.astype(int)
-    dupes = frame.duplicated(["feature", "concept", "split"])
+    dupes = frame.duplicated(["feature", "concept"])
     if dupes.any():
         row = frame[dupes].iloc[0]
-        raise InterPLMError(
-            f"concept_table has more than one row for feature {row['feature']}, concept {row['concept']!r}, split {row['split']!r}"
-        )
-    columns = ["feature", "concept", "family", "split", "threshold", "precision", "recall", "f1", "f1_per_domain", "recall_per_domain"]
-    return [tuple(_plain(v) for v in row) for row in frame[columns].itertuples(index=False)]
+        raise InterPLMError(f"concept_table has more than one row for feature {row['feature']}, concept {row['concept']!r}")
+    return [tuple(_plain(v) for v in row) for row in frame.itertuples(index=False)]
 
 
 def _plain(value: Any) -> Any:
@@ -428,23 +507,15 @@ def _plain(value: Any) -> Any:
 
 
 def _summary_rows(concept_summary: pd.DataFrame | None, match_rows: list[tuple]) -> list[tuple]:
-    columns = ("family", "level", "n_instances", "n_residues", "n_proteins")
+    columns = ("family", "level", "n_instances", "n_residues", "n_proteins", "valid_proteins", "test_proteins", "evaluated")
     rows: dict[str, tuple] = {}
     if concept_summary is not None:
         frame = _frame_rows(concept_summary, ("concept",), columns, "concept_summary")
         for row in frame.itertuples(index=False):
             rows[str(row[0])] = tuple(_plain(v) for v in row)
     for row in match_rows:  # every matched concept is in the vocabulary, summary or not
-        rows.setdefault(str(row[1]), (row[1], row[2], None, None, None, None))
+        rows.setdefault(str(row[1]), (row[1], row[2], row[3], None, None, None, None, None, 1))
     return list(rows.values())
-
-
-def _default_split(match_rows: list[tuple]) -> str | None:
-    splits = {row[3] for row in match_rows}
-    for preferred in ("test", "valid"):
-        if preferred in splits:
-            return preferred
-    return min(splits) if splits else None
 
 
 def build_feature_database(
@@ -455,6 +526,7 @@ def build_feature_database(
     concept_table: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
     concept_summary: pd.DataFrame | Callable[[], pd.DataFrame | None] | None = None,
     top_k: int = 10,
+    concept_floor: float = DEFAULT_CONCEPT_FLOOR,
     quantile_bins: int = 5,
     examples_per_bin: int = 2,
     reservoir_size: int | None = None,
@@ -469,11 +541,13 @@ def build_feature_database(
     :class:`~.sequences.ProteinRecord` (or ``(id, sequence[, description])``) and
     ``activations`` its SAE features, ``[L, F]``. Only per-feature summaries and the
     ``top_k + reservoir_size`` candidate examples per feature are held in memory.
-    ``concept_table`` holds concept matches (columns ``feature, concept, f1`` and optionally
-    ``family, split`` (default ``"test"``), ``threshold, precision, recall, f1_per_domain,
-    recall_per_domain``); ``concept_summary`` the vocabulary (``concept`` and optionally ``family,
-    level, n_instances, n_residues, n_proteins``); either may be a function, called after the
-    pass so that concept metrics can be counted from the same stream. Quantile examples are drawn
+    ``concept_table`` holds concept matches (columns ``feature, concept, threshold, valid_f1,
+    valid_precision, valid_recall, test_f1, test_precision, test_recall`` and optionally ``family,
+    level``: :func:`~.concept_selection.feature_concept_table`); ``concept_summary`` the vocabulary
+    (``concept`` and optionally ``family, level, n_instances, n_residues, n_proteins,
+    valid_proteins, test_proteins, evaluated``); either may be a function, called after the pass so
+    that concept metrics can be counted from the same stream. ``concept_floor``: the validation F1
+    below which queries say "no concept match" (stored in meta). Quantile examples are drawn
     from a uniform reservoir sample of ``reservoir_size`` (default ``4 * quantile_bins *
     examples_per_bin``, at least 20) active proteins per feature.
     """
@@ -485,6 +559,8 @@ def build_feature_database(
         reservoir_size = max(4 * quantile_bins * examples_per_bin, 20)
     if not isinstance(provenance, dict):
         raise InterPLMError(f"provenance must be a dict, got {type(provenance).__name__}")
+    if not 0.0 <= float(concept_floor) <= 1.0:
+        raise InterPLMError(f"concept_floor must be a validation F1 in [0, 1], got {concept_floor}")
     meta_rows = _json_meta(provenance)  # fail on unstorable provenance before the long pass
 
     with atomic_path(path) as tmp:
@@ -521,8 +597,8 @@ def build_feature_database(
             match_rows = _concept_rows(concept_table, acc.num_features) if concept_table is not None else []
             con.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?)", acc.feature_rows())
             con.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", acc.example_rows(quantile_bins, examples_per_bin))
-            con.executemany("INSERT INTO concept_matches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", match_rows)
-            con.executemany("INSERT INTO concepts VALUES (?, ?, ?, ?, ?, ?)", _summary_rows(concept_summary, match_rows))
+            con.executemany(f"INSERT INTO concept_matches VALUES ({', '.join('?' * len(_MATCH_COLUMNS))})", match_rows)
+            con.executemany("INSERT INTO concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _summary_rows(concept_summary, match_rows))
             con.executescript(_INDEXES)
             built = {
                 "schema_version": SCHEMA_VERSION,
@@ -535,7 +611,7 @@ def build_feature_database(
                 "quantile_bins": int(quantile_bins),
                 "examples_per_bin": int(examples_per_bin),
                 "active_threshold": float(active_threshold),
-                "concept_split": _default_split(match_rows),
+                "concept_floor": float(concept_floor),
             }
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta_rows + _json_meta(built))
             con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -609,7 +685,7 @@ class FeatureDatabase:
     while it is open: this object keeps answering from the version it opened.
     """
 
-    def __init__(self, path: str | os.PathLike, *, _allow_versions: set[int] | None = None):
+    def __init__(self, path: str | os.PathLike, *, concept_floor: float | None = None, _allow_versions: set[int] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise InterPLMError(f"no such feature database; {_REBUILD}", file=self.path)
@@ -651,7 +727,8 @@ class FeatureDatabase:
             self._con.close()
             raise InterPLMError(f"feature database is damaged (provenance is not JSON: {exc}); {_REBUILD}", file=self.path) from None
         self.num_features: int = int(self._query("SELECT count(*) FROM features")[0][0])
-        self.concept_split: str | None = self.provenance.get("concept_split")
+        #: Validation F1 below which a feature has no concept match (the build's, unless given).
+        self.concept_floor: float = float(self.provenance.get("concept_floor", DEFAULT_CONCEPT_FLOOR) if concept_floor is None else concept_floor)
         self._concepts: list[str] = [row[0] for row in self._query("SELECT concept FROM concepts ORDER BY concept")]
 
     # -- plumbing
@@ -680,8 +757,8 @@ class FeatureDatabase:
             raise InterPLMError(f"feature {feature!r} does not exist (features are 0..{self.num_features - 1})", file=self.path)
         return int(feature)
 
-    def _split(self, split: str | None) -> str | None:
-        return self.concept_split if split is None else split
+    def _floor(self, min_valid_f1: float | None) -> float:
+        return self.concept_floor if min_valid_f1 is None else float(min_valid_f1)
 
     # -- features
 
@@ -762,20 +839,19 @@ class FeatureDatabase:
         """Every concept in the database, sorted."""
         return list(self._concepts)
 
-    def _matches(self, where: str, params: Sequence[Any], split: str | None, limit: int) -> list[ConceptMatch]:
-        split = self._split(split)
-        if split is None:
-            return []
+    _MATCH_SELECT = f"SELECT {', '.join(_MATCH_COLUMNS)} FROM concept_matches"
+
+    def _matches(self, where: str, params: Sequence[Any], min_valid_f1: float | None, limit: int) -> list[ConceptMatch]:
+        # Ranked by validation F1 only: the test metrics are what is reported, never what chooses.
         rows = self._query(
-            "SELECT feature, concept, family, split, f1, precision, recall, threshold, f1_per_domain, recall_per_domain"
-            f" FROM concept_matches WHERE split = ? AND {where} ORDER BY f1 DESC, feature, concept LIMIT ?",
-            (split, *params, int(limit)),
+            f"{self._MATCH_SELECT} WHERE {where} AND valid_f1 >= ? ORDER BY valid_f1 DESC, feature, concept LIMIT ?",
+            (*params, self._floor(min_valid_f1), int(limit)),
         )
         return [ConceptMatch(*row) for row in rows]
 
-    def concepts_for_feature(self, feature: int, k: int = 5, split: str | None = None) -> list[ConceptMatch]:
-        """The ``k`` concepts ``feature`` detects best (highest F1 first) on ``split`` (default: the test split)."""
-        return self._matches("feature = ?", (self._check_feature(feature),), split, k)
+    def concepts_for_feature(self, feature: int, k: int = 5, min_valid_f1: float | None = None) -> list[ConceptMatch]:
+        """The ``k`` concepts ``feature`` matches best on validation, above the floor (default: :attr:`concept_floor`)."""
+        return self._matches("feature = ?", (self._check_feature(feature),), min_valid_f1, k)
 
     def matching_concepts(self, text: str) -> list[str]:
         """Concepts named ``text`` (case-insensitive), or else all whose name contains it."""
@@ -785,8 +861,8 @@ class FeatureDatabase:
         exact = [c for c in self._concepts if c.casefold() == needle]
         return exact or [c for c in self._concepts if needle in c.casefold()]
 
-    def features_for_concept(self, name_or_substring: str, k: int = 10, split: str | None = None) -> list[ConceptMatch]:
-        """The ``k`` best (feature, concept) matches for a concept name or name fragment, by F1."""
+    def features_for_concept(self, name_or_substring: str, k: int = 10, min_valid_f1: float | None = None) -> list[ConceptMatch]:
+        """The ``k`` best (feature, concept) matches for a concept name or name fragment, ranked by validation F1."""
         concepts = self.matching_concepts(name_or_substring)
         if not concepts:
             return []
@@ -794,25 +870,29 @@ class FeatureDatabase:
         hits: list[ConceptMatch] = []
         for start in range(0, len(concepts), 500):
             chunk = concepts[start : start + 500]
-            hits += self._matches(f"concept IN ({', '.join('?' * len(chunk))})", chunk, split, k)
-        return sorted(hits, key=lambda m: (-m.f1, m.feature, m.concept))[:k]
+            hits += self._matches(f"concept IN ({', '.join('?' * len(chunk))})", chunk, min_valid_f1, k)
+        return sorted(hits, key=lambda m: (-m.valid_f1, m.feature, m.concept))[:k]
 
-    def best_concepts(self, features: Sequence[int], split: str | None = None) -> dict[int, ConceptMatch]:
-        """The best concept match of each of ``features`` that has one."""
+    def best_concepts(self, features: Sequence[int], min_valid_f1: float | None = None) -> dict[int, ConceptMatch]:
+        """The best concept match (by validation F1, above the floor) of each of ``features`` that has one."""
         features = [self._check_feature(f) for f in features]
-        split = self._split(split)
-        if not features or split is None:
-            return {}
-        rows = self._query(
-            "SELECT feature, concept, family, split, f1, precision, recall, threshold, f1_per_domain, recall_per_domain"
-            f" FROM concept_matches WHERE split = ? AND feature IN ({', '.join('?' * len(features))})"
-            " ORDER BY feature, f1 DESC, concept",
-            (split, *features),
-        )
         best: dict[int, ConceptMatch] = {}
-        for row in rows:
-            best.setdefault(row[0], ConceptMatch(*row))
+        for start in range(0, len(features), 500):
+            chunk = features[start : start + 500]
+            rows = self._query(
+                f"{self._MATCH_SELECT} WHERE feature IN ({', '.join('?' * len(chunk))}) AND valid_f1 >= ?"
+                " ORDER BY feature, valid_f1 DESC, concept",
+                (*chunk, self._floor(min_valid_f1)),
+            )
+            for row in rows:
+                best.setdefault(row[0], ConceptMatch(*row))
         return best
+
+    def concept_summary(self, name: str) -> dict[str, Any] | None:
+        """The vocabulary row of concept ``name``: family, level, counts per half, whether it was evaluated."""
+        columns = ("concept", "family", "level", "n_instances", "n_residues", "n_proteins", "valid_proteins", "test_proteins", "evaluated")
+        rows = self._query(f"SELECT {', '.join(columns)} FROM concepts WHERE concept = ?", (str(name),))
+        return dict(zip(columns, rows[0])) if rows else None
 
     def _descriptions(self, features: Sequence[int]) -> dict[int, str]:
         if not features:
@@ -860,14 +940,15 @@ class FeatureDatabase:
     def search_features(self, text: str, k: int = 20) -> list[FeatureHit]:
         """Features whose concepts or descriptions contain ``text`` (case-insensitive), best first.
 
-        Concept hits score their F1; description hits their description score (0 when unscored).
+        Concept hits score their validation F1 (the ranking never sees test); description hits
+        their description score (0 when unscored).
         """
         needle = str(text).casefold().strip()
         if not needle:
             return []
         scored: dict[int, tuple[float, str]] = {}
         for match in self.features_for_concept(text, k=k):
-            scored.setdefault(match.feature, (match.f1, match.concept))
+            scored.setdefault(match.feature, (match.valid_f1, match.concept))
         rows = self._query(
             "SELECT feature, description, coalesce(score, 0) FROM descriptions WHERE instr(lower(description), ?) > 0"
             " ORDER BY coalesce(score, 0) DESC, feature LIMIT ?",

@@ -418,12 +418,12 @@ def annotations_from_uniprot(path: str | os.PathLike) -> dict[str, list[tuple[in
 
 
 def select_features(db: FeatureDatabase, n: int) -> list[int]:
-    """The ``n`` features most worth describing: best concept F1 first, then the most often active."""
+    """The ``n`` features most worth describing: best concept's validation F1 first, then the most often active."""
     features = list(range(db.num_features))
     best = db.best_concepts(features)
     infos = {f: db.feature_info(f) for f in features}
     alive = [f for f in features if infos[f]["n_active_proteins"] >= 2]
-    alive.sort(key=lambda f: (-(best[f].f1 if f in best else -1.0), -infos[f]["n_active_proteins"], f))
+    alive.sort(key=lambda f: (-(best[f].valid_f1 if f in best else -1.0), -infos[f]["n_active_proteins"], f))
     return alive[: max(0, int(n))]
 
 
@@ -451,7 +451,7 @@ def describe_features(
                 windows = examples_from_database(db, feature, top_k=top_k, annotations=annotations)  # checks the index
                 if len(windows) < 2:  # found before any request is paid for
                     raise InterPLMError(f"feature {feature} is active in {len(windows)} example protein(s); at least 2 are needed", file=db_path)
-                concepts = [f"{m.concept} (F1 {m.f1:.2f})" for m in db.concepts_for_feature(feature, k=5)]
+                concepts = [m.label() for m in db.concepts_for_feature(feature, k=5)]
                 jobs.append((int(feature), windows, concepts))
         for feature, windows, concepts in tqdm(jobs, desc="describe", unit="feature", disable=not progress):
             results.append(describe_feature(llm, feature, windows, concepts))

@@ -17,7 +17,8 @@ zero-ablation (NaN if zeroing the layer does not change the loss).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+import os
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -158,3 +159,18 @@ def loss_recovered(
         "num_proteins": len(records),
         "num_masked": n_masked,
     }
+
+
+def held_out_quality(plm, sae: SparseAutoencoder, records: Sequence, work_dir: str | os.PathLike, max_proteins: int = 60) -> dict[str, float]:
+    """:func:`evaluate_sae` on the embeddings of ``records`` (embedded to ``work_dir``) and :func:`loss_recovered` on the first ``max_proteins``.
+
+    Both on proteins the SAE never saw, so the model card's quality numbers can be recomputed from
+    the shipped PLM and SAE alone.
+    """
+    from interplm_plugins.core.embed import embed_to_store
+
+    store = embed_to_store(plm, list(records), sae.config.plm_layer, work_dir)[sae.config.plm_layer]
+    quality = evaluate_sae(sae, store, max_residues=None)
+    quality.update(loss_recovered(plm, sae, records, sae.config.plm_layer, max_proteins=max_proteins))
+    quality.update(num_proteins_evaluated=len(store.proteins), num_residues_evaluated=int(store.num_residues))
+    return quality

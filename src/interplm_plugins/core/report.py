@@ -1,13 +1,20 @@
 """SAE features against single neurons: InterPLM's headline comparison, on held-out Swiss-Prot proteins.
 
-For each Swiss-Prot concept, the best SAE feature and the best neuron of the same layer are chosen
-on validation proteins (feature/neuron and threshold with the highest selection F1) and scored on
-test proteins; the report counts concepts whose test F1 reaches ``f1_cutoff`` (0.5 in InterPLM).
+For each eligible Swiss-Prot concept, the best SAE feature and the best neuron of the same layer
+are chosen on the validation half (unit and threshold with the highest selection F1) and scored on
+the test half; the report counts concepts whose test F1 is above ``f1_cutoff`` (``F1 > 0.5``, as
+InterPLM counts). The halves are those of ``interplm concepts`` (whole sequence clusters) or, with
+``--test-concepts``, all of one annotated set against all of another
+(:class:`~.concept_labels.ConceptHalves`).
 
-Neurons are put on the SAE's footing as InterPLM does for its baseline: each embedding dimension
-``d`` gives two candidates, ``max(x_d, 0)`` and ``max(-x_d, 0)`` (a neuron can signal by going
-negative), each divided by its maximum over the scanned proteins, so both lie in [0, 1] and the
-same thresholds (0, 0.15, 0.5, 0.6, 0.8) apply.
+The neuron baseline. InterPLM's baseline (its ``IdentityDict``) scores each embedding dimension's
+raw value. This report extends it: each dimension ``d`` gives two candidates, ``max(x_d, 0)`` and
+``max(-x_d, 0)``, because a neuron can signal a concept by going negative. SAE features and
+signed neurons are put on one footing by scaling both on the same sample, the validation half
+(each unit divided by its maximum there, so both lie in [0, 1] where they were chosen and the
+thresholds 0, 0.15, 0.5, 0.6, 0.8 mean the same for both); nothing is scaled on the test half.
+(The feature database keeps the SAE's own normalisation, over its training residues, so its test
+F1 of a concept can differ slightly from this report's.)
 
 Counts of a few hundred test proteins are noisy, and a comparison that hinges on one concept near
 the cutoff says little, so the summary also gives a bootstrap over test proteins: the chosen unit
@@ -22,25 +29,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline, encode_features
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
-from interplm_plugins.core.concepts import (
-    THRESHOLDS,
-    ConceptLabels,
-    ConceptMatchCounter,
-    best_feature_per_concept,
-    choose_on_validation,
-    concept_metrics,
-    count_matches,
-    label_totals,
-)
+from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter, count_matches
+from interplm_plugins.core.concept_labels import ConceptHalves, label_totals
+from interplm_plugins.core.concept_metrics import concept_metrics
+from interplm_plugins.core.concept_selection import Eligibility, best_feature_per_concept, choose_on_validation
 from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.sequences import CONCEPT_SPLITS, ProteinRecord, concept_split
+from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
 
 F1_CUTOFF = 0.5
@@ -49,12 +50,14 @@ REPORTED_CUTOFFS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def signed_neurons(embeddings: np.ndarray, maxima: np.ndarray | None = None) -> np.ndarray:
-    """``[L, 2D]``: positive parts then negative parts of each neuron, divided by ``maxima`` (if given)."""
-    both = np.concatenate([np.maximum(embeddings, 0), np.maximum(-embeddings, 0)], axis=1).astype(np.float32)
-    if maxima is not None:
-        both /= np.where(maxima > 0, maxima, 1.0)[None, :]
-    return both
+def signed_neurons(embeddings: np.ndarray) -> np.ndarray:
+    """``[L, 2D]``: positive parts then negative parts of each neuron (InterPLM's raw neurons, split by sign)."""
+    return np.concatenate([np.maximum(embeddings, 0), np.maximum(-embeddings, 0)], axis=1).astype(np.float32)
+
+
+def scaled(units: np.ndarray, maxima: np.ndarray) -> np.ndarray:
+    """``units [L, U]`` divided by per-unit ``maxima`` (units never active there stay as they are: 0)."""
+    return units / np.where(maxima > 0, maxima, 1.0).astype(np.float32)[None, :]
 
 
 @dataclass
@@ -91,7 +94,7 @@ def _chosen_unit_counts(activations, labels, units: np.ndarray, threshold_index:
 def bootstrap_comparison(
     sae: ChosenUnitCounts, neurons: ChosenUnitCounts, cutoffs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict:
-    """Resample test proteins: per cutoff, the 95% interval of (SAE - neuron) concepts found and the share with the SAE ahead."""
+    """Resample test proteins: per cutoff, the 95% interval of (SAE - neuron) concepts with F1 > cutoff and the share with the SAE ahead."""
     n_proteins = sae.tp.shape[0]
     weights = np.random.default_rng(seed).multinomial(n_proteins, np.full(n_proteins, 1.0 / n_proteins), size=resamples).astype(np.float64)
     f1_sae, f1_neurons = sae.selection_f1(weights), neurons.selection_f1(weights)
@@ -105,7 +108,7 @@ def bootstrap_comparison(
         "resamples": resamples,
         "seed": seed,
         "sae_minus_neurons_concepts_found": [
-            {"f1_cutoff": c, **spread((f1_sae >= c).sum(axis=1) - (f1_neurons >= c).sum(axis=1))} for c in cutoffs
+            {"f1_cutoff": c, **spread((f1_sae > c).sum(axis=1) - (f1_neurons > c).sum(axis=1))} for c in cutoffs
         ],
         "sae_wins_minus_neuron_wins": spread(wins),
     }
@@ -113,7 +116,7 @@ def bootstrap_comparison(
 
 @dataclass
 class ConceptComparison:
-    """Per-concept best SAE feature and best neuron, and how many concepts each finds at F1 >= cutoff."""
+    """Per-concept best SAE feature and best neuron, and how many concepts each finds at F1 > cutoff."""
 
     sae: pd.DataFrame
     neurons: pd.DataFrame
@@ -124,14 +127,19 @@ class ConceptComparison:
     #: Per test protein, each concept's chosen SAE feature / neuron counted at its chosen threshold.
     sae_test_counts: ChosenUnitCounts | None = None
     neuron_test_counts: ChosenUnitCounts | None = None
+    halves: str = ""
+    eligibility: str = ""
+    concepts_in_vocabulary: int = 0
+    #: Each unit's maximum over the validation half, by which it was divided: ``{"sae": [F], "neurons": [2D]}``.
+    scales: dict[str, np.ndarray] | None = None
 
     @property
     def sae_concepts_found(self) -> int:
-        return int((self.sae["test_f1"] >= self.f1_cutoff).sum())
+        return int((self.sae["test_f1"] > self.f1_cutoff).sum())
 
     @property
     def neuron_concepts_found(self) -> int:
-        return int((self.neurons["test_f1"] >= self.f1_cutoff).sum())
+        return int((self.neurons["test_f1"] > self.f1_cutoff).sum())
 
     def summary(self) -> dict:
         joined = self.joined()
@@ -140,89 +148,120 @@ class ConceptComparison:
         if self.sae_test_counts is not None and self.neuron_test_counts is not None:
             bootstrap = {"bootstrap_over_test_proteins": bootstrap_comparison(self.sae_test_counts, self.neuron_test_counts, cutoffs)}
         return {
+            "halves": self.halves,
+            "eligibility": self.eligibility,
+            "concepts_in_vocabulary": self.concepts_in_vocabulary,
             "concepts_evaluated": int(len(self.sae)),
             "valid_proteins": self.n_valid_proteins,
             "test_proteins": self.n_test_proteins,
             "f1_cutoff": self.f1_cutoff,
-            "sae_concepts_with_f1_at_cutoff": self.sae_concepts_found,
-            "neuron_concepts_with_f1_at_cutoff": self.neuron_concepts_found,
+            "sae_concepts_above_cutoff": self.sae_concepts_found,
+            "neuron_concepts_above_cutoff": self.neuron_concepts_found,
             "sae_median_test_f1": float(self.sae["test_f1"].median()),
             "neuron_median_test_f1": float(self.neurons["test_f1"].median()),
             "concepts_where_sae_beats_neurons": int((joined["sae_test_f1"] > joined["neuron_test_f1"]).sum()),
             "concepts_where_neurons_beat_sae": int((joined["sae_test_f1"] < joined["neuron_test_f1"]).sum()),
             "concepts_found_by_cutoff": [
-                {"f1_cutoff": c, "sae": int((self.sae["test_f1"] >= c).sum()), "neurons": int((self.neurons["test_f1"] >= c).sum())}
+                {"f1_cutoff": c, "sae": int((self.sae["test_f1"] > c).sum()), "neurons": int((self.neurons["test_f1"] > c).sum())}
                 for c in cutoffs
             ],
             **bootstrap,
         }
 
     def joined(self) -> pd.DataFrame:
-        """One row per concept: the SAE's and the neurons' best unit and test F1."""
-        left = self.sae[["concept", "family", "level", "feature", "threshold", "test_f1"]].rename(
-            columns={"feature": "sae_feature", "threshold": "sae_threshold", "test_f1": "sae_test_f1"}
+        """One row per concept: the SAE's and the neurons' best unit, with validation and test F1 and the halves' sizes."""
+        left = self.sae[["concept", "family", "level", "feature", "threshold", "valid_f1", "test_f1", "valid_proteins", "test_proteins"]].rename(
+            columns={"feature": "sae_feature", "threshold": "sae_threshold", "valid_f1": "sae_valid_f1", "test_f1": "sae_test_f1"}
         )
-        right = self.neurons[["concept", "feature", "test_f1"]].rename(columns={"feature": "neuron", "test_f1": "neuron_test_f1"})
+        right = self.neurons[["concept", "feature", "valid_f1", "test_f1"]].rename(
+            columns={"feature": "neuron", "valid_f1": "neuron_valid_f1", "test_f1": "neuron_test_f1"}
+        )
         joined = left.merge(right, on="concept")
         dim = self.embed_dim
         joined["neuron"] = [f"{n % dim}{'+' if n < dim else '-'}" for n in joined["neuron"]]
         return joined.sort_values("sae_test_f1", ascending=False).reset_index(drop=True)
 
 
-def compare_with_neurons(
-    pipeline: Pipeline, labels: ConceptLabels, thresholds: Sequence[float] = THRESHOLDS, f1_cutoff: float = F1_CUTOFF,
-    toks_per_batch: int = 4096,
+EmbeddingSource = Callable[[Sequence[ProteinRecord]], Iterator[tuple[str, np.ndarray]]]
+
+
+def compare_units(
+    halves: ConceptHalves,
+    embeddings: EmbeddingSource,
+    encode_sae: Callable[[np.ndarray], np.ndarray],
+    num_features: int,
+    embed_dim: int,
+    eligibility: Eligibility | None = None,
+    thresholds: Sequence[float] = THRESHOLDS,
+    f1_cutoff: float = F1_CUTOFF,
 ) -> ConceptComparison:
-    """Score SAE features and signed neurons on all of ``labels``' proteins, halved by :func:`concept_split` (see module docstring)."""
-    records = [ProteinRecord(pid, seq) for pid, seq in labels.sequences.items()]
-    if not records:
-        raise InterPLMError("no annotated proteins to compare on")
-    layer = pipeline.layer
+    """SAE features (``encode_sae`` of embeddings) against signed neurons on ``halves`` (see the module docstring).
 
-    def embeddings(subset: list[ProteinRecord]):
-        for pid, reps in embed_sequences(pipeline.plm, subset, [layer], toks_per_batch=toks_per_batch):
-            yield pid, reps[layer]
+    ``embeddings(records)`` yields ``(protein id, [L, embed_dim] embeddings)`` of the layer the SAE reads.
+    """
+    eligibility = eligibility or Eligibility()
+    records = {half: [ProteinRecord(p, s) for p, s in halves.labels(half).sequences.items()] for half in ("valid", "test")}
+    if not records["valid"] or not records["test"]:
+        raise InterPLMError("no annotated proteins to compare on in one of the halves")
 
-    def units(emb: np.ndarray):
-        return (("sae", encode_features(pipeline.sae, emb)), ("neurons", signed_neurons(emb, maxima)))
+    def raw_units(emb: np.ndarray) -> dict[str, np.ndarray]:
+        return {"sae": encode_sae(emb), "neurons": signed_neurons(emb)}
 
-    # Pass 1: each signed neuron's maximum (the model is small next to the metric work; passes
-    # avoid holding every embedding in memory).
-    maxima = np.zeros(2 * pipeline.plm.embed_dim, dtype=np.float32)
-    for _, emb in embeddings(records):
-        maxima = np.maximum(maxima, signed_neurons(emb).max(axis=0))
-    widths = {"sae": pipeline.num_features, "neurons": maxima.size}
-    counters = {(unit, split): ConceptMatchCounter(labels, width, thresholds) for unit, width in widths.items() for split in CONCEPT_SPLITS}
-    by_split = {split: [r for r in records if concept_split(r.id) == split] for split in CONCEPT_SPLITS}
+    # Pass 1, validation proteins: each unit's maximum there, the one scale of both unit types.
+    maxima = {"sae": np.zeros(num_features, dtype=np.float32), "neurons": np.zeros(2 * embed_dim, dtype=np.float32)}
+    for _, emb in embeddings(records["valid"]):
+        for unit, values in raw_units(emb).items():
+            maxima[unit] = np.maximum(maxima[unit], values.max(axis=0, initial=0.0))
 
+    def units(emb: np.ndarray) -> dict[str, np.ndarray]:
+        return {unit: scaled(values, maxima[unit]) for unit, values in raw_units(emb).items()}
+
+    counters = {unit: HalvesCounter(halves, width.size, thresholds) for unit, width in maxima.items()}
     # Pass 2, validation proteins: choose each concept's feature / neuron and threshold.
-    for pid, emb in embeddings(by_split["valid"]):
-        for unit, activations in units(emb):
-            counters[(unit, "valid")].add(pid, activations)
-    valid_counts = {unit: counters[(unit, "valid")].result() for unit in widths}
-    chosen = {unit: choose_on_validation(valid_counts[unit]) for unit in widths}
+    for pid, emb in embeddings(records["valid"]):
+        for unit, activations in units(emb).items():
+            counters[unit].add(pid, activations)
+    valid_counts = {unit: counter.result("valid") for unit, counter in counters.items()}
+    chosen = {unit: choose_on_validation(counts) for unit, counts in valid_counts.items()}
 
     # Pass 3, test proteins: the full test counts, and per protein the counts of each concept's
     # chosen unit (they sum to the test counts at the chosen entries), for the bootstrap.
-    rows: dict[str, list[list[np.ndarray]]] = {unit: [] for unit in widths}
-    for pid, emb in embeddings(by_split["test"]):
-        concept_labels = labels.matrix(pid)
-        for unit, activations in units(emb):
-            counters[(unit, "test")].add(pid, activations)
+    rows: dict[str, list[list[np.ndarray]]] = {unit: [] for unit in counters}
+    for pid, emb in embeddings(records["test"]):
+        concept_labels = halves.test.matrix(pid)
+        for unit, activations in units(emb).items():
+            counters[unit].add(pid, activations)
             rows[unit].append(_chosen_unit_counts(activations, concept_labels, *chosen[unit], thresholds))
-    test_counts = {unit: counters[(unit, "test")].result() for unit in widths}
-    tables = {unit: best_feature_per_concept(valid_counts[unit], test_counts[unit]) for unit in widths}
+    test_counts = {unit: counter.result("test") for unit, counter in counters.items()}
+    tables = {unit: best_feature_per_concept(valid_counts[unit], test_counts[unit], eligibility) for unit in counters}
 
-    # The tables keep the concepts with labelled residues in both halves; so do the per-protein counts.
-    concept_names = [c.name for c in labels.concepts]
-    columns = [concept_names.index(name) for name in tables["sae"]["concept"]]
+    # The tables keep the eligible concepts; so do the per-protein counts.
+    evaluated = np.flatnonzero(eligibility.mask(valid_counts["sae"], test_counts["sae"]))
+    residue_level = np.array([c.residue_level for c in halves.concepts], dtype=bool)[evaluated]
     chosen_counts = {
-        unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64)[:, columns] for i in range(5)), residue_level=labels.residue_level[columns])
-        for unit in widths
+        unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64)[:, evaluated] for i in range(5)), residue_level=residue_level)
+        for unit in counters
     }
     return ConceptComparison(
-        tables["sae"], tables["neurons"], f1_cutoff, valid_counts["sae"].n_proteins, test_counts["sae"].n_proteins, pipeline.plm.embed_dim,
-        chosen_counts["sae"], chosen_counts["neurons"],
+        tables["sae"], tables["neurons"], f1_cutoff, valid_counts["sae"].n_proteins, test_counts["sae"].n_proteins, embed_dim,
+        chosen_counts["sae"], chosen_counts["neurons"], halves.how, eligibility.describe(), len(halves.concepts), maxima,
+    )  # fmt: skip
+
+
+def compare_with_neurons(
+    pipeline: Pipeline, halves: ConceptHalves, eligibility: Eligibility | None = None, thresholds: Sequence[float] = THRESHOLDS,
+    f1_cutoff: float = F1_CUTOFF, toks_per_batch: int = 4096,
+) -> ConceptComparison:
+    """:func:`compare_units` with ``pipeline``'s PLM layer and SAE."""
+    layer = pipeline.layer
+
+    def embeddings(subset: Sequence[ProteinRecord]) -> Iterator[tuple[str, np.ndarray]]:
+        for pid, reps in embed_sequences(pipeline.plm, list(subset), [layer], toks_per_batch=toks_per_batch):
+            yield pid, reps[layer]
+
+    return compare_units(
+        halves, embeddings, lambda emb: encode_features(pipeline.sae, emb), pipeline.num_features, pipeline.plm.embed_dim,
+        eligibility, thresholds, f1_cutoff,
     )  # fmt: skip
 
 
@@ -235,8 +274,8 @@ def plot_f1_distribution(comparison: ConceptComparison, out_png: str | os.PathLi
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     bins = np.linspace(0, 1, 21)
-    ax.hist(comparison.neurons["test_f1"], bins=bins, alpha=0.6, label=f"best neuron ({comparison.neuron_concepts_found} ≥ {comparison.f1_cutoff})", color="#999999")
-    ax.hist(comparison.sae["test_f1"], bins=bins, alpha=0.6, label=f"best SAE feature ({comparison.sae_concepts_found} ≥ {comparison.f1_cutoff})", color="#0072B2")
+    ax.hist(comparison.neurons["test_f1"], bins=bins, alpha=0.6, label=f"best neuron ({comparison.neuron_concepts_found} > {comparison.f1_cutoff})", color="#999999")
+    ax.hist(comparison.sae["test_f1"], bins=bins, alpha=0.6, label=f"best SAE feature ({comparison.sae_concepts_found} > {comparison.f1_cutoff})", color="#0072B2")
     ax.axvline(comparison.f1_cutoff, color="k", linestyle="--", linewidth=1)
     ax.set_xlabel("test F1 of the concept's best unit (chosen on validation)")
     ax.set_ylabel("Swiss-Prot concepts")

@@ -203,19 +203,3 @@ def protein_split(protein_id: str, valid_fraction: float = 0.15, test_fraction: 
     if u < test_fraction + valid_fraction:
         return "valid"
     return "train"
-
-
-#: The two halves of the concept evaluation: features are chosen on "valid" and scored on "test".
-CONCEPT_SPLITS = ("valid", "test")
-
-
-def concept_split(protein_id: str) -> str:
-    """Which half of the concept evaluation a protein with Swiss-Prot labels belongs to: ``"valid"`` or ``"test"``.
-
-    Half and half by a hash of the id, independent of :func:`protein_split`. Only this split has to
-    keep labels apart: choosing a feature and threshold per concept is the one step that sees
-    labels. PLM and SAE training are unsupervised (InterPLM's SAEs are scored on Swiss-Prot
-    proteins whose sequences ESM-2 met in UniRef50), so every annotated protein serves the
-    evaluation rather than the 30% that :func:`protein_split` holds out from training.
-    """
-    return "valid" if _hash64(b"concept:" + protein_id.encode("utf-8")) < 2**63 else "test"

@@ -10,11 +10,13 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
+from interplm_plugins.core.concept_labels import build_concept_labels
+from interplm_plugins.core.uniprot import UniProtEntry
 
 
 @dataclass
@@ -27,6 +29,11 @@ class FeatureShowcase:
     concept_f1: float | None = None
     description: str | None = None
     images: dict[str, Path] = field(default_factory=dict)
+    #: Where the protein's UniProt entry annotates the feature's concept: ``(first, last)`` indices
+    #: of the shown residues, inclusive (empty: not annotated there, or no entry given).
+    annotated: list[tuple[int, int]] = field(default_factory=list)
+    annotated_where: str = ""  # the same, as residue numbers for people ("13-33, 42-62")
+    concept_label: str = "no concept match"
 
     @property
     def max_activation(self) -> float:
@@ -37,13 +44,43 @@ class FeatureShowcase:
         return int(np.nansum(self.values > 0))
 
 
-def informative_features(activations: np.ndarray, k: int = 3, database=None, max_active_fraction: float = 0.6) -> list[int]:
+def annotated_concepts(entry: UniProtEntry) -> dict[str, list[tuple[int, int]]]:
+    """The concepts ``entry``'s feature table annotates, each with its 0-based inclusive residue runs (InterPLM's concepts)."""
+    labels = build_concept_labels([entry], min_instances=1, min_proteins=1)
+    dense = labels.dense(entry.accession) > 0
+    runs: dict[str, list[tuple[int, int]]] = {}
+    for j, name in enumerate(labels.names):
+        marked = np.flatnonzero(dense[:, j])
+        if marked.size:
+            breaks = np.flatnonzero(np.diff(marked) > 1)
+            starts, ends = np.r_[marked[0], marked[breaks + 1]], np.r_[marked[breaks], marked[-1]]
+            runs[name] = [(int(a), int(b)) for a, b in zip(starts, ends)]
+    return runs
+
+
+def runs_on_residues(runs: Sequence[tuple[int, int]], positions: np.ndarray) -> list[tuple[int, int]]:
+    """Sequence runs moved onto structure residues (``positions[i]``: residue i's sequence index, -1 if none)."""
+    inside = np.zeros(len(positions), dtype=bool)
+    for first, last in runs:
+        inside |= (positions >= first) & (positions <= last)
+    marked = np.flatnonzero(inside)
+    if not marked.size:
+        return []
+    breaks = np.flatnonzero(np.diff(marked) > 1)
+    return [(int(a), int(b)) for a, b in zip(np.r_[marked[0], marked[breaks + 1]], np.r_[marked[breaks], marked[-1]])]
+
+
+def informative_features(
+    activations: np.ndarray, k: int = 3, database=None, max_active_fraction: float = 0.6, annotated: Collection[str] = ()
+) -> list[int]:
     """Up to ``k`` features worth showing on a protein, best first.
 
     A feature qualifies when it fires strongly somewhere but not everywhere (at most
     ``max_active_fraction`` of residues, at least 3); it scores its maximum activation times
-    ``0.25 + F1`` of its best concept match in ``database`` (so features with a known meaning
-    come first), and features whose best concept is already shown are passed over.
+    ``0.25 + validation F1`` of its best concept match in ``database`` (so features with a known meaning
+    come first), and features whose best concept is already shown are passed over. Features whose
+    best concept is in ``annotated`` (the concepts the protein's UniProt entry has) come before all
+    others, so what is shown can be checked against the annotation.
     """
     acts = np.asarray(activations, dtype=np.float32)
     active = (acts > 0).sum(axis=0)
@@ -55,10 +92,11 @@ def informative_features(activations: np.ndarray, k: int = 3, database=None, max
     best = {}
     if database is not None and candidates.size:
         best = database.best_concepts([int(f) for f in candidates])
-        score = score * np.array([0.25 + (best[int(f)].f1 if int(f) in best else 0.0) for f in candidates])
+        score = score * np.array([0.25 + (best[int(f)].valid_f1 if int(f) in best else 0.0) for f in candidates])  # chooses: validation only
+    here = np.array([int(f) in best and best[int(f)].concept in set(annotated) for f in candidates], dtype=bool)
     chosen: list[int] = []
     shown_concepts: set[str] = set()
-    for i in np.argsort(-score, kind="stable"):
+    for i in np.lexsort((-score, ~here)):  # annotated here first, then by score
         feature = int(candidates[i])
         concept = best[feature].concept if feature in best else None
         if concept is not None and concept in shown_concepts:
@@ -79,17 +117,25 @@ def activation_profile_png(showcase: FeatureShowcase, residue_labels: Sequence[s
     import matplotlib.pyplot as plt
 
     values = np.nan_to_num(showcase.values, nan=0.0)
-    fig, ax = plt.subplots(figsize=(9, 2.4), dpi=110)
+    if showcase.annotated:  # the UniProt annotation of the feature's concept, as a track under the bars
+        fig, (ax, track) = plt.subplots(2, 1, figsize=(9, 2.9), dpi=110, sharex=True, gridspec_kw={"height_ratios": [5, 1]})
+        for first, last in showcase.annotated:
+            track.axvspan(first - 0.5, last + 0.5, color="#E69F00")
+        track.set_yticks([])
+        track.set_ylabel("UniProt", fontsize=7, rotation=0, ha="right", va="center")
+        track.set_title(f"annotated {showcase.concept} (UniProt)", fontsize=7, loc="left")
+    else:
+        fig, ax = plt.subplots(figsize=(9, 2.4), dpi=110)
+        track = ax
     x = np.arange(len(values))
     ax.bar(x, values, width=1.0, color=plt.cm.viridis(values), edgecolor="none")
     ax.set_xlim(-0.5, len(values) - 0.5)
     ax.set_ylim(0, max(1.0, float(values.max()) * 1.05))
     ax.set_ylabel("activation")
     step = max(1, len(values) // 20)
-    ax.set_xticks(x[::step])
-    ax.set_xticklabels([residue_labels[i] for i in x[::step]], fontsize=7, rotation=90)
-    concept = f" — best concept: {showcase.concept} (F1 {showcase.concept_f1:.2f})" if showcase.concept else ""
-    ax.set_title(title or f"feature {showcase.feature}{concept}", fontsize=9)
+    track.set_xticks(x[::step])
+    track.set_xticklabels([residue_labels[i] for i in x[::step]], fontsize=7, rotation=90)
+    ax.set_title(title or f"feature {showcase.feature} — best concept: {showcase.concept_label}", fontsize=9)
     fig.tight_layout()
     return save_figure_png(fig, out_png)
 
@@ -105,7 +151,11 @@ def write_html_summary(out_html: str | os.PathLike, title: str, intro: str, show
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items())
     sections = []
     for s in showcases:
-        concept = (f"best Swiss-Prot concept match: <b>{esc(s.concept)}</b> (test F1 {s.concept_f1:.2f})" if s.concept else "no concept match in the database")
+        concept = f"best Swiss-Prot concept match: <b>{esc(s.concept_label)}</b>" if s.concept else "no concept match in the database"
+        if s.concept and s.annotated:
+            concept += f"; the protein's UniProt entry annotates it at residues {esc(s.annotated_where)}"
+        elif s.concept:
+            concept += "; not annotated in this protein's UniProt entry (or no entry given)"
         description = f"<p>{esc(s.description)}</p>" if s.description else ""
         images = "".join(f'<figure><img src="{rel(p)}" alt="{esc(name)}"><figcaption>{esc(name)}</figcaption></figure>' for name, p in s.images.items())
         sections.append(

@@ -1,4 +1,4 @@
-"""UniProtKB entries and their sequence features, read from flat text, XML or the web TSV export.
+"""UniProtKB entries and their sequence features, read from flat text, XML, REST JSON or the web TSV export.
 
 ``read_uniprot(path)`` detects the format from the content (``.gz`` is accepted):
 
@@ -6,24 +6,36 @@
   ``/note="..."``, ``/ligand="..."`` qualifier lines) and the legacy column layout used before
   2019 (``FT   SIGNAL   1   22   Description.``); parsed entry by entry with ``Bio.SwissProt``;
 - UniProt XML (``<uniprot>``), parsed with ElementTree (Biopython's reader drops ``<ligand>``);
+- UniProt REST JSON, what rest.uniprot.org and the website serve (``{``): one entry object or a
+  search result ``{"results": [entry, ...]}``; ``primaryAccession``, ``uniProtkbId``,
+  ``sequence.value`` and ``features[]`` (``type``, ``location.start/end.value`` and
+  ``.modifier``, ``location.sequence``, ``description``, ``ligand.name``, ``evidences``) are read;
 - the UniProt web TSV export: columns ``Entry`` and ``Sequence`` (``Entry Name`` optional), and
   feature columns (``Binding site``, ``Helix``, ``Domain [FT]``, ...) whose cells read
   ``BINDING 461; /ligand="heme"; /note="..."; BINDING 500; ...``.
 
-Feature types are the flat-file keys (``DOMAIN``, ``BINDING``, ``DISULFID``, ...); XML type names
-are mapped to them, and a type we do not know is kept as it is written (it is simply not turned
-into a concept); ``read_uniprot`` logs one warning per file counting such features by type.
-Positions are 1-based and inclusive. Uncertain positions:
+Feature types are the flat-file keys (``DOMAIN``, ``BINDING``, ``DISULFID``, ...); XML and REST JSON
+type names are mapped to them by one table, :data:`FEATURE_TYPE_NAMES`, and a type we do not know
+is kept as it is written (it is simply not turned into a concept); ``read_uniprot`` logs one
+warning per file counting such features by type. Positions are 1-based and inclusive. Uncertain
+positions:
 
-- ``<1`` / ``>120`` (the feature extends beyond what is annotated) keep the given number;
-- ``?41`` (position uncertain but given) keeps 41;
-- ``?`` (position unknown) cannot be placed: the feature is dropped;
-- features on another isoform (``P00519-2:2``) and features reaching outside the sequence are
-  dropped too. Every dropped feature is listed in ``UniProtEntry.dropped`` with the reason, and
-  ``read_uniprot`` logs one warning per file with the counts: never silently.
+- ``<1`` / ``>120`` (the feature extends beyond what is annotated; JSON modifier ``OUTSIDE``)
+  keep the given number;
+- ``?41`` (position uncertain but given; JSON ``UNSURE``) keeps 41;
+- ``?`` (position unknown; JSON ``UNKNOWN`` or a null value) cannot be placed: the feature is dropped;
+- features on another isoform (``P00519-2:2``; JSON ``location.sequence``) and features reaching
+  outside the sequence are dropped too. Every dropped feature is listed in
+  ``UniProtEntry.dropped`` with the reason, and ``read_uniprot`` logs one warning per file with
+  the counts: never silently.
+
+Descriptions are UniProt's: in XML and JSON the alternative sequence of a variant, mutagenesis,
+conflict or splice feature is a separate field, so ``C->S: Loss of activity`` in flat text reads
+``Loss of activity`` there.
 
 A file cut in the middle of an entry, a malformed feature or an invalid sequence raises
-:class:`InterPLMError` naming the file, the accession and the reason; so does a file that is not
+:class:`InterPLMError` naming the file, the accession and the reason (for JSON, syntax errors
+give line and column and name the last accession before them); so does a file that is not
 UTF-8 text or a corrupt ``.gz``. A UTF-8 byte-order mark and CRLF line endings are accepted.
 """
 
@@ -32,6 +44,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import logging
 import os
 import re
@@ -41,7 +54,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from interplm_plugins.core.sequences import clean_sequence
 from interplm_plugins.errors import InterPLMError
@@ -83,49 +96,55 @@ class UniProtEntry:
     dropped: tuple[tuple[str, str, str], ...] = field(default=())
 
 
-#: XML feature type -> flat-file feature key.
-XML_FEATURE_KEYS = {
-    "active site": "ACT_SITE",
-    "binding site": "BINDING",
-    "calcium-binding region": "CA_BIND",
-    "chain": "CHAIN",
-    "coiled-coil region": "COILED",
-    "compositionally biased region": "COMPBIAS",
-    "cross-link": "CROSSLNK",
-    "disulfide bond": "DISULFID",
-    "DNA-binding region": "DNA_BIND",
-    "domain": "DOMAIN",
-    "glycosylation site": "CARBOHYD",
-    "helix": "HELIX",
-    "initiator methionine": "INIT_MET",
-    "intramembrane region": "INTRAMEM",
-    "lipid moiety-binding region": "LIPID",
-    "metal ion-binding site": "METAL",
-    "modified residue": "MOD_RES",
-    "mutagenesis site": "MUTAGEN",
-    "non-consecutive residues": "NON_CONS",
-    "non-standard amino acid": "NON_STD",
-    "non-terminal residue": "NON_TER",
-    "nucleotide phosphate-binding region": "NP_BIND",
-    "peptide": "PEPTIDE",
-    "propeptide": "PROPEP",
-    "region of interest": "REGION",
-    "repeat": "REPEAT",
-    "sequence conflict": "CONFLICT",
-    "sequence uncertainty": "UNSURE",
-    "sequence variant": "VARIANT",
-    "short sequence motif": "MOTIF",
-    "signal peptide": "SIGNAL",
-    "site": "SITE",
-    "splice variant": "VAR_SEQ",
-    "strand": "STRAND",
-    "topological domain": "TOPO_DOM",
-    "transit peptide": "TRANSIT",
-    "transmembrane region": "TRANSMEM",
-    "turn": "TURN",
-    "unsure residue": "UNSURE",
-    "zinc finger region": "ZN_FING",
-}
+#: Every feature type UniProtKB serves, as (flat-file key, XML ``type``, REST JSON ``type``): the
+#: name, value and display name of uniprot-core's ``UniprotKBFeatureType``, in its order.
+FEATURE_TYPE_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("INIT_MET", "initiator methionine", "Initiator methionine"),
+    ("SIGNAL", "signal peptide", "Signal"),
+    ("PROPEP", "propeptide", "Propeptide"),
+    ("TRANSIT", "transit peptide", "Transit peptide"),
+    ("CHAIN", "chain", "Chain"),
+    ("PEPTIDE", "peptide", "Peptide"),
+    ("TOPO_DOM", "topological domain", "Topological domain"),
+    ("TRANSMEM", "transmembrane region", "Transmembrane"),
+    ("INTRAMEM", "intramembrane region", "Intramembrane"),
+    ("DOMAIN", "domain", "Domain"),
+    ("REPEAT", "repeat", "Repeat"),
+    ("CA_BIND", "calcium-binding region", "Calcium binding"),
+    ("ZN_FING", "zinc finger region", "Zinc finger"),
+    ("DNA_BIND", "DNA-binding region", "DNA binding"),
+    ("NP_BIND", "nucleotide phosphate-binding region", "Nucleotide binding"),
+    ("REGION", "region of interest", "Region"),
+    ("COILED", "coiled-coil region", "Coiled coil"),
+    ("MOTIF", "short sequence motif", "Motif"),
+    ("COMPBIAS", "compositionally biased region", "Compositional bias"),
+    ("ACT_SITE", "active site", "Active site"),
+    ("METAL", "metal ion-binding site", "Metal binding"),
+    ("BINDING", "binding site", "Binding site"),
+    ("SITE", "site", "Site"),
+    ("NON_STD", "non-standard amino acid", "Non-standard residue"),
+    ("MOD_RES", "modified residue", "Modified residue"),
+    ("LIPID", "lipid moiety-binding region", "Lipidation"),
+    ("CARBOHYD", "glycosylation site", "Glycosylation"),
+    ("DISULFID", "disulfide bond", "Disulfide bond"),
+    ("CROSSLNK", "cross-link", "Cross-link"),
+    ("VAR_SEQ", "splice variant", "Alternative sequence"),
+    ("VARIANT", "sequence variant", "Natural variant"),
+    ("MUTAGEN", "mutagenesis site", "Mutagenesis"),
+    ("UNSURE", "unsure residue", "Sequence uncertainty"),
+    ("CONFLICT", "sequence conflict", "Sequence conflict"),
+    ("NON_CONS", "non-consecutive residues", "Non-adjacent residues"),
+    ("NON_TER", "non-terminal residue", "Non-terminal residue"),
+    ("HELIX", "helix", "Helix"),
+    ("TURN", "turn", "Turn"),
+    ("STRAND", "strand", "Beta strand"),
+)
+
+#: XML feature type -> flat-file feature key ("sequence uncertainty": an older XML name of UNSURE).
+XML_FEATURE_KEYS = {xml: key for key, xml, _ in FEATURE_TYPE_NAMES} | {"sequence uncertainty": "UNSURE"}
+
+#: REST JSON feature type -> flat-file feature key.
+JSON_FEATURE_KEYS = {rest: key for key, _, rest in FEATURE_TYPE_NAMES}
 
 #: Legacy flat-file binding keys whose description names the ligand (merged into BINDING in 2019+).
 LEGACY_BINDING_KEYS = frozenset({"BINDING", "METAL", "NP_BIND", "CA_BIND"})
@@ -146,12 +165,15 @@ TSV_FEATURE_COLUMNS = frozenset(
 #: Feature keys UniProt uses (modern and legacy flat files); other types are kept but counted in a warning.
 KNOWN_FEATURE_KEYS = frozenset(XML_FEATURE_KEYS.values()) | {"VARSPLIC", "SE_CYS", "NON_CONS", "NON_TER", "CONFLICT"}
 
+# An AC line whose first accession does not start in column 6.
+_MISINDENTED_AC = re.compile(r"^AC(?!   [A-Za-z0-9]).*$", re.MULTILINE)
+
 # Legacy descriptions carry the evidence as a trailing parenthesis; XML has it as status=.
 _LEGACY_EVIDENCE = re.compile(r"(?:^|\s*\()(By similarity|Potential|Probable)\)?\.?$")
 
 
 def read_uniprot(path: str | os.PathLike) -> list[UniProtEntry]:
-    """Read every entry of a UniProt flat-text, XML or TSV file (format detected; ``.gz`` ok)."""
+    """Read every entry of a UniProt flat-text, XML, REST JSON or TSV file (format detected; ``.gz`` ok)."""
     path = Path(path)
     if not path.is_file():
         raise InterPLMError("no such file", file=path)
@@ -164,11 +186,14 @@ def read_uniprot(path: str | os.PathLike) -> list[UniProtEntry]:
                 entries = list(_read_flat(handle, path))
             elif start.startswith("<"):
                 entries = list(_read_xml(handle, path))
+            elif start.startswith("{"):
+                entries = list(_read_json(handle, path))
             elif "\t" in start.split("\n", 1)[0] and "Entry" in start.split("\n", 1)[0].split("\t"):
                 entries = list(_read_tsv(handle, path))
             else:
                 raise InterPLMError(
-                    "not a UniProt file (expected flat text starting 'ID   ', XML, or a TSV with an 'Entry' column)",
+                    "not a UniProt file (expected flat text starting 'ID   ', XML, REST JSON, or a TSV with an "
+                    "'Entry' column)",
                     file=path,
                 )
     except UnicodeDecodeError as exc:
@@ -284,6 +309,9 @@ def _parse_flat_entry(text: str, path: Path) -> UniProtEntry:
     from Bio.SeqFeature import UnknownPosition
 
     accession = _flat_accession(text)
+    bad_ac = _MISINDENTED_AC.search(text)
+    if bad_ac:  # Biopython reads from column 6 on: 'AC  Q00001;' would become accession '00001'
+        raise InterPLMError(f"malformed AC line {bad_ac.group(0)!r} (accessions start in column 6)", file=path, record=accession)
     try:
         with warnings.catch_warnings():
             # e.g. 'Possibly corrupt RX line': about references, which are not read; the one-line
@@ -511,3 +539,167 @@ def _tsv_position(text: str, path: Path, accession: str) -> int | None:
     if not match:
         raise InterPLMError(f"bad feature position {text!r}", file=path, record=accession)
     return int(match.group(1)) if match.group(1) else None  # a bare '?' is an unknown position
+
+
+# --- REST JSON ---------------------------------------------------------------------------------
+
+# The last accession written before a JSON syntax error: the entry the error is in (or follows).
+_JSON_ACCESSION = re.compile(r'"primaryAccession"\s*:\s*"([^"\\]*)"')
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a whole number"}
+
+
+def _read_json(handle: IO[str], path: Path) -> Iterator[UniProtEntry]:
+    """One UniProtKB entry object, or a search result ``{"results": [entry, ...]}``."""
+    text = handle.read()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        accessions = _JSON_ACCESSION.findall(text, 0, exc.pos)
+        where = f"line {exc.lineno} column {exc.colno}"
+        truncated = exc.pos >= len(text.rstrip())
+        raise InterPLMError(
+            f"JSON ends at {where} before it is complete: the file is truncated"
+            if truncated
+            else f"malformed JSON at {where} ({exc.msg})",
+            file=path,
+            record=accessions[-1] if accessions else None,
+        ) from None
+    except RecursionError:
+        raise InterPLMError("JSON nested too deeply to be a UniProt entry", file=path) from None
+    # the text starts with '{', so a document that parsed is an object
+    if "results" in document:
+        results = _json_expect(document["results"], list, "'results'", path, None)
+        for index, item in enumerate(results):
+            where = f"results[{index}]"
+            yield _parse_json_entry(_json_expect(item, dict, where, path, None), where, path)
+    elif "primaryAccession" in document:
+        yield _parse_json_entry(document, "the entry", path)
+    else:
+        raise InterPLMError(
+            "JSON object is neither a UniProtKB entry (no 'primaryAccession') nor a search result (no 'results')",
+            file=path,
+        )
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return "null" if value is None else _JSON_KINDS.get(type(value), "a number")
+
+
+def _json_expect(value: object, kind: type, what: str, path: Path, accession: str | None):
+    """``value`` if it is a ``kind`` (``bool`` is no ``int``), else the one-line error naming ``what``."""
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InterPLMError(f"{what} is {_json_kind(value)}, not {_JSON_KINDS[kind]}", file=path, record=accession)
+    return value
+
+
+def _parse_json_entry(item: dict, where: str, path: Path) -> UniProtEntry:
+    accession = item.get("primaryAccession")
+    if not isinstance(accession, str) or not accession.strip():
+        raise InterPLMError(f"{where} has no 'primaryAccession'", file=path)
+    accession = accession.strip()
+    sequence_obj = item.get("sequence")
+    value = sequence_obj.get("value") if isinstance(sequence_obj, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        reason = "entry without a sequence ('sequence.value')"
+        if item.get("entryType") == "Inactive":  # merged or deleted entries keep only their accession
+            reason = "inactive entry (merged or deleted): it has no sequence"
+        raise InterPLMError(reason, file=path, record=accession)
+    sequence = clean_sequence(value, file=path, record=accession)
+    declared = sequence_obj.get("length")
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared != len(sequence):
+        raise InterPLMError(
+            f"sequence has {len(sequence)} residues but 'sequence.length' says {declared}", file=path, record=accession
+        )
+    collector = _FeatureCollector(sequence)
+    features = _json_expect(item.get("features", []), list, "'features'", path, accession)
+    for index, feature in enumerate(features):
+        where = f"features[{index}]"
+        _add_json_feature(collector, _json_expect(feature, dict, where, path, accession), where, path, accession)
+    name = item.get("uniProtkbId")
+    return UniProtEntry(
+        accession,
+        name.strip() if isinstance(name, str) else "",
+        sequence,
+        tuple(collector.features),
+        tuple(collector.dropped),
+    )
+
+
+def _add_json_feature(collector: _FeatureCollector, feature: dict, where: str, path: Path, accession: str) -> None:
+    rest_type = _json_expect(feature.get("type"), str, f"{where}.type", path, accession)
+    ftype = JSON_FEATURE_KEYS.get(rest_type, rest_type)
+    location = feature.get("location")
+    if location is None:
+        collector.add(ftype, None, None, "?")
+        return
+    location = _json_expect(location, dict, f"{where}.location", path, accession)
+    start = _json_position(location.get("start"), f"{where}.location.start", path, accession)
+    end = _json_position(location.get("end"), f"{where}.location.end", path, accession)
+    isoform = location.get("sequence")  # e.g. "P00519-2": the feature is on that isoform's sequence
+    ligand = feature.get("ligand")
+    ligand_name = ligand.get("name") if isinstance(ligand, dict) else None
+    collector.add(
+        ftype,
+        start,
+        end,
+        _location_text(start, end),
+        isoform=str(isoform) if isoform else None,
+        description=_json_expect(feature.get("description") or "", str, f"{where}.description", path, accession),
+        ligand=ligand_name.strip() if isinstance(ligand_name, str) else "",
+        evidence=_json_evidence(feature.get("evidences")),
+    )
+
+
+def _json_position(position: object, what: str, path: Path, accession: str) -> int | None:
+    """The 1-based position; ``None`` when UniProt marks it unknown.
+
+    ``OUTSIDE`` (``<1`` / ``>120``) and ``UNSURE`` (``?41``) keep their number, as in flat text.
+    """
+    if position is None:
+        return None
+    position = _json_expect(position, dict, what, path, accession)
+    if position.get("modifier") == "UNKNOWN" or position.get("value") is None:
+        return None
+    value = position["value"]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InterPLMError(f"{what}: bad feature position {value!r}", file=path, record=accession)
+    return value
+
+
+def _json_evidence(evidences: object) -> str:
+    """Evidences as the flat file writes them: ``ECO:0000269|PubMed:1998498, ECO:0000303|Ref.13, ECO:0000305``."""
+    if not isinstance(evidences, list):
+        return ""
+    parts = []
+    for evidence in evidences:
+        if not isinstance(evidence, dict) or not evidence.get("evidenceCode"):
+            continue
+        source, ident = evidence.get("source"), evidence.get("id")
+        if not ident:
+            parts.append(str(evidence["evidenceCode"]))
+        else:  # a citation of the entry itself is written without its source: "Ref.13"
+            parts.append(f"{evidence['evidenceCode']}|{ident if source == 'Reference' else f'{source}:{ident}'}")
+    return ", ".join(parts)
+
+
+def read_uniprot_files(paths: Iterable[str | os.PathLike]) -> tuple[list[UniProtEntry], list[str]]:
+    """Entries of several UniProt files in order, each accession once: ``(entries, skipped accessions)``.
+
+    An accession met again in a later file is skipped, the first reading kept; where the later
+    sequence differs (another release), one warning per file counts those.
+    """
+    entries: dict[str, UniProtEntry] = {}
+    skipped: list[str] = []
+    for path in map(Path, paths):
+        differing = 0
+        for entry in read_uniprot(path):
+            first = entries.setdefault(entry.accession, entry)
+            if first is not entry:
+                skipped.append(entry.accession)
+                differing += first.sequence != entry.sequence
+        if differing:
+            log.warning("%s: %d entries already read from an earlier file with another sequence (another release); the first kept", path, differing)
+    return list(entries.values()), skipped

@@ -19,6 +19,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
 
 from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
+from interplm_plugins.core.database import NO_CONCEPT_MATCH, concept_label
 from interplm_plugins.core.sequences import read_reference_sequence
 from interplm_plugins.core.structure import StructureChain
 from interplm_plugins.errors import InterPLMError
@@ -35,7 +36,7 @@ COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo")
 #: Chain-picker entry meaning every chain of the structure.
 ALL_CHAINS = "all chains"
 #: Columns of the widgets' feature tables.
-HIT_COLUMNS = ["feature", "activation", "best concept", "F1", "description"]
+HIT_COLUMNS = ["feature", "activation", "best concept", "test F1", "description"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,11 +123,11 @@ def session_database() -> Any:
 
 
 def concept_text(database: Any, feature: int) -> str:
-    """``"best concept: <name> (F1 0.42)"`` for ``feature``, or why there is none."""
+    """``"best concept: <name> (test F1 0.42)"`` for ``feature`` (chosen on validation), or why there is none."""
     if database is None:
         return "no feature database"
     best = database.concepts_for_feature(feature, k=1)
-    return f"best concept: {best[0].concept} (F1 {best[0].f1:.2f})" if best else "no concept match"
+    return f"best concept: {concept_label(best[0])}" if best else NO_CONCEPT_MATCH
 
 
 def hit_table(database: Any, features: Sequence[int], scores: Sequence[float | None]) -> pd.DataFrame:
@@ -178,7 +179,7 @@ class FeaturePicker(Container):
         except InterPLMError as exc:
             self.message.value = str(exc)
             return []
-        self.matches.choices = [(f"{h.feature}: {h.matched} ({h.score:.2f})", h.feature) for h in hits]
+        self.matches.choices = [(f"{h.feature}: {h.matched} | {concept_label(h.best_concept)}", h.feature) for h in hits]
         self.message.value = f"{len(hits)} feature(s) match {text!r}" if hits else f"no feature matches {text!r}"
         if hits:
             self.matches.value = hits[0].feature

@@ -18,7 +18,7 @@ from pymol import CmdException, cmd
 from pymol.shortcut import Shortcut
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline, use_pipeline
-from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit
+from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.core.sequences import read_reference_sequence
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, paint, palette_rgb, selected_chains
@@ -38,7 +38,7 @@ def _database_or_error(pipeline: Pipeline):
 
 
 def _concept_text(match: ConceptMatch | None) -> str:
-    return f"{match.concept} (F1 {match.f1:.2f})" if match else "-"
+    return concept_label(match)
 
 
 def best_concept(pipeline: Pipeline, feature: int) -> ConceptMatch | None:
@@ -80,6 +80,7 @@ def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PA
     summary = {
         "feature": feature,
         "best_concept": concept.concept if concept else None,
+        "best_concept_label": concept_label(concept),
         "palette": palette,
         "residues": residues,
         "mapped": len(valued),
@@ -128,7 +129,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
 def concept(name: str = "", selection: str = "all", k: Any = 5, palette: str = DEFAULT_PALETTE, uniprot: str | None = None,
             *, pipeline: Pipeline | None = None, _self=cmd) -> list[ConceptMatch]:
     """Features that detect a Swiss-Prot concept (``Zinc finger``, ``Binding site: ATP``; a name or
-    part of one); colours ``selection`` by the best. Returns the matches, best F1 first."""
+    part of one); colours ``selection`` by the best. Returns the matches, best validation F1 first."""
     pipeline = pipeline or current_pipeline()
     name = str(name).strip()
     if not name:
@@ -137,14 +138,14 @@ def concept(name: str = "", selection: str = "all", k: Any = 5, palette: str = D
     matches = db.features_for_concept(name, k=_as_int(k, "k"))
     if not matches:
         known = db.matching_concepts(name)
-        hint = f"concepts named like it have no matching feature ({', '.join(known[:5])})" if known else "no concept is named like it"
+        hint = (
+            f"concepts named like it have no feature with validation F1 >= {db.concept_floor:g} ({', '.join(known[:5])})"
+            if known else "no concept is named like it"
+        )  # fmt: skip
         raise InterPLMError(f"no feature matches concept {name!r}: {hint}")
-    print(f" interplm: features for concept {name!r}")
-    print(f" {'feature':>8}  {'F1':>5}  {'prec':>5}  {'recall':>6}  concept")
-    for m in matches:
-        precision = "-" if m.precision is None else f"{m.precision:.2f}"
-        recall = "-" if m.recall is None else f"{m.recall:.2f}"
-        print(f" {m.feature:>8}  {m.f1:5.2f}  {precision:>5}  {recall:>6}  {m.concept}")
+    print(f" interplm: features for concept {name!r} (validation F1 >= {db.concept_floor:g})")
+    for line in concept_match_lines(matches):
+        print(f" {line}")
     color(selection, matches[0].feature, palette, uniprot, pipeline=pipeline, _self=_self)
     return matches
 

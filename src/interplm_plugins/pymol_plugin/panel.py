@@ -16,7 +16,7 @@ from pymol import CmdException, cmd
 from pymol.Qt import QtCore, QtWidgets
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline
-from interplm_plugins.core.database import ConceptMatch, Example, FeatureHit
+from interplm_plugins.core.database import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE
@@ -45,7 +45,9 @@ class FeatureDetails:
                 f"max {self.stats['max_activation']:.3f}, mean when active {self.stats['mean_active']:.3f}"
             )
         if self.concepts:
-            lines.append(f"best concept: {self.concepts[0].concept} (F1 {self.concepts[0].f1:.2f})")
+            lines.append(f"best concept: {self.concepts[0].label()}; {self.concepts[0].metrics_text()}")
+        else:
+            lines.append(f"best concept: {NO_CONCEPT_MATCH}")
         return "\n".join(lines)
 
 
@@ -118,7 +120,7 @@ class InterPLMPanel(QtWidgets.QWidget):
 
         self.details = QtWidgets.QPlainTextEdit()
         self.details.setReadOnly(True)
-        self.concepts_table = self._table(["concept", "F1", "precision", "recall"])
+        self.concepts_table = self._table(["concept", "valid F1", "test F1", "test precision", "test recall", "level"])
         self.examples_table = self._table(["protein", "peak", "at", "context", "description"])
         self.neighbours = QtWidgets.QListWidget()
 
@@ -214,7 +216,7 @@ class InterPLMPanel(QtWidgets.QWidget):
         self.feature_box.setValue(details.feature)
         self.details.setPlainText(details.summary())
         self._fill_table(self.concepts_table, [
-            [m.concept, f"{m.f1:.2f}", "-" if m.precision is None else f"{m.precision:.2f}", "-" if m.recall is None else f"{m.recall:.2f}"]
+            [m.concept, f"{m.valid_f1:.2f}", f"{m.f1:.2f}", f"{m.precision:.2f}", f"{m.recall:.2f}", m.level or "-"]
             for m in details.concepts
         ])  # fmt: skip
         self._fill_table(self.examples_table, [
@@ -247,7 +249,7 @@ class InterPLMPanel(QtWidgets.QWidget):
         """List the features most active on the panel's selection."""
         hits = commands.top(self.selection_edit.text().strip() or None, 20, self.uniprot_edit.text().strip() or None, _self=self._cmd)
         self._fill_features(self.results, [
-            (h.feature, f"{h.feature}: mean {h.score:.3f}" + (f", {h.best_concept.concept} (F1 {h.best_concept.f1:.2f})" if h.best_concept else ""))
+            (h.feature, f"{h.feature}: mean {h.score:.3f}" + f", {concept_label(h.best_concept)}")
             for h in hits
         ])  # fmt: skip
         self.status.setText(f"{len(hits)} feature(s) active on the selection")

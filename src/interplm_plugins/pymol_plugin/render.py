@@ -139,8 +139,7 @@ def render_feature_png(
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     canvas.paste(view.resize((width, height - legend_height)) if view.size != (width, height - legend_height) else view, (0, 0))
     if legend:
-        concept = summary["best_concept"]
-        title = f"InterPLM feature {feature}" + (f": {concept}" if concept else "") + f" ({path.name}{f', chain {chain}' if chain else ''})"
+        title = f"InterPLM feature {feature}: {summary['best_concept_label']} ({path.name}{f', chain {chain}' if chain else ''})"
         canvas.paste(_legend(width, legend_height, title, rgb, neutral), (0, height - legend_height))
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
