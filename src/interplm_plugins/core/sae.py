@@ -283,7 +283,7 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
     carry ``activation_rescale_factor`` (folded into the weights) and ``normalize_to_sqrt_d``."""
     from interplm_plugins.core.plm import torch_load_tensor_dict
 
-    state = torch_load_tensor_dict(path, "PyTorch SAE", "an SAE state dict, as InterPLM's ae.pt,")
+    state = torch_load_tensor_dict(path, "PyTorch SAE", "an SAE state dict like InterPLM's ae.pt")
     if bool(state.pop("normalize_to_sqrt_d", torch.tensor(False)).item()):
         raise InterPLMError("SAE uses sqrt(d) input normalisation (normalize_to_sqrt_d), which is not supported", file=path)
     if "b_dec" in state:
