@@ -29,6 +29,8 @@ SUBCOMMANDS = [
     "cluster",
     "steer",
     "color",
+    "export",
+    "features",
     "demo",
 ]
 

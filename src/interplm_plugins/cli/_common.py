@@ -13,14 +13,19 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
         "--plm",
         dest="model",
         default="demo",
-        help="ESM-2: a fair-esm hub name (esm2_t6_8M_UR50D ...), a local checkpoint path, or 'demo' (default: the embedded demo model)",
+        help="ESM-2: a fair-esm hub name (esm2_t6_8M_UR50D ...), a local checkpoint path, a Hugging Face repo id "
+        "(facebook/esm2_t6_8M_UR50D[@revision]) or folder, or 'demo' (default: the embedded demo model)",
     )
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True) -> None:
     """--model, --sae, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`."""
     add_model_option(parser)
-    parser.add_argument("--sae", help="SAE weights (.safetensors with its .json, or InterPLM's ae.pt; default: the embedded demo SAE)")
+    parser.add_argument(
+        "--sae",
+        help="SAE weights (.safetensors with its .json, or InterPLM's ae.pt), a Hub spec (hf://owner/repo[@rev]/path) or a "
+        "published name (interplm-esm2-8m/layer_4, interprot-esm2-650m/l24_sae4096; docs/MODELS.md); default: the embedded demo SAE",
+    )
     parser.add_argument("--layer", type=int, help="layer the SAE reads (default: recorded in the SAE's config)")
     if database:
         parser.add_argument("--db", help="feature database (default: the embedded demo database with the demo SAE)")

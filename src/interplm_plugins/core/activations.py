@@ -28,7 +28,7 @@ import torch
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.plm import PLM, load_plm
-from interplm_plugins.core.sae import SparseAutoencoder, check_fits, load_sae, sae_hash
+from interplm_plugins.core.sae import SparseAutoencoder, check_fits, sae_hash
 from interplm_plugins.core.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.structure import StructureChain, align_to_reference
 from interplm_plugins.errors import InterPLMError
@@ -186,16 +186,18 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
 
     ``layer`` defaults to the layer the SAE records it was trained on.
     """
-    sae_path = Path(sae) if sae is not None else DEMO_SAE
     if sae is None and not DEMO_SAE.exists():
         raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)
     plm = load_plm(model if model is not None else "demo")
-    sae_model = load_sae(sae_path, plm_name=plm.name, layer=layer)
+    # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/hub.py.
+    from interplm_plugins.core.hub import load_sae_spec
+
+    sae_model, plm, layer, sae_source = load_sae_spec(str(sae) if sae is not None else DEMO_SAE, plm, layer)
     if layer is None:
         layer = sae_model.config.plm_layer if sae_model.config.plm_layer is not None else plm.num_layers
     if database is None and sae is None and DEMO_DATABASE.exists():
         database = DEMO_DATABASE
-    return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=str(sae_path))
+    return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source)
 
 
 _session_lock = threading.Lock()

@@ -123,6 +123,18 @@ def torch_load_weights(path: str | os.PathLike):
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def torch_load_tensor_dict(path: str | os.PathLike, readable: str, state_dict: str) -> dict:
+    """A file that must hold a dict of tensors (a state dict), read with ``weights_only=True``; otherwise one
+    line: ``not a readable <readable> file (why)`` or ``not <state_dict> (expected a dict of tensors)``."""
+    try:
+        state = torch_load_weights(path)
+    except Exception as exc:  # truncated, foreign or unsafe pickles raise many types
+        raise InterPLMError(f"not a readable {readable} file ({torch_load_failure(exc)})", file=path) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InterPLMError(f"not {state_dict} (expected a dict of tensors)", file=path)
+    return dict(state)
+
+
 def _torch_load_checkpoint(path: Path) -> dict:
     try:
         data = torch_load_weights(path)
@@ -174,7 +186,8 @@ def _download(name: str, dest: Path) -> None:
 
 
 def load_plm(spec: str | os.PathLike | None = "demo", device: str | torch.device = "cpu") -> PLM:
-    """Load an ESM-2 model: ``"demo"`` (embedded), a fair-esm hub name, or a local ``.pt`` path."""
+    """Load an ESM-2 model: ``"demo"`` (embedded), a fair-esm hub name, a local ``.pt`` path, or a Hugging Face
+    repo id / local folder in transformers' layout (:mod:`~interplm_plugins.core.hf_esm`)."""
     if spec is None or str(spec) in DEMO_ALIASES:
         path = demo_model_path()
         if not path.exists():
@@ -202,8 +215,13 @@ def load_plm(spec: str | os.PathLike | None = "demo", device: str | torch.device
                 file=dest,
             ) from None
         return load_checkpoint(dest, device)
+    from interplm_plugins.core.hf_esm import is_hf_model_spec, load_hf_esm
+
+    if is_hf_model_spec(spec_str):  # Hugging Face layout: a repo id (owner/name[@rev]) or a local folder
+        return load_hf_esm(spec_str, device)
     raise InterPLMError(
-        f"'{spec_str}' is neither a checkpoint file nor a known ESM-2 name ({', '.join(ESM2_MODELS)}, or 'demo')"
+        f"'{spec_str}' is neither a checkpoint file nor a known ESM-2 name ({', '.join(ESM2_MODELS)}, or 'demo'), "
+        f"nor a Hugging Face model (owner/name, or a folder with config.json)"
     )
 
 

@@ -281,15 +281,9 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
     """InterPLM's / dictionary_learning's ``ae.pt``: ReLU keys ``bias``, ``encoder.*``, ``decoder.weight``;
     TopK / BatchTopK keys ``b_dec``, ``encoder.*``, ``decoder.weight``, ``k``, ``threshold``; either may
     carry ``activation_rescale_factor`` (folded into the weights) and ``normalize_to_sqrt_d``."""
-    from interplm_plugins.core.plm import torch_load_failure, torch_load_weights
+    from interplm_plugins.core.plm import torch_load_tensor_dict
 
-    try:
-        state = torch_load_weights(path)
-    except Exception as exc:  # truncated, foreign or unsafe pickles raise many types
-        raise InterPLMError(f"not a readable PyTorch SAE file ({torch_load_failure(exc)})", file=path) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InterPLMError("not an SAE state dict (expected a dict of tensors, as InterPLM's ae.pt)", file=path)
-    state = dict(state)
+    state = torch_load_tensor_dict(path, "PyTorch SAE", "an SAE state dict like InterPLM's ae.pt")
     if bool(state.pop("normalize_to_sqrt_d", torch.tensor(False)).item()):
         raise InterPLMError("SAE uses sqrt(d) input normalisation (normalize_to_sqrt_d), which is not supported", file=path)
     if "b_dec" in state:

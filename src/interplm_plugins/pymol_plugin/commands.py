@@ -188,13 +188,59 @@ def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
     return described
 
 
-SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "use": use, "info": info}
+def export(selection: str = "all", feature: Any = None, out: str = "interplm_export", uniprot: str | None = None,
+           *, pipeline: Pipeline | None = None, _self=cmd) -> list[str]:
+    """Write the per-residue activations of the selection's protein chains for other viewers (as
+    ``interplm export`` on the command line; core/export.py): ``OUT.interplm.tsv``, ``OUT.interplm.defattr``
+    (ChimeraX) and, per object and feature, ``OUT.OBJECT.interplm_N.pdb`` with the activation as B-factor.
+    ``feature`` is one index or several separated by spaces or ``+``. Returns the paths written."""
+    from interplm_plugins.core.atomic import atomic_path
+    from interplm_plugins.core.export import activation_table, attribute_name, write_defattr, write_tsv
+    from interplm_plugins.pymol_plugin.mapping import residue_key
+
+    pipeline = pipeline or current_pipeline()
+    words = str(feature or "").replace("+", " ").split()
+    if not words:
+        raise InterPLMError("which feature(s)? use `interplm export SELECTION, feature=N [M ...], out=PREFIX`")
+    features = [pipeline.check_feature(_as_int(word, "feature")) for word in words]
+    reference = read_reference_sequence(uniprot, "uniprot") if uniprot else None
+    chains = selected_chains(pipeline, selection, reference, _self=_self)
+    table = activation_table(((sc.object, sc.activations) for sc in chains), features)
+    written = [write_tsv(table, f"{out}.interplm.tsv"), write_defattr(table, f"{out}.interplm.defattr", title=selection)]
+    for name in dict.fromkeys(sc.object for sc in chains):
+        rows = table[table["structure"] == name]
+        for f in features:
+            values = {residue_key(name, r.chain, f"{r.resi}{r.icode}"): getattr(r, attribute_name(f)) for r in rows.itertuples(index=False)}
+            copy = _self.get_unused_name("_interplm_export")
+            _self.create(copy, f"%{name}")
+            # the copy's atoms still name the original object in `values`
+            _self.alter(f"%{copy}", "b = lookup(chain, resi)", space={"lookup": lambda chain, resi: _b_value(values, name, chain, resi)})
+            path = f"{out}.{name}.{attribute_name(f)}.pdb"
+            with atomic_path(path) as tmp:
+                _self.save(str(tmp), copy, format="pdb")
+            _self.delete(copy)
+            written.append(path)
+    paths = [str(p) for p in written]
+    print(" interplm: wrote " + ", ".join(paths))
+    return paths
+
+
+def _b_value(values: dict, name: str, chain: str, resi: str) -> float:
+    """The B-factor an exported atom gets: its residue's activation, 0 where it has none."""
+    from interplm_plugins.pymol_plugin.mapping import residue_key
+
+    value = values.get(residue_key(name, chain, resi))
+    return 0.0 if value is None or np.isnan(value) else round(float(value), 4)
+
+
+SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "use": use, "info": info, "export": export}
 USAGE = {
     "color": "interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]",
     "top": "interplm top [selection] [, k=10] [, uniprot=FASTA-or-sequence]",
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
     "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH; interplm use demo)",
     "info": "interplm info",
+    "export": "interplm export [selection], feature=N [M ...] [, out=PREFIX] [, uniprot=FASTA-or-sequence]",
 }
 
 
@@ -220,6 +266,7 @@ USAGE
     interplm use model=PATH, sae=PATH, db=PATH
     interplm use demo
     interplm info
+    interplm export [selection], feature=N [M ...] [, out=PREFIX]
 
 ARGUMENTS
 

@@ -1,0 +1,133 @@
+"""Features of sequences without a structure: per protein the most active SAE features with their concept
+matches, and per residue its top features (``interplm features``; DataFrames for Python).
+
+Proteins rank features by their maximum activation over the protein (InterPLM's normalised scale: 1 is
+the feature's maximum on the SAE's training residues), ties by the mean. A feature's concept is its best
+match in the pipeline's feature database (:func:`concept_of`, the one place the database is asked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from interplm_plugins.core.activations import Pipeline
+from interplm_plugins.core.sequences import ProteinRecord, clean_sequence, read_fasta
+
+PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
+                   "peak_residue", "concept", "concept_f1")  # fmt: skip
+RESIDUE_COLUMNS = ("protein", "position", "aa", "rank", "feature", "activation", "concept")
+
+
+def concept_of(database, feature: int) -> tuple[str | None, float | None]:
+    """``(concept, F1)`` of ``feature``'s best concept match in ``database``, or ``(None, None)``."""
+    if database is None:
+        return None, None
+    matches = database.concepts_for_feature(int(feature), k=1)
+    return (matches[0].concept, float(matches[0].f1)) if matches else (None, None)
+
+
+def read_queries(text: str | os.PathLike) -> list[ProteinRecord]:
+    """The proteins of a FASTA file, or one protein (``query``) given as its sequence."""
+    path = Path(os.path.expanduser(str(text)))
+    if path.is_file():
+        return read_fasta(path)
+    return [ProteinRecord("query", clean_sequence(str(text), record="sequence"))]
+
+
+@dataclass
+class FeatureReport:
+    """``proteins``: one row per (protein, top feature); ``residues``: one row per (residue, top feature)."""
+
+    proteins: pd.DataFrame
+    residues: pd.DataFrame
+
+    def to_json(self) -> str:
+        """Both tables as JSON: per protein its top features and, per residue, its top features."""
+        out = []
+        for protein, rows in self.proteins.groupby("protein", sort=False):
+            residues = self.residues[self.residues["protein"] == protein]
+            out.append({
+                "protein": protein,
+                "top_features": _records(rows.drop(columns="protein")),
+                "residues": [{"position": int(pos), "aa": group["aa"].iloc[0], "features": _records(group[["feature", "activation", "concept"]])}
+                             for pos, group in residues.groupby("position", sort=True)],
+            })  # fmt: skip
+        return json.dumps({"proteins": out}, indent=1) + "\n"
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with NaN as null (JSON has no NaN)."""
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _top_features(acts: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` features with the highest maximum (then mean) activation that fire at all."""
+    peak, mean = acts.max(axis=0), acts.mean(axis=0)
+    order = np.lexsort((-mean, -peak))[:k]
+    return order[peak[order] > 0]
+
+
+def sequence_features(pipeline: Pipeline, records: Iterable[ProteinRecord], top: int = 10, residue_top: int = 5) -> FeatureReport:
+    """Top ``top`` features per protein and top ``residue_top`` per residue (only features that fire)."""
+    database = pipeline.database
+    concepts: dict[int, tuple[str | None, float | None]] = {}
+
+    def concept(feature: int) -> tuple[str | None, float | None]:
+        if feature not in concepts:
+            concepts[feature] = concept_of(database, feature)
+        return concepts[feature]
+
+    protein_rows, residue_rows = [], []
+    for record in records:
+        acts = pipeline.activations(record.sequence, record=record.id)
+        for rank, f in enumerate(_top_features(acts, top), start=1):
+            peak = int(acts[:, f].argmax())
+            protein_rows.append((record.id, rank, int(f), float(acts[peak, f]), float(acts[:, f].mean()), int((acts[:, f] > 0).sum()),
+                                 peak + 1, record.sequence[peak], *concept(int(f))))  # fmt: skip
+        order = np.argsort(-acts, axis=1, kind="stable")[:, :residue_top]
+        for position, features in enumerate(order):
+            for rank, f in enumerate(features[acts[position, features] > 0], start=1):
+                residue_rows.append((record.id, position + 1, record.sequence[position], rank, int(f), float(acts[position, f]), concept(int(f))[0]))
+    return FeatureReport(pd.DataFrame(protein_rows, columns=PROTEIN_COLUMNS), pd.DataFrame(residue_rows, columns=RESIDUE_COLUMNS))
+
+
+def protein_features(sequence: str, pipeline: Pipeline | None = None, top: int = 10) -> pd.DataFrame:
+    """The ``top`` most active features of one protein sequence with their concepts (the session's pipeline by default)."""
+    from interplm_plugins.core.activations import current_pipeline
+
+    return sequence_features(pipeline or current_pipeline(), [ProteinRecord("query", sequence)], top=top).proteins
+
+
+def write_report(report: FeatureReport, prefix: str | os.PathLike) -> list[Path]:
+    """``PREFIX.proteins.tsv``, ``PREFIX.residues.tsv`` and ``PREFIX.json``, each written atomically."""
+    from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [prefix.with_name(prefix.name + suffix) for suffix in (".proteins.tsv", ".residues.tsv", ".json")]
+    for frame, path in zip((report.proteins, report.residues), paths):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f", na_rep="")
+    write_text_atomic(paths[2], report.to_json())
+    return paths
+
+
+def format_report(report: FeatureReport, sequences: Sequence[ProteinRecord]) -> str:
+    """The per-protein table as text, for the terminal."""
+    lines = []
+    for record in sequences:
+        rows = report.proteins[report.proteins["protein"] == record.id]
+        lines.append(f"{record.id} ({len(record.sequence)} residues): {len(rows)} features")
+        lines.append(f"  {'rank':>4} {'feature':>7} {'max':>6} {'mean':>6} {'active':>6} {'peak':>7}  concept")
+        for row in rows.itertuples(index=False):
+            concept = f"{row.concept} (F1 {row.concept_f1:.2f})" if isinstance(row.concept, str) else "-"
+            lines.append(f"  {row.rank:>4} {row.feature:>7} {row.max_activation:6.3f} {row.mean_activation:6.3f} "
+                         f"{row.active_residues:>6} {row.peak_residue}{row.peak_position:<6}  {concept}")  # fmt: skip
+    return "\n".join(lines)
