@@ -226,3 +226,17 @@ def test_separate_test_set_is_aligned_and_never_overlaps(swissprot_entries):
         assert all(not halves.test.dense(p)[:, choose.names.index(name)].any() for p in halves.test.proteins)
     with pytest.raises(InterPLMError, match="also in"):
         ConceptHalves.from_separate_sets(choose, choose)
+
+
+def test_concepts_help_states_the_core_defaults(capsys):
+    """The CLI keeps its parser free of heavy imports, so its help text states the defaults: they must be core's."""
+    from interplm_plugins.cli import main
+    from interplm_plugins.core.concept_selection import DEFAULT_MIN_INSTANCES_PER_HALF, DEFAULT_MIN_PROTEINS_PER_HALF
+    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID
+
+    with pytest.raises(SystemExit):
+        main(["concepts", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"in each half (default {DEFAULT_MIN_PROTEINS_PER_HALF})" in text
+    assert f"sites, bonds) in each half (default {DEFAULT_MIN_INSTANCES_PER_HALF})" in text
+    assert f"one cluster (default {DEFAULT_MIN_SEQ_ID})" in text and f"for that (default {DEFAULT_COVERAGE})" in text

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from interplm_plugins.core.concept_selection import DEFAULT_MIN_INSTANCES_PER_HALF, DEFAULT_MIN_PROTEINS_PER_HALF
-    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID
-
+    # Defaults are None here and filled from core in run(): importing core's modules would slow every `interplm`.
     p = subparsers.add_parser(
         "concepts",
         help="turn UniProt annotations into per-residue concept labels",
@@ -26,13 +24,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--min-instances", type=int, default=10, help="keep concepts with at least this many occurrences (default 10)")
     p.add_argument("--min-proteins", type=int, default=3, help="... in at least this many proteins (default 3)")
-    p.add_argument("--min-proteins-per-half", type=int, default=DEFAULT_MIN_PROTEINS_PER_HALF,
-                   help=f"evaluate a concept only with this many proteins in each half (default {DEFAULT_MIN_PROTEINS_PER_HALF})")
-    p.add_argument("--min-instances-per-half", type=int, default=DEFAULT_MIN_INSTANCES_PER_HALF,
-                   help=f"... and this many instances (domains, sites, bonds) in each half (default {DEFAULT_MIN_INSTANCES_PER_HALF})")
-    p.add_argument("--min-seq-id", type=float, default=DEFAULT_MIN_SEQ_ID,
-                   help=f"sequence identity that puts two proteins in one cluster (default {DEFAULT_MIN_SEQ_ID})")
-    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE, help=f"alignment coverage for that (default {DEFAULT_COVERAGE})")
+    p.add_argument("--min-proteins-per-half", type=int, help="evaluate a concept only with this many proteins in each half (default 3)")
+    p.add_argument("--min-instances-per-half", type=int, help="... and this many instances (domains, sites, bonds) in each half (default 3)")
+    p.add_argument("--min-seq-id", type=float, help="sequence identity that puts two proteins in one cluster (default 0.3)")
+    p.add_argument("--coverage", type=float, help="alignment coverage for that (default 0.8)")
     p.set_defaults(run=run)  # fmt: skip
 
 
@@ -40,14 +35,19 @@ def run(args) -> int:
     from pathlib import Path
 
     from interplm_plugins.core.concepts import Eligibility, build_concept_labels, split_into_halves
-    from interplm_plugins.core.homology import cluster_sequences
+    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID, cluster_sequences
     from interplm_plugins.core.sequences import ProteinRecord, write_fasta
     from interplm_plugins.core.uniprot import read_uniprot_files
 
-    eligibility = Eligibility(args.min_proteins_per_half, args.min_instances_per_half)
+    rule = {"min_proteins": args.min_proteins_per_half, "min_instances": args.min_instances_per_half}
+    eligibility = Eligibility(**{k: v for k, v in rule.items() if v is not None})
     entries, skipped = read_uniprot_files(args.uniprot)
     records = [ProteinRecord(e.accession, e.sequence, e.entry_name) for e in entries]
-    clusters = cluster_sequences(records, min_seq_id=args.min_seq_id, coverage=args.coverage)
+    clusters = cluster_sequences(
+        records,
+        min_seq_id=DEFAULT_MIN_SEQ_ID if args.min_seq_id is None else args.min_seq_id,
+        coverage=DEFAULT_COVERAGE if args.coverage is None else args.coverage,
+    )
     labels = build_concept_labels(entries, min_instances=args.min_instances, min_proteins=args.min_proteins)
     labels = split_into_halves(labels, clusters)
     labels.settings.update(eligibility=eligibility.to_dict(), sources=[str(p) for p in args.uniprot])
