@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pymol import CmdException, cmd
@@ -20,8 +20,10 @@ from pymol.shortcut import Shortcut
 from interplm_plugins.core.activations import Pipeline, current_pipeline, use_pipeline
 from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit
 from interplm_plugins.errors import InterPLMError
-from interplm_plugins.core.sequences import read_reference_sequence
-from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, paint, palette_rgb, selected_chains
+from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
+from interplm_plugins.core.references import read_references
+from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -47,33 +49,51 @@ def best_concept(pipeline: Pipeline, feature: int) -> ConceptMatch | None:
     return db.best_concepts([feature]).get(feature) if db is not None else None
 
 
+def _positive_int(value: Any, name: str) -> int:
+    number = _as_int(value, name)
+    if number < 1:
+        raise InterPLMError(f"{name} must be 1 or more, got {number}")
+    return number
+
+
+def _references(uniprot: str | None) -> list[ProteinRecord] | None:
+    return read_references(uniprot, "uniprot") if uniprot else None
+
+
 def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PALETTE, uniprot: str | None = None,
-          *, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, Any]:
+          scale: str = DEFAULT_SCALE, *, pipeline: Pipeline | None = None, sources: Mapping[str, str] | None = None,
+          _self=cmd) -> dict[str, Any]:
     """Colour the protein residues of ``selection`` by one SAE feature's activation.
 
     Every protein chain in the selection is embedded (the cached activations are reused on a
-    recolour); the activation goes into each atom's b-factor, colours follow ``palette`` from 0 to
-    1, residues without a value get the neutral colour. ``uniprot`` (FASTA file or sequence) embeds
-    the full-length protein and aligns the chains to it. Returns per-residue values and a summary.
+    recolour); the activation goes into each atom's b-factor (the original is kept for
+    ``interplm restore``), colours follow ``palette`` from 0 to 1 of the feature (``scale=chain``:
+    to each chain's maximum), residues without a value get the neutral colour. ``uniprot`` (a
+    FASTA file with one record per protein, or a sequence) is embedded instead, each chain aligned
+    to the record it matches. ``sources`` names each object's file in errors. Returns per-residue
+    values and a summary.
     """
     pipeline = pipeline or current_pipeline()
     if feature is None or str(feature).strip() == "":
         raise InterPLMError("which feature? use `interplm color SELECTION, feature=N`")
     feature = pipeline.check_feature(_as_int(feature, "feature"))
     rgb = palette_rgb(palette, _self)  # checked before the model runs
-    reference = read_reference_sequence(uniprot, "uniprot") if uniprot else None
-    chains = selected_chains(pipeline, selection, reference, _self=_self)
+    scale = check_scale(scale)
+    chains = selected_chains(pipeline, selection, _references(uniprot), sources=sources, _self=_self)
 
-    residues = []
+    residues, valued, shown, tops = [], {}, {}, []
     for sc in chains:
         values = sc.activations.feature_values(feature)
+        unit, top = unit_values(values, scale)
+        tops.append(top)
         for index in sc.selected.tolist():
             residue = sc.chain.residues[index]
             value = None if np.isnan(values[index]) else float(values[index])
+            if value is not None:
+                valued[sc.key(index)], shown[sc.key(index)] = value, float(unit[index])
             residues.append({"object": sc.object, "chain": residue.chain, "resi": residue.label, "resn": residue.resn,
                              "position": int(sc.activations.positions[index]), "value": value})  # fmt: skip
-    valued = {(r["object"], r["chain"], r["resi"]): r["value"] for r in residues if r["value"] is not None}
-    paint(selection, valued, rgb, _self)
+    paint(selection, valued, rgb, _self, shown=shown)
 
     peak = max(valued, key=valued.get) if valued else None
     concept = best_concept(pipeline, feature)
@@ -81,15 +101,21 @@ def color(selection: str = "all", feature: Any = None, palette: str = DEFAULT_PA
         "feature": feature,
         "best_concept": concept.concept if concept else None,
         "palette": palette,
+        "scale": scale,
+        "scale_max": tops,
         "residues": residues,
         "mapped": len(valued),
         "unmapped": len(residues) - len(valued),
         "max": valued[peak] if valued else None,
         "mean": float(np.mean(list(valued.values()))) if valued else None,
-        "peak": "/{}//{}/{}".format(*peak) if valued else None,  # PyMOL's /object//chain/resi
+        "peak": "/{}//{}/{}".format(*peak[:3]) if valued else None,  # PyMOL's /object//chain/resi
+        "references": reference_note(chains),
     }
     where = f", max {summary['max']:.3f} at {summary['peak']}, mean {summary['mean']:.3f}" if valued else ""
     print(f" interplm: feature {feature} [{_concept_text(concept)}] on {len(valued)} residues of {len(chains)} chain(s){where}")
+    print(f" interplm: colours {scale_legend(scale, tops)}, {palette}; grey: no value")
+    if summary["references"]:
+        print(f" interplm: {summary['references']}")
     return summary
 
 
@@ -104,8 +130,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
     k = _as_int(k, "k")
     if selection is None:
         selection = "sele" if "sele" in _self.get_names("selections") else "all"
-    reference = read_reference_sequence(uniprot, "uniprot") if uniprot else None
-    chains = selected_chains(pipeline, selection, reference, _self=_self)
+    chains = selected_chains(pipeline, selection, _references(uniprot), _self=_self)
     vectors = np.concatenate([sc.activations.residue_vectors(sc.selected) for sc in chains])
     if len(vectors) == 0:
         raise InterPLMError(f"no residue of {selection!r} aligns to the reference sequence")
@@ -177,6 +202,15 @@ def use(what: str = "", path: str | None = None, model: str | None = None, sae: 
     return info(pipeline=pipeline, _self=_self)
 
 
+def restore(selection: str = "all", *, _self=cmd) -> int:
+    """Give the atoms of ``selection`` back the b-factors (AlphaFold's pLDDT, crystallographic B)
+    and colours they had before ``interplm`` coloured them; returns how many atoms got them back."""
+    check_selection(selection, _self)
+    count = restore_atoms(selection, _self)
+    print(f" interplm: restored the original b-factors and colours of {count} atoms" + ("" if count else " (none was coloured by interplm)"))
+    return count
+
+
 def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
     """Print and return this session's model, layer, SAE and database."""
     pipeline = pipeline or current_pipeline()
@@ -187,11 +221,12 @@ def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
     return described
 
 
-SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "use": use, "info": info}
+SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "restore": restore, "use": use, "info": info}
 USAGE = {
     "color": "interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]",
     "top": "interplm top [selection] [, k=10] [, uniprot=FASTA-or-sequence]",
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
+    "restore": "interplm restore [selection]",
     "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH; interplm use demo)",
     "info": "interplm info",
 }

@@ -1,0 +1,188 @@
+"""The PyMOL plugin on the structures structural biologists bring, built here from real ones: a
+fusion protein coloured on its insert, a complex with one or several references, a water numbered
+like a residue, AlphaFold pLDDT kept and restored, errors that name the file and the chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pymol
+from pymol import CmdException, cmd
+
+from interplm_plugins.core.activations import chain_activations
+from interplm_plugins.core.structure import read_structure
+from interplm_plugins.pymol_plugin import commands
+from interplm_plugins.pymol_plugin.mapping import NEUTRAL_COLOR
+
+HPV = Path(pymol.__file__).resolve().parent / "pymol_path" / "data" / "tut" / "1hpv.pdb"
+
+
+@pytest.fixture()
+def session(tiny_pipeline):
+    cmd.reinitialize()
+    yield cmd
+    cmd.reinitialize()
+
+
+@pytest.fixture(scope="session")
+def calmodulin(shared_data) -> Path:
+    return shared_data / "structures" / "P0DP23_3WFN_calm1.pdb"
+
+
+def chain_atoms(path: Path, chain: str) -> list[str]:
+    """The ATOM records of one chain of a PDB file (first model)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("ENDMDL"):
+            break
+        if line.startswith("ATOM") and line[21] == chain:
+            lines.append(line)
+    return lines
+
+
+def renumbered(atoms: list[str], chain: str, first: int) -> list[str]:
+    """``atoms`` moved to ``chain``, their residues numbered ``first``, ``first + 1``, ... in order."""
+    out, numbers = [], {}
+    for line in atoms:
+        number = numbers.setdefault(line[22:27], first + len(numbers))
+        out.append(f"{line[:21]}{chain}{number:4d} {line[27:]}")
+    return out
+
+
+def write_pdb(path: Path, *blocks: list[str]) -> Path:
+    path.write_text("\n".join(line for block in blocks for line in block) + "\nEND\n")
+    return path
+
+
+def painted(selection: str) -> dict[tuple[str, str, str, bool], tuple[set, set]]:
+    """Per (chain, resi, resn, HETATM), the set of b-factors and the set of colours of its atoms."""
+    rows: list = []
+    cmd.iterate(selection, "rows.append(((chain, resi, resn, type == 'HETATM'), b, color))", space={"rows": rows})
+    table: dict = {}
+    for key, b, color in rows:
+        bs, colors = table.setdefault(key, (set(), set()))
+        bs.add(round(b, 4))
+        colors.add(color)
+    return table
+
+
+def expected_values(pipeline, chain, feature: int, reference: str | None = None) -> dict[str, float]:
+    values = chain_activations(pipeline, chain, reference=reference).feature_values(feature)
+    return {r.label: float(v) for r, v in zip(chain.residues, values) if not np.isnan(v)}
+
+
+def hpv_sequence() -> str:
+    return read_structure(HPV)[0].sequence
+
+
+def test_fusion_insert_colours_against_its_own_reference(session, tiny_pipeline, calmodulin, tmp_path):
+    # a receptor-lysozyme-style fusion: calmodulin (148 residues) then HIV protease numbered from 1002
+    insert = renumbered(chain_atoms(HPV, "A"), "R", 1002)
+    fusion = write_pdb(tmp_path / "fusion.pdb", renumbered(chain_atoms(calmodulin, "A"), "R", 1), insert)
+    fasta = tmp_path / "protease.fasta"
+    fasta.write_text(f">P04585_PR\nPQ{hpv_sequence()}FNF\n")  # the protease with a few flanking residues
+    cmd.load(str(fusion), "fusion")
+    with pytest.raises(CmdException, match=r"of 2\d\d residues align"):  # the whole chain is mostly calmodulin
+        commands.interplm("color fusion", feature=5, uniprot=str(fasta))
+    summary = commands.interplm("color fusion and chain R and resi 1002-1100", feature=5, uniprot=str(fasta))
+    expected = {str(1002 + i): v for i, v in enumerate(tiny_pipeline.activations(f"PQ{hpv_sequence()}FNF")[2:101, 5])}
+    assert summary["mapped"] == 99
+    assert {r["resi"]: r["value"] for r in summary["residues"]} == pytest.approx(expected, abs=1e-5)
+    assert {r["position"] for r in summary["residues"]} == set(range(2, 101))
+    assert summary["references"] == "chain R = P04585_PR"
+
+
+def complex_pdb(tmp_path: Path, calmodulin: Path) -> Path:
+    """HIV protease chain A and calmodulin as chain B of one file."""
+    return write_pdb(tmp_path / "complex.pdb", chain_atoms(HPV, "A"), renumbered(chain_atoms(calmodulin, "A"), "B", 1))
+
+
+def test_complex_colours_the_chain_that_matches_and_greys_the_other(session, tiny_pipeline, calmodulin, tmp_path, capsys):
+    path = complex_pdb(tmp_path, calmodulin)
+    cmd.load(str(path), "cpx")
+    protease = hpv_sequence()
+    summary = commands.interplm("color cpx", feature=5, uniprot=protease)
+    chain_a = read_structure(path)[0]
+    assert {r["resi"]: r["value"] for r in summary["residues"] if r["chain"] == "A"} == pytest.approx(
+        expected_values(tiny_pipeline, chain_a, 5, reference=protease), abs=1e-5
+    )
+    assert all(r["value"] is None for r in summary["residues"] if r["chain"] == "B")
+    neutral = cmd.get_color_index(NEUTRAL_COLOR)
+    assert {c for key, (_, colors) in painted("cpx and chain B").items() for c in colors} == {neutral}
+    assert "chain A = uniprot, chain B matches no reference (grey)" in capsys.readouterr().out
+
+
+def test_complex_with_a_multi_record_fasta_matches_each_chain(session, tiny_pipeline, calmodulin, tmp_path, shared_data):
+    from interplm_plugins.core.sequences import read_fasta
+
+    path = complex_pdb(tmp_path, calmodulin)
+    full_calm = next(r.sequence for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta") if r.id == "P0DP23")
+    fasta = tmp_path / "complex.fasta"
+    fasta.write_text(f">P0DP23\n{full_calm}\n>PR\n{hpv_sequence()}\n")
+    cmd.load(str(path), "cpx")
+    summary = commands.interplm("color cpx", feature=7, uniprot=str(fasta))
+    chain_a, chain_b = read_structure(path)
+    got = {(r["chain"], r["resi"]): r["value"] for r in summary["residues"]}
+    want = {("A", k): v for k, v in expected_values(tiny_pipeline, chain_a, 7, reference=hpv_sequence()).items()}
+    want |= {("B", k): v for k, v in expected_values(tiny_pipeline, chain_b, 7, reference=full_calm).items()}
+    assert {k: v for k, v in got.items() if v is not None} == pytest.approx(want, abs=1e-5)
+    assert len(want) > 230 and summary["references"] == "chain A = PR, chain B = P0DP23"
+
+
+def test_water_numbered_like_a_residue_keeps_its_own_b_and_grey(session, tiny_pipeline, tmp_path):
+    protein = chain_atoms(HPV, "A")
+    water = "HETATM 9999  O   HOH A  10      10.000  10.000  10.000  1.00 42.00           O"
+    free_thr = ["HETATM" + line[6:] for line in protein if line[22:26] == "  26"]
+    path = write_pdb(tmp_path / "water.pdb", protein, [water], free_thr)  # and a free Thr ligand numbered like Thr 26
+    cmd.load(str(path), "wat")
+    summary = commands.interplm("color wat", feature=3)
+    values = expected_values(tiny_pipeline, read_structure(path)[0], 3)
+    table = painted("wat")
+    neutral = cmd.get_color_index(NEUTRAL_COLOR)
+    assert table[("A", "10", "HOH", True)] == ({42.0}, {neutral})
+    assert table[("A", "10", "LEU", False)][0] == {round(values["10"], 4)}
+    ligand_b = {float(line[60:66]) for line in free_thr}
+    assert table[("A", "26", "THR", True)] == (ligand_b, {neutral})
+    assert table[("A", "26", "THR", False)][0] == {round(values["26"], 4)} != ligand_b
+    assert summary["mapped"] == 99
+
+
+def test_plddt_survives_colouring_and_comes_back_with_restore(session, tiny_pipeline, shared_data, capsys):
+    path = shared_data / "structures" / "O14313_AF.pdb"  # AlphaFold model: pLDDT in the b-factors
+    cmd.load(str(path), "af")
+    cmd.color("green", "af")
+    before = painted("af")
+    plddt = {key: bs for key, (bs, _) in before.items()}
+    assert len({b for bs in plddt.values() for b in bs}) > 20  # real, varied pLDDT
+    commands.interplm("color af", feature=3)
+    commands.interplm("color af and resi 1-50", feature=9)  # twice: the originals are still the pLDDT
+    assert painted("af") != before
+    cmd.do("interplm restore af and resi 1-100")
+    after = painted("af")
+    assert {k: v for k, v in after.items() if int(k[1]) <= 100} == {k: v for k, v in before.items() if int(k[1]) <= 100}
+    assert "restored" in capsys.readouterr().out
+    commands.interplm("restore")
+    assert painted("af") == before
+    # reloaded under the same name: its b-factors are taken afresh, not the old object's
+    commands.interplm("color af", feature=3)
+    cmd.delete("af")
+    cmd.load(str(path), "af")
+    cmd.alter("af", "b = 50.0")
+    commands.interplm("color af", feature=3)
+    commands.interplm("restore af")
+    assert {b for bs, _ in painted("af").values() for b in bs} == {50.0}
+
+
+def test_cli_mismatch_names_the_file_and_the_chains(tiny_pipeline, tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, capsys):
+    from interplm_plugins.cli import main
+
+    argv = ["color", str(HPV), "--feature", "3", "--out", str(tmp_path / "x.png"), "--uniprot", "MKTAYIAKQRQISFVKSHFSRQ",
+            "--model", str(tiny_esm2_path), "--sae", str(tiny_sae_path), "--db", str(tiny_db_path)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"interplm: error: {HPV}: ") and "chain A: " in err and "chain B: " in err
+    assert "structure" not in err.replace("structure sequence", "") and "\n" not in err
+    assert not (tmp_path / "x.png").exists()
