@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     "cluster",
     "steer",
     "color",
+    "mutate",
     "demo",
 ]
 

@@ -14,6 +14,7 @@ import re
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 from pymol import CmdException, cmd
 from pymol.shortcut import Shortcut
 
@@ -21,6 +22,7 @@ from interplm_plugins.core.activations import Pipeline, current_pipeline, use_pi
 from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
+from interplm_plugins.core.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
 from interplm_plugins.core.references import read_references
 from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
@@ -202,6 +204,37 @@ def use(what: str = "", path: str | None = None, model: str | None = None, sae: 
     return info(pipeline=pipeline, _self=_self)
 
 
+def mutate(selection: str = "all", feature: Any = None, to: str = "all", uniprot: str | None = None, out: str | None = None,
+           palette: str = DEFAULT_PALETTE, *, pipeline: Pipeline | None = None, _self=cmd) -> pd.DataFrame:
+    """In-silico mutation scan: every single-residue mutant of the selected residues (to all 19
+    other amino acids, or ``to=ALA``, ``to=AG``) embedded with its whole chain, and the change of
+    ``feature`` at the mutated residue and summed over the chain. Colours the selection by each
+    residue's largest drop (b-factor = the drop; grey: not scanned), prints the strongest drops
+    and writes the table to ``out`` (default ``interplm_mutate_feature<N>.csv``). Returns it."""
+    pipeline = pipeline or current_pipeline()
+    if feature is None or str(feature).strip() == "":
+        raise InterPLMError("which feature? use `interplm mutate SELECTION, feature=N [, to=all|ALA]`")
+    feature = pipeline.check_feature(_as_int(feature, "feature"))
+    rgb = palette_rgb(palette, _self)
+    mutant_letters(to)  # checked before the model runs
+    chains = selected_chains(pipeline, selection, _references(uniprot), _self=_self)
+    tables, drops = [], {}
+    for sc in chains:
+        table = scan_chain(pipeline, sc.activations, feature, sc.selected, to)
+        keys = {(r.chain, r.label): sc.key(i) for i, r in ((i, sc.chain.residues[i]) for i in sc.selected.tolist())}
+        for (chain_id, resi), drop in largest_drops(table, by=("chain", "resi")).items():
+            drops[keys[(chain_id, resi)]] = drop
+        tables.append(table.assign(object=sc.object))
+    table = pd.concat(tables, ignore_index=True)
+    paint(selection, drops, rgb, _self, shown={k: min(v, 1.0) for k, v in drops.items()})
+    path = write_scan_table(table, out or f"interplm_mutate_feature{feature}.csv")
+    print(f" interplm: feature {feature}: {len(table)} mutants of {len(drops)} residues; coloured by the largest drop (b-factor); table {path}")
+    print(f" {'residue':>14}  {'mutant':>6}  {'before':>6}  {'after':>6}  {'chain sum change':>16}")
+    for row in table.nsmallest(10, "site_change").itertuples():
+        print(f" {row.object + '/' + row.chain + '/' + row.resi:>14}  {row.wild_type}->{row.mutant:<3}  {row.site_before:6.3f}  {row.site_after:6.3f}  {row.chain_change:16.3f}")
+    return table
+
+
 def restore(selection: str = "all", *, _self=cmd) -> int:
     """Give the atoms of ``selection`` back the b-factors (AlphaFold's pLDDT, crystallographic B)
     and colours they had before ``interplm`` coloured them; returns how many atoms got them back."""
@@ -221,11 +254,12 @@ def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
     return described
 
 
-SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "restore": restore, "use": use, "info": info}
+SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "mutate": mutate, "restore": restore, "use": use, "info": info}
 USAGE = {
     "color": "interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]",
     "top": "interplm top [selection] [, k=10] [, uniprot=FASTA-or-sequence]",
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
+    "mutate": "interplm mutate [selection], feature=N [, to=all|ALA|AG] [, uniprot=...] [, out=table.csv] [, palette=...]",
     "restore": "interplm restore [selection]",
     "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH; interplm use demo)",
     "info": "interplm info",
