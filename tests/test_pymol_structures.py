@@ -186,3 +186,68 @@ def test_cli_mismatch_names_the_file_and_the_chains(tiny_pipeline, tiny_esm2_pat
     assert err.startswith(f"interplm: error: {HPV}: ") and "chain A: " in err and "chain B: " in err
     assert "structure" not in err.replace("structure sequence", "") and "\n" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_mutate_colours_by_the_largest_drop_and_writes_the_table(session, tiny_pipeline, tmp_path):
+    import pandas as pd
+
+    from interplm_plugins.core.mutate import mutation_scan
+
+    cmd.load(str(HPV), "hpv")
+    sequence = hpv_sequence()
+    feature = int(tiny_pipeline.activations(sequence)[24:27].sum(axis=0).argmax())  # active around Asp 25
+    out = tmp_path / "scan.csv"
+    table = commands.interplm("mutate hpv and chain A and resi 25-27", feature=feature, out=str(out))
+    expected = mutation_scan(tiny_pipeline, sequence, feature, positions=[24, 25, 26])
+    pd.testing.assert_frame_equal(table[expected.columns], expected)
+    assert pd.read_csv(out)["resi"].astype(str).tolist() == table["resi"].tolist() and len(table) == 57
+    b = painted("hpv and chain A and resi 24-28")
+    for resi in ("25", "26", "27"):
+        drop = max(0.0, -expected.loc[expected.position == int(resi), "site_change"].min())
+        assert next(bs for key, (bs, _) in b.items() if key[1] == resi) == {round(drop, 4)}
+    assert drop > 0 or (expected["site_change"] < 0).any()
+    neutral = cmd.get_color_index(NEUTRAL_COLOR)
+    assert {c for key, (_, colors) in b.items() if key[1] in ("24", "28") for c in colors} != {neutral}  # not in the selection: untouched
+
+
+@pytest.mark.parametrize(
+    ("command", "kwargs", "message"),
+    [("top hpv", {"k": 0}, "k must be 1 or more"), ("top hpv", {"k": -3}, "k must be 1 or more"),
+     ("concept Helix", {"k": 0}, "k must be 1 or more"), ("color hpv", {"feature": 1, "scale": "log"}, "unknown scale"),
+     ("mutate hpv", {"feature": 1, "to": "XYZ"}, "not an amino acid"), ("mutate hpv", {}, "which feature"),
+     ("restore hpv and nosuch", {}, "invalid selection")],
+)  # fmt: skip
+def test_argument_errors(session, command, kwargs, message):
+    cmd.load(str(HPV), "hpv")
+    with pytest.raises(CmdException, match=message):
+        commands.interplm(command, **kwargs)
+
+
+def test_completion_offers_values_of_every_argument(session, tiny_pipeline, tmp_path, monkeypatch):
+    cmd.load(str(HPV), "hpv")
+    (tmp_path / "P00720.fasta").write_text(">P00720\nMNIFEMLRIDEGLRLKIYKDTEGYYTIGIGHLLTKSPSLNAAK\n")
+    (tmp_path / "my_sae.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    complete = cmd._parser.complete
+    assert complete("interplm mu") == "interplm mutate "
+    assert complete("interplm color hpv, palette=white_r") == "interplm color hpv, palette=white_red"
+    assert complete("interplm color hpv, feature=3, sca") == "interplm color hpv, feature=3, scale="
+    assert complete("interplm color hpv, feature=3, scale=ch") == "interplm color hpv, feature=3, scale=chain"
+    assert complete("interplm color hpv, uniprot=P0") == "interplm color hpv, uniprot=P00720.fasta"
+    assert complete("interplm mutate hpv, feature=63") == "interplm mutate hpv, feature=63"
+    assert complete("interplm mutate hpv, feature=3, to=TR") == "interplm mutate hpv, feature=3, to=TRP"
+    assert complete("interplm use my_s") == "interplm use my_sae.safetensors "
+    names = tiny_pipeline.database.concept_names()
+    concept = next(c for c in names if sum(n.startswith(c[:5]) for n in names) == 1 and " " not in c[:5])
+    assert complete(f"interplm concept {concept[:5]}") == f"interplm concept {concept} "
+
+
+def test_help_documents_every_keyword_of_every_action():
+    import re
+
+    doc = commands.interplm.__doc__
+    for name, function in commands.SUBCOMMANDS.items():
+        assert f"interplm {name}" in doc
+        for parameter in commands._public_parameters(function):
+            if parameter not in ("what", "path"):
+                assert re.search(rf"^ {{4}}(\w+, )*{parameter}(, \w+)* = ", doc, re.M) or parameter == "name" and "    NAME = " in doc, (name, parameter)

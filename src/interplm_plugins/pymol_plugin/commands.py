@@ -10,6 +10,7 @@ and turns the project's :class:`InterPLMError` into one line and a ``pymol.CmdEx
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from typing import Any, Callable, Mapping
 
@@ -18,13 +19,14 @@ import pandas as pd
 from pymol import CmdException, cmd
 from pymol.shortcut import Shortcut
 
-from interplm_plugins.core.activations import Pipeline, current_pipeline, use_pipeline
+from interplm_plugins.core.activations import Pipeline, current_pipeline, loaded_pipeline, use_pipeline
 from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
 from interplm_plugins.core.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
 from interplm_plugins.core.references import read_references
 from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
 
 
@@ -129,7 +131,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
     Prints a table and returns :class:`~interplm_plugins.core.database.FeatureHit` objects.
     """
     pipeline = pipeline or current_pipeline()
-    k = _as_int(k, "k")
+    k = _positive_int(k, "k")
     if selection is None:
         selection = "sele" if "sele" in _self.get_names("selections") else "all"
     chains = selected_chains(pipeline, selection, _references(uniprot), _self=_self)
@@ -161,7 +163,7 @@ def concept(name: str = "", selection: str = "all", k: Any = 5, palette: str = D
     if not name:
         raise InterPLMError("which concept? use `interplm concept NAME [, selection]`")
     db = _database_or_error(pipeline)
-    matches = db.features_for_concept(name, k=_as_int(k, "k"))
+    matches = db.features_for_concept(name, k=_positive_int(k, "k"))
     if not matches:
         known = db.matching_concepts(name)
         hint = f"concepts named like it have no matching feature ({', '.join(known[:5])})" if known else "no concept is named like it"
@@ -281,9 +283,11 @@ DESCRIPTION
 
 USAGE
 
-    interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]
-    interplm top [selection] [, k=10]
-    interplm concept NAME [, selection]
+    interplm color [selection], feature=N [, palette=white_red] [, uniprot=FASTA] [, scale=feature|chain]
+    interplm top [selection] [, k=10] [, uniprot=FASTA]
+    interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=FASTA]
+    interplm mutate [selection], feature=N [, to=all|ALA|AG] [, uniprot=FASTA] [, out=table.csv] [, palette=...]
+    interplm restore [selection]
     interplm use model|sae|db PATH
     interplm use model=PATH, sae=PATH, db=PATH
     interplm use demo
@@ -291,23 +295,39 @@ USAGE
 
 ARGUMENTS
 
-    selection = the residues to colour or rank; their whole protein chains are embedded
-    feature = SAE feature index
+    selection = the residues to colour, rank or mutate; their whole protein chains are embedded
+                (default all; top: PyMOL's sele when it exists)
+    feature = SAE feature index (0 to the number of features - 1)
     palette = PyMOL spectrum palette (see "help spectrum") or colours joined by _, from 0 to 1
-    uniprot = full-length sequence (FASTA file with one record, or the sequence): the chains
-              are aligned to it and it is embedded, so partial structures get full context
+              (default white_red: white where a sparse feature is off, red at its maximum)
+    uniprot = full-length sequence(s): a FASTA file (one record per protein of a complex) or one
+              sequence; each chain is aligned to the record it matches (identity >= 90 % over >= 50 %
+              of its selected residues) and that is embedded; chains matching none stay grey
+    scale = feature: colours over 0..1 of the feature's normalised activation (default, comparable
+            across chains and structures); chain: 0..each chain's own maximum
+    k = how many features to list (1 or more; top 10, concept 5)
+    NAME = a Swiss-Prot concept or part of one (Zinc finger, Binding site: ATP)
+    to = amino acids to mutate to: all (the 19 others), one-letter codes (A, AG) or ALA,GLY
+    out = table of the mutation scan (.csv, or .tsv; default interplm_mutate_feature<N>.csv)
+    model, sae, db = a model (hub name, .pt path, demo), an SAE (.safetensors, ae.pt), a feature
+                     database (.sqlite) for the session; PATH after model|sae|db likewise
 
 NOTES
 
     Activations go into the b-factors (and p.interplm where PyMOL has atom properties), so
-    "spectrum b" works afterwards; residues without a value are grey. Activations are cached per
-    sequence, so colouring by another feature does not run the model again.
+    "spectrum b" works afterwards; residues without a value are grey. The original b-factors and
+    colours (AlphaFold's pLDDT) are kept: "interplm restore" puts them back. Activations are cached
+    per sequence, so colouring by another feature does not run the model again. "mutate" writes
+    the largest drop of the feature over a residue's mutants into its b-factor.
 
 EXAMPLES
 
     interplm color 1hpv and chain A, feature=12
+    interplm color 3sn6 and chain R and resi 1002-1161, feature=12, uniprot=P00720.fasta
     interplm top sele, k=5
     interplm concept Binding site: ATP, 1hpv
+    interplm mutate 1hpv and chain A and resi 25-30, feature=12, to=all
+    interplm restore af_model
     interplm use sae /data/sae.safetensors
     """
     word, _, rest = str(action).strip().partition(" ")
@@ -334,10 +354,46 @@ EXAMPLES
         raise CmdException(f"interplm {word}: {err}") from None
 
 
+_KEYWORDS = sorted({f"{name}=" for f in SUBCOMMANDS.values() for name in _public_parameters(f)} - {"selection=", "what=", "path=", "name="})
+_FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+_PIPELINE_SUFFIXES = (".safetensors", ".pt", ".sqlite", ".db")
+
+
+def _files(suffixes: tuple[str, ...], folder: str = ".") -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(suffixes))
+    except OSError:
+        return []
+
+
+def first_argument_words(_self=cmd) -> list[str]:
+    """What the first argument may be: a subcommand, a loaded object or selection, a concept of the
+    session's database (``interplm concept NAME``) or a model/SAE/database file (``interplm use``)."""
+    words = list(SUBCOMMANDS) + list(_self.get_names("all")) + ["demo", "model=", "sae=", "db="]
+    pipeline = loaded_pipeline()  # never load the model for a completion
+    if pipeline is not None and pipeline.database is not None:
+        words += pipeline.database.concept_names()
+    return words + _files(_PIPELINE_SUFFIXES)
+
+
+def keyword_words(_self=cmd) -> list[str]:
+    """Completions after a comma: every keyword, with the values each takes (palettes, scales,
+    amino acids, feature numbers of the loaded SAE, FASTA files here for ``uniprot=``)."""
+    from pymol.constants_palette import palette_dict
+
+    words = list(_KEYWORDS) + list(_self.get_names("all"))
+    words += [f"palette={name}" for name in ["white_red", "white_blue", "grey90_orange_red", *palette_dict]]
+    words += [f"scale={name}" for name in SCALES] + ["to=all"] + [f"to={name}" for name in STANDARD_AMINO_ACIDS]
+    words += [f"uniprot={name}" for name in _files(_FASTA_SUFFIXES)]
+    pipeline = loaded_pipeline()
+    if pipeline is not None:
+        words += [f"feature={f}" for f in range(pipeline.num_features)]
+    return words
+
+
 def register(_self=cmd) -> None:
-    """Register ``interplm`` as a PyMOL command with argument completion."""
+    """Register ``interplm`` as a PyMOL command with completion of every argument."""
     _self.extend("interplm", interplm)
-    # first argument: the subcommand, then a selection (completed from the names loaded now)
-    words = lambda: Shortcut(list(SUBCOMMANDS) + _self.get_names("all"))  # noqa: E731
-    _self.auto_arg[0]["interplm"] = [words, "subcommand or selection", " "]
-    _self.auto_arg[1]["interplm"] = [Shortcut(["feature=", "palette=", "uniprot=", "k="]), "argument", ""]
+    _self.auto_arg[0]["interplm"] = [lambda: Shortcut(first_argument_words(_self)), "subcommand, selection, concept or file", " "]
+    for position in range(1, min(len(_self.auto_arg), 6)):
+        _self.auto_arg[position]["interplm"] = [lambda: Shortcut(keyword_words(_self)), "argument", ""]
