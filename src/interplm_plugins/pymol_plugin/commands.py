@@ -258,7 +258,7 @@ def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
 
 SUBCOMMANDS: dict[str, Callable[..., Any]] = {"color": color, "top": top, "concept": concept, "mutate": mutate, "restore": restore, "use": use, "info": info}
 USAGE = {
-    "color": "interplm color [selection], feature=N [, palette=blue_white_red] [, uniprot=FASTA-or-sequence]",
+    "color": "interplm color [selection], feature=N [, palette=white_red] [, uniprot=FASTA-or-sequence] [, scale=feature|chain]",
     "top": "interplm top [selection] [, k=10] [, uniprot=FASTA-or-sequence]",
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
     "mutate": "interplm mutate [selection], feature=N [, to=all|ALA|AG] [, uniprot=...] [, out=table.csv] [, palette=...]",

@@ -12,9 +12,13 @@ the file. PyMOL-specific points:
 - a chain is embedded whole even when only part of it is selected (activations depend on the
   context), and only the selected residues are written.
 
-Values go into the b-factor (so ``spectrum b`` and ``ramp`` keep working) and, where PyMOL has atom
-properties (Incentive PyMOL; open-source PyMOL raises ``IncentiveOnlyException``), into
-``p.interplm``. Atoms without a value keep their b-factor and get the neutral colour.
+Atoms are matched to chain residues on object, chain, residue number with insertion code and
+residue name, and only atoms core's rules count as protein (:func:`residue_key`): a water or a free
+amino acid numbered like a residue keeps its own values. Values go into the b-factor (so
+``spectrum b`` and ``ramp`` keep working) and, where PyMOL has atom properties (Incentive PyMOL;
+open-source PyMOL raises ``IncentiveOnlyException``), into ``p.interplm``. The first paint of an
+atom remembers its b-factor and colour (pLDDT), which :func:`restore` puts back; atoms without a
+value get that original b-factor and the neutral colour.
 """
 
 from __future__ import annotations
