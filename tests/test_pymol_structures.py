@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pymol
 from pymol import CmdException, cmd
 
 from interplm_plugins.core.activations import chain_activations
@@ -17,14 +16,7 @@ from interplm_plugins.core.structure import read_structure
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import NEUTRAL_COLOR
 
-HPV = Path(pymol.__file__).resolve().parent / "pymol_path" / "data" / "tut" / "1hpv.pdb"
-
-
-@pytest.fixture()
-def session(tiny_pipeline):
-    cmd.reinitialize()
-    yield cmd
-    cmd.reinitialize()
+from test_pymol_plugin import HPV, session  # noqa: F401  (PyMOL's 1hpv.pdb; the emptied global session fixture)
 
 
 @pytest.fixture(scope="session")
