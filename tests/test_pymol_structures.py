@@ -243,3 +243,24 @@ def test_help_documents_every_keyword_of_every_action():
         for parameter in commands._public_parameters(function):
             if parameter not in ("what", "path"):
                 assert re.search(rf"^ {{4}}(\w+, )*{parameter}(, \w+)* = ", doc, re.M) or parameter == "name" and "    NAME = " in doc, (name, parameter)
+
+
+def test_chain_scale_stretches_each_chain_to_its_maximum(session, tiny_pipeline, calmodulin, tmp_path):
+    from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, palette_rgb, value_colors
+
+    path = complex_pdb(tmp_path, calmodulin)
+    cmd.load(str(path), "cpx")
+    chains = read_structure(path)
+    tops = np.min([tiny_pipeline.activations(c.sequence).max(axis=0) for c in chains], axis=0)
+    feature = int(tops.argmax())  # active on both chains, to different maxima
+    summary = commands.interplm("color cpx", feature=feature, scale="chain")
+    rgb = palette_rgb(DEFAULT_PALETTE, cmd)
+    table = painted("cpx and polymer.protein")
+    for chain in chains:
+        values = expected_values(tiny_pipeline, chain, feature)
+        top = max(values.values())
+        assert top > 0 and min(abs(top - t) for t in summary["scale_max"]) < 1e-5
+        for resi, value in values.items():
+            bs, colors = table[(chain.chain_id, resi, next(r.resn for r in chain.residues if r.label == resi), False)]
+            assert bs == {round(value, 4)}  # the b-factor keeps the activation itself
+            assert colors == {int(value_colors(np.array([value / top]), rgb)[0])}
