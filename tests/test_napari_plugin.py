@@ -25,7 +25,7 @@ from interplm_plugins.napari_plugin._reader import napari_get_reader  # noqa: E4
 from interplm_plugins.napari_plugin._sample_data import demo_structure_path  # noqa: E402
 
 PLUGIN = "interplm-plugins"
-WIDGET_NAMES = {"Color by feature", "Top features at selection", "Activation profile", "Feature neighbours"}
+WIDGET_NAMES = {"Color by feature", "Top features at selection", "Activation profile", "Feature neighbours", "Mutation scan"}
 HERE = Path(__file__).resolve().parent
 
 
@@ -148,6 +148,20 @@ def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer,
 
     points_a, points_b = _points_of_chain(demo_layer, "A"), _points_of_chain(demo_layer, "B")
     values = acts[demo_layer.features["seq_index"].to_numpy()[points_a], feature]
+    # the default: white to red over 0..1 of the feature, as PyMOL colours it
+    assert (widget.colormap.value, widget.scale.value) == ("white_red", "feature")
+    expected = _widget.activation_colors(values, "white_red", 0.0, 1.0)
+    np.testing.assert_allclose(demo_layer.face_color[points_a], expected, atol=1e-6)
+    from interplm_plugins.pymol_plugin.mapping import palette_rgb, value_colors
+    from pymol import cmd
+
+    pymol_rgb = value_colors(values, palette_rgb("white_red", cmd))  # PyMOL's colour of the same values
+    pymol_rgb = np.stack([(pymol_rgb >> 16) & 255, (pymol_rgb >> 8) & 255, pymol_rgb & 255], axis=1) / 255
+    np.testing.assert_allclose(demo_layer.face_color[points_a, :3], pymol_rgb, atol=1 / 255 + 1e-6)
+    assert "0 to 1 of the feature's maximum (feature scale)" in widget.legend.value
+    # per-chain scaling: the chain's maximum is the colormap's top
+    widget.scale.value, widget.colormap.value = "chain", "viridis"
+    _wait(qtbot, widget, widget.color(feature))
     expected = _widget.activation_colors(values, "viridis", 0.0, values.max())
     np.testing.assert_allclose(demo_layer.face_color[points_a], expected, atol=1e-6)
     top = points_a[values.argmax()]
@@ -156,7 +170,7 @@ def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer,
     np.testing.assert_allclose(demo_layer.features["activation"].to_numpy()[points_a], values, rtol=1e-6)
     assert demo_layer.features["activation"].iloc[points_b].isna().all()
     best = tiny_pipeline.database.concepts_for_feature(feature, k=1)
-    assert f"feature {feature}, chain A: colour bar 0 to {values.max():.3f}" in widget.legend.value
+    assert f"feature {feature}, chain A: colours 0 to each chain's maximum ({values.max():.3f}; chain scale)" in widget.legend.value
     assert (f"{best[0].concept} (F1 {best[0].f1:.2f})" if best else "no concept match") in widget.legend.value
     assert viewer.dims.ndisplay == 3
 
@@ -259,6 +273,53 @@ def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer,
     assert "feature 5: binds zinc" in widget.about.value
     table = widget.table.to_dataframe()
     assert table["feature"].tolist() == neighbours and table["description"].tolist()[1] == "helix start"
+
+
+def test_mutation_scan_widget_tables_and_colours_the_largest_drop(tiny_pipeline, viewer, demo_layer, qtbot):
+    from interplm_plugins.core.mutate import largest_drops, mutation_scan
+
+    widget = _dock(viewer, _widget.MutationScanWidget)
+    chains = demo_layer.metadata["interplm"]["chains"]
+    acts = tiny_pipeline.activations(chains["A"].sequence)
+    feature = int(acts[24:26].sum(axis=0).argmax())
+    widget.chain_combo.value, widget.positions.value, widget.to.value = "A", "25-26", "ALA"
+    _wait(qtbot, widget, widget.scan(feature))
+    expected = mutation_scan(tiny_pipeline, chains["A"].sequence, feature, positions=[24, 25], to="A")
+    np.testing.assert_allclose(widget.result["site_change"], expected["site_change"], atol=1e-6)
+    assert widget.result["resi"].tolist() == ["25", "26"] and len(widget.table.to_dataframe()) == 2
+    points = _points_of_chain(demo_layer, "A")
+    seq_index = demo_layer.features["seq_index"].to_numpy()
+    drops = largest_drops(expected)
+    scanned = points[np.isin(seq_index[points], [24, 25])]
+    want = _widget.activation_colors(np.array([drops[seq_index[i] + 1] for i in scanned]), "white_red", 0.0, 1.0)
+    np.testing.assert_allclose(demo_layer.face_color[scanned], want, atol=1e-6)
+    others = np.setdiff1d(np.arange(len(seq_index)), scanned)
+    np.testing.assert_allclose(demo_layer.face_color[others], np.tile(_widget.NEUTRAL_GREY, (len(others), 1)))
+    # no positions typed: the selected points are scanned
+    widget.positions.value, widget.chain_combo.value, widget.to.value = "", _widget.ALL_CHAINS, "GLY"
+    demo_layer.selected_data = {int(_points_of_chain(demo_layer, "B")[9])}
+    _wait(qtbot, widget, widget.scan(feature))
+    assert widget.result[["chain", "resi", "mutant"]].values.tolist() == [["B", "10", "G"]]
+
+
+def test_reference_fasta_with_several_records_matches_each_chain(tiny_pipeline, viewer, demo_layer, qtbot, shared_data, tmp_path):
+    from interplm_plugins.core.sequences import read_fasta
+
+    widget = _dock(viewer, _widget.ColorByFeatureWidget)
+    chains = demo_layer.metadata["interplm"]["chains"]
+    calmodulin = next(r.sequence for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta") if r.id == "P0DP23")
+    fasta = tmp_path / "refs.fasta"
+    fasta.write_text(f">P0DP23\n{calmodulin}\n>PR\nPQ{chains['A'].sequence}\n")
+    widget.reference.value = str(fasta)
+    _wait(qtbot, widget, widget.color(5))
+    values = demo_layer.features["activation"].to_numpy()
+    seq_index = demo_layer.features["seq_index"].to_numpy()
+    np.testing.assert_allclose(values, tiny_pipeline.activations(f"PQ{chains['A'].sequence}")[seq_index + 2, 5], atol=1e-6)
+    fasta.write_text(f">P0DP23\n{calmodulin}\n")  # no chain matches: an error naming the file and both chains
+    assert widget.color(5) is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "does not match the reference" in widget.status.value and "chain A:" in widget.status.value and "chain B:" in widget.status.value
+    assert "1hpv" in widget.status.value
 
 
 def test_errors_are_shown_in_the_widget(tiny_pipeline, viewer, qtbot):

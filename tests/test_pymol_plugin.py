@@ -19,7 +19,7 @@ from interplm_plugins.core.activations import chain_activations, current_pipelin
 from interplm_plugins.core.sequences import read_fasta  # noqa: E402
 from interplm_plugins.core.structure import read_structure  # noqa: E402
 from interplm_plugins.pymol_plugin import commands  # noqa: E402
-from interplm_plugins.pymol_plugin.mapping import NEUTRAL_COLOR, palette_rgb, supports_properties, value_colors  # noqa: E402
+from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, NEUTRAL_COLOR, palette_rgb, supports_properties, value_colors  # noqa: E402
 
 PYMOL_DATA = Path(pymol.__file__).resolve().parent / "pymol_path" / "data"
 HPV = PYMOL_DATA / "tut" / "1hpv.pdb"  # HIV protease: chains A, B, an inhibitor and water on a blank chain
@@ -74,7 +74,7 @@ def strongest_feature(pipeline, path: Path) -> int:
 def assert_painted(selection: str, before: dict, expected: dict) -> None:
     """Atoms of residues in ``expected`` carry their value in the b-factor and its palette colour;
     the other atoms of ``selection`` keep their b-factor (``before``) and are grey."""
-    rgb = palette_rgb("blue_white_red", cmd)
+    rgb = palette_rgb(DEFAULT_PALETTE, cmd)
     neutral = cmd.get_color_index(NEUTRAL_COLOR)
     after = residue_table(selection, "(b, color)")
     assert set(after) == set(before)

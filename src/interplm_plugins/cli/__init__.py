@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     "color",
     "export",
     "features",
+    "mutate",
     "demo",
 ]
 

@@ -214,6 +214,11 @@ def current_pipeline() -> Pipeline:
         return _session
 
 
+def loaded_pipeline() -> Pipeline | None:
+    """The session's pipeline if it is loaded already, else ``None`` (never loads: for completions)."""
+    return _session
+
+
 def use_pipeline(model: str | None = None, sae: str | None = None, database: str | None = None) -> Pipeline:
     """Replace parts of the session's pipeline (``None`` keeps a part); loads and checks at once."""
     global _session

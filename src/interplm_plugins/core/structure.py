@@ -272,6 +272,7 @@ def align_to_reference(
     *,
     min_identity: float = 0.9,
     min_coverage: float = 0.5,
+    selected: Sequence[int] | None = None,
     file: str | os.PathLike | None = None,
     record: str | None = None,
 ) -> np.ndarray:
@@ -280,22 +281,42 @@ def align_to_reference(
     Semi-global alignment (BLOSUM62, free end gaps), so a partial structure, unmodelled loops and
     expression tags map correctly. Raises :class:`InterPLMError` if fewer than ``min_coverage`` of
     the structure residues align or their identity is below ``min_identity`` (wrong protein).
+    With ``selected`` (indices of chain residues) both rules apply to those residues only: the
+    T4-lysozyme part of a receptor fusion matches lysozyme although most of the chain does not.
     """
     if not chain_sequence or not reference_sequence:
         raise InterPLMError("cannot align an empty sequence", file=file, record=record)
-    alignment = _aligner().align(_scoring_letters(chain_sequence), _scoring_letters(reference_sequence))[0]
-    mapping = np.full(len(chain_sequence), -1, dtype=np.int64)
-    for (s0, s1), (r0, r1) in zip(*alignment.aligned):
-        mapping[s0:s1] = np.arange(r0, r1)
-    mapped = np.flatnonzero(mapping >= 0)
-    same = sum(chain_sequence[i].upper() == reference_sequence[mapping[i]].upper() for i in mapped)
-    coverage = len(mapped) / len(chain_sequence)
-    identity = same / len(mapped) if len(mapped) else 0.0
+    mapping = reference_mapping(chain_sequence, reference_sequence)
+    coverage, identity, mapped, total = alignment_quality(chain_sequence, reference_sequence, mapping, selected)
     if coverage < min_coverage or identity < min_identity:
+        what = "residues" if selected is None else "selected residues"
         raise InterPLMError(
-            f"structure sequence does not match the reference: {len(mapped)} of {len(chain_sequence)} residues "
+            f"structure sequence does not match the reference: {mapped} of {total} {what} "
             f"align ({coverage:.0%}, need {min_coverage:.0%}) at {identity:.1%} identity (need {min_identity:.0%})",
             file=file,
             record=record,
         )
     return mapping
+
+
+def reference_mapping(chain_sequence: str, reference_sequence: str) -> np.ndarray:
+    """The semi-global alignment of :func:`align_to_reference`, unchecked: per structure residue its
+    0-based reference position or -1."""
+    alignment = _aligner().align(_scoring_letters(chain_sequence), _scoring_letters(reference_sequence))[0]
+    mapping = np.full(len(chain_sequence), -1, dtype=np.int64)
+    for (s0, s1), (r0, r1) in zip(*alignment.aligned):
+        mapping[s0:s1] = np.arange(r0, r1)
+    return mapping
+
+
+def alignment_quality(
+    chain_sequence: str, reference_sequence: str, mapping: np.ndarray, selected: Sequence[int] | None = None
+) -> tuple[float, float, int, int]:
+    """``(coverage, identity, aligned, counted)`` of a residue -> reference ``mapping`` over the
+    ``selected`` residues (all by default): the fraction aligned, and identical among those."""
+    counted = np.arange(len(mapping)) if selected is None else np.unique(np.asarray(selected, dtype=int))
+    mapped = counted[mapping[counted] >= 0]
+    same = sum(chain_sequence[i].upper() == reference_sequence[mapping[i]].upper() for i in mapped)
+    coverage = len(mapped) / len(counted) if len(counted) else 0.0
+    identity = same / len(mapped) if len(mapped) else 0.0
+    return coverage, identity, len(mapped), len(counted)

@@ -19,9 +19,11 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
 
 from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
+from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, scale_legend, unit_values
 from interplm_plugins.core.database import NO_CONCEPT_MATCH, concept_label
-from interplm_plugins.core.sequences import read_reference_sequence
-from interplm_plugins.core.structure import StructureChain
+from interplm_plugins.core.mutate import SCAN_COLUMNS, largest_drops, scan_chain, select_labels
+from interplm_plugins.core.references import check_matches, match_chain, matched_activations, read_references
+from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS, StructureChain
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.napari_plugin._reader import METADATA_KEY
 
@@ -31,8 +33,11 @@ if TYPE_CHECKING:
 
 #: Colour of points whose residue has no activation (another chain, or not aligned to the reference).
 NEUTRAL_GREY = np.array([0.6, 0.6, 0.6, 1.0])
-#: Perceptually uniform colormaps (napari names) offered for activations, low to high.
-COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo")
+#: Colormaps offered for activations, low to high: white to red first (the default, as in PyMOL:
+#: a sparse feature is off, white, on most residues), then napari's perceptually uniform ones.
+COLORMAPS = ("white_red", "viridis", "magma", "inferno", "plasma", "turbo")
+#: The colours of the ``white_red`` colormap (RGBA), which napari does not have under that name.
+WHITE_RED = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]])
 #: Chain-picker entry meaning every chain of the structure.
 ALL_CHAINS = "all chains"
 #: Columns of the widgets' feature tables.
@@ -59,14 +64,30 @@ def iter_chain_activations(
     chains: Sequence[StructureChain], reference: str | None = None, source: str | None = None
 ) -> Generator[None, None, dict[str, ChainActivations]]:
     """Worker body: embeds each chain with the session pipeline, yielding after each (progress);
-    returns ``{chain id: ChainActivations}``. ``reference``: a sequence or a one-record FASTA file."""
-    sequence = read_reference_sequence(reference) if reference else None
+    returns ``{chain id: ChainActivations}``. ``reference``: a sequence or a FASTA file with one
+    record per protein; each chain takes the record it matches (none: no values), and it is an
+    error, naming ``source``, only if no chain matches."""
+    references = read_references(reference) if reference else None
     pipeline = current_pipeline()  # loads the model on first use: here, off the GUI thread
     result: dict[str, ChainActivations] = {}
+    matches = []
     for chain in chains:
-        result[chain.chain_id] = chain_activations(pipeline, chain, reference=sequence, source=source)
+        if references:
+            matches.append(match_chain(chain, references))
+            result[chain.chain_id] = matched_activations(pipeline, chain, matches[-1])
+        else:
+            result[chain.chain_id] = chain_activations(pipeline, chain, source=source)
         yield
+    if matches:
+        check_matches(matches, source=source)
     return result
+
+
+def colormap_of(name: str):
+    """The napari colormap called ``name`` in :data:`COLORMAPS` (``white_red`` made here)."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    return Colormap(WHITE_RED, name="white_red") if name == "white_red" else ensure_colormap(name)
 
 
 def point_values(layer: napari.layers.Points, activations: dict[str, ChainActivations], feature: int) -> np.ndarray:
@@ -82,12 +103,10 @@ def point_values(layer: napari.layers.Points, activations: dict[str, ChainActiva
 
 def activation_colors(values: np.ndarray, colormap: str, vmin: float, vmax: float) -> np.ndarray:
     """RGBA ``[n, 4]``: ``values`` scaled from ``vmin`` to ``vmax`` through ``colormap``, NaN in neutral grey."""
-    from napari.utils.colormaps import ensure_colormap
-
     colors = np.tile(NEUTRAL_GREY, (len(values), 1))
     known = ~np.isnan(values)
     scaled = (values[known] - vmin) / max(vmax - vmin, np.finfo(np.float32).eps)
-    colors[known] = ensure_colormap(colormap).map(np.clip(scaled, 0.0, 1.0))
+    colors[known] = colormap_of(colormap).map(np.clip(scaled, 0.0, 1.0))
     return colors
 
 
@@ -142,9 +161,7 @@ def hit_table(database: Any, features: Sequence[int], scores: Sequence[float | N
 
 
 def _gradient_css(colormap: str, steps: int = 9) -> str:
-    from napari.utils.colormaps import ensure_colormap
-
-    rgb = (ensure_colormap(colormap).map(np.linspace(0, 1, steps))[:, :3] * 255).round().astype(int)
+    rgb = (colormap_of(colormap).map(np.linspace(0, 1, steps))[:, :3] * 255).round().astype(int)
     stops = ", ".join(f"stop:{i / (steps - 1):.3f} rgb({r}, {g}, {b})" for i, (r, g, b) in enumerate(rgb))
     return f"background: qlineargradient(x1:0, y1:0, x2:1, y2:0, {stops}); min-height: 14px; border-radius: 3px;"
 
@@ -225,22 +242,27 @@ class _StructureWidget(Container):
 
     def compute_activations(self, chains: Sequence[StructureChain], on_result: Callable[[dict[str, ChainActivations]], None]) -> GeneratorWorker:
         """Start a worker embedding ``chains``; ``on_result`` gets ``{chain id: ChainActivations}`` on the GUI thread."""
+        return self.start_worker(iter_chain_activations, [list(chains)], len(chains), "SAE activations", on_result)
+
+    def start_worker(self, body: Callable[..., Generator], args: list, total: int, desc: str, on_result: Callable[[Any], None]) -> GeneratorWorker:
+        """Run ``body(*args, reference, source)`` (a generator yielding ``total`` times) on a napari
+        thread worker with a progress bar; ``on_result`` gets what it returns, on the GUI thread."""
         from napari.qt.threading import create_worker
 
         layer = self.layer_combo.value
         worker = create_worker(
-            iter_chain_activations,
-            list(chains),
+            body,
+            *args,
             self.reference.value.strip() or None,
             layer.metadata[METADATA_KEY].get("source"),
-            _progress={"total": len(chains), "desc": "SAE activations"},
+            _progress={"total": total, "desc": desc},
             _ignore_errors=True,  # errors are shown in the widget (errored below), not raised in the event loop
         )
         worker.returned.connect(partial(self._guarded, on_result))
         worker.errored.connect(self.show_error)
         worker.finished.connect(self._done)
         self.busy = True
-        self.status.value = f"computing activations of {len(chains)} chain(s)…"
+        self.status.value = f"computing {desc} ({total} step(s))…"
         worker.start()
         return worker
 
@@ -276,10 +298,12 @@ class ColorByFeatureWidget(_StructureWidget):
         super().__init__(napari_viewer)
         self.feature = FeaturePicker()
         self.colormap = ComboBox(label="colormap", choices=COLORMAPS, value=COLORMAPS[0])
+        self.scale = ComboBox(label="scale", choices=SCALES, value=DEFAULT_SCALE,
+                              tooltip="feature: 0..1 of the feature's normalised activation, as in PyMOL; chain: 0..each chain's maximum")
         self.run_button = PushButton(text="Color by feature")
         self.colorbar = Label(value="")
         self.legend = Label(value="")
-        self.extend([self.feature, self.colormap, self.run_button, self.colorbar, self.legend, self.status])
+        self.extend([self.feature, self.colormap, self.scale, self.run_button, self.colorbar, self.legend, self.status])
         self.run_button.changed.connect(lambda: self.color())
         self.colormap.changed.connect(lambda name: self.colorbar.native.setStyleSheet(_gradient_css(name)))
         self.colorbar.native.setStyleSheet(_gradient_css(self.colormap.value))
@@ -292,21 +316,27 @@ class ColorByFeatureWidget(_StructureWidget):
             return None
         feature = self.feature.value if feature is None else int(feature)
         self.feature.number.value = feature
-        apply = partial(self._apply, self.layer_combo.value, feature, self.colormap.value)
+        apply = partial(self._apply, self.layer_combo.value, feature, self.colormap.value, self.scale.value)
         return self.compute_activations(self.chosen_chains(), apply)
 
-    def _apply(self, layer: napari.layers.Points, feature: int, colormap: str, activations: dict[str, ChainActivations]) -> None:
+    def _apply(self, layer: napari.layers.Points, feature: int, colormap: str, scale: str, activations: dict[str, ChainActivations]) -> None:
         pipeline = current_pipeline()
         pipeline.check_feature(feature)
         values = point_values(layer, activations, feature)
         known = values[~np.isnan(values)]
         low, high = (float(known.min()), float(known.max())) if known.size else (0.0, 0.0)
-        # activations are >= 0 (normalised to [0, 1] on the SAE's data): zero stays the colormap's bottom
+        # one scale with PyMOL (core.colorscale): 0..1 of the feature, or each chain to its own maximum
+        unit, tops = np.full(len(values), np.nan), []
+        chain_of_point = layer.features["chain"].to_numpy()
+        for chain_id in activations:
+            points = np.flatnonzero(chain_of_point == chain_id)
+            unit[points], top = unit_values(values[points], scale)
+            tops.append(top)
         layer.features = layer.features.assign(activation=values)  # napari shows it when hovering a point
-        layer.face_color = activation_colors(values, colormap, 0.0, max(high, 0.0))
-        layer.metadata[METADATA_KEY]["colored_by"] = {"feature": feature, "colormap": colormap, "max": high}
+        layer.face_color = activation_colors(unit, colormap, 0.0, 1.0)
+        layer.metadata[METADATA_KEY]["colored_by"] = {"feature": feature, "colormap": colormap, "scale": scale, "max": high}
         self.legend.value = (
-            f"feature {feature}, chain {', '.join(activations)}: colour bar 0 to {high:.3f} (max here; min {low:.3f}); "
+            f"feature {feature}, chain {', '.join(activations)}: colours {scale_legend(scale, tops)}; here {low:.3f} to {high:.3f}; "
             f"grey: no value\n{concept_text(pipeline.database, feature)}"
         )
         self.status.value = f"{int(known.size)} of {len(values)} residues coloured"
@@ -425,3 +455,74 @@ class FeatureNeighboursWidget(Container):
         )
         self.table.value = hit_table(database, self.neighbours, [None] * len(self.neighbours))
         return self.neighbours
+
+
+def iter_mutation_scans(
+    chains: Sequence[StructureChain], residues: dict[str, list[int]], feature: int, to: str, reference: str | None = None, source: str | None = None
+) -> Generator[None, None, pd.DataFrame]:
+    """Worker body of the mutation scan: the chains' activations, then a scan of each chain's
+    ``residues`` (indices into its residues), yielding after each chain; returns the joined table."""
+    activations = yield from iter_chain_activations(chains, reference, source)
+    pipeline = current_pipeline()
+    tables = []
+    for chain in chains:
+        tables.append(scan_chain(pipeline, activations[chain.chain_id], feature, residues[chain.chain_id], to))
+        yield
+    return pd.concat(tables, ignore_index=True)
+
+
+class MutationScanWidget(_StructureWidget):
+    """In-silico mutation scan: every single mutant of the chosen residues, the change of one feature
+    at the residue and summed over the chain; the points are coloured by each residue's largest drop."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.feature = FeaturePicker()
+        self.to = ComboBox(label="mutate to", choices=["all", *STANDARD_AMINO_ACIDS], value="all")
+        self.positions = LineEdit(label="residues", tooltip="residue numbers as in the file, e.g. 25-30,52A; empty: the selected points, else every residue")
+        self.run_button = PushButton(text="Scan mutations")
+        self.table = Table(value=pd.DataFrame(columns=SCAN_COLUMNS))
+        self.result: pd.DataFrame | None = None
+        self.extend([self.feature, self.to, self.positions, self.run_button, self.status, self.table])
+        self.run_button.changed.connect(lambda: self.scan())
+
+    def chosen_residues(self) -> dict[str, list[int]]:
+        """Per chosen chain, the residue indices to scan: the positions field, else the selected points, else all."""
+        layer = self.layer_combo.value
+        chains = {c.chain_id: c for c in self.chosen_chains()}
+        text = self.positions.value.strip()
+        if text:
+            return {cid: select_labels([r.label for r in c.residues], text, record=f"chain {cid}") for cid, c in chains.items()}
+        points = sorted(layer.selected_data)
+        if points:
+            picked = layer.features.iloc[points]
+            residues = {cid: sorted(set(picked.loc[picked["chain"] == cid, "seq_index"].astype(int))) for cid in chains}
+            return {cid: rows for cid, rows in residues.items() if rows}
+        return {cid: list(range(len(c.residues))) for cid, c in chains.items()}
+
+    def scan(self, feature: int | None = None) -> GeneratorWorker | None:
+        """Scan the chosen residues for ``feature`` (default: the picker's); returns the worker."""
+        if not self._ready():
+            return None
+        feature = self.feature.value if feature is None else int(feature)
+        self.feature.number.value = feature
+        try:
+            current_pipeline().check_feature(feature)
+            residues = self.chosen_residues()
+        except InterPLMError as exc:
+            self.show_error(exc)
+            return None
+        chains = [c for c in self.chosen_chains() if c.chain_id in residues]
+        apply = partial(self._apply, self.layer_combo.value, feature)
+        return self.start_worker(iter_mutation_scans, [chains, residues, feature, self.to.value], 2 * len(chains), "mutation scan", apply)
+
+    def _apply(self, layer: napari.layers.Points, feature: int, table: pd.DataFrame) -> None:
+        self.result = table
+        self.table.value = table
+        drops = largest_drops(table, by=("chain", "resi"))
+        residues, chains = layer.features, layer_chains(layer)
+        keys = [(c, chains[c].residues[int(i)].label) for c, i in zip(residues["chain"], residues["seq_index"])]
+        values = np.array([drops.get(key, np.nan) for key in keys], dtype=np.float64)
+        layer.features = residues.assign(largest_drop=values)
+        layer.face_color = activation_colors(values, "white_red", 0.0, 1.0)
+        self.status.value = f"feature {feature}: {len(table)} mutants of {len(drops)} residues; colour: largest drop 0 to 1, grey: not scanned"

@@ -127,7 +127,7 @@ class InterPLMPanel(QtWidgets.QWidget):
         self.selection_edit = QtWidgets.QLineEdit("all")
         self.palette_box = QtWidgets.QComboBox()
         self.palette_box.setEditable(True)
-        self.palette_box.addItems([DEFAULT_PALETTE, "blue_red", "white_red", "grey90_orange_red", "rainbow"])
+        self.palette_box.addItems([DEFAULT_PALETTE, "blue_white_red", "blue_red", "grey90_orange_red", "rainbow"])
         self.uniprot_edit = QtWidgets.QLineEdit()
         self.uniprot_edit.setPlaceholderText("optional: full-length FASTA file or sequence")
         self.color_button = QtWidgets.QPushButton("Color")

@@ -18,6 +18,7 @@ import numpy as np
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline
 from interplm_plugins.core.atomic import atomic_path
+from interplm_plugins.core.colorscale import DEFAULT_SCALE
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, NEUTRAL_COLOR, palette_rgb
@@ -45,8 +46,8 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _legend(width: int, height: int, title: str, rgb: np.ndarray, neutral: tuple[float, float, float]):
-    """A ``width`` x ``height`` strip: the title, the palette as a bar from 0 to 1, the no-value swatch."""
+def _legend(width: int, height: int, title: str, rgb: np.ndarray, neutral: tuple[float, float, float], top: str = "1"):
+    """A ``width`` x ``height`` strip: the title, the palette as a bar from 0 to ``top``, the no-value swatch."""
     from PIL import Image, ImageDraw
 
     strip = Image.new("RGB", (width, height), _BACKGROUND)
@@ -64,8 +65,8 @@ def _legend(width: int, height: int, title: str, rgb: np.ndarray, neutral: tuple
     for x, color in enumerate((colors * 255).round().astype(int)):
         draw.line([(bar_left + x, bar_top), (bar_left + x, bar_bottom)], fill=tuple(color.tolist()))
     draw.text((margin, bar_top), "0", fill="black", font=font)
-    draw.text((bar_right + margin // 2, bar_top), "1", fill="black", font=font)
-    swatch = bar_right + 3 * margin
+    draw.text((bar_right + margin // 2, bar_top), top, fill="black", font=font)
+    swatch = bar_right + 3 * margin + int(draw.textlength(top, font=font))
     draw.rectangle([swatch, bar_top, swatch + (bar_bottom - bar_top), bar_bottom], fill=tuple(int(round(v * 255)) for v in neutral))
     draw.text((swatch + (bar_bottom - bar_top) + margin // 2, bar_top), "no value", fill="black", font=font)
     return strip
@@ -79,6 +80,7 @@ def render_feature_png(
     chain: str | None = None,
     reference: str | None = None,
     palette: str = DEFAULT_PALETTE,
+    scale: str = DEFAULT_SCALE,
     width: int = 800,
     height: int = 600,
     pipeline: Pipeline | None = None,
@@ -87,7 +89,8 @@ def render_feature_png(
     """Render ``structure_path`` coloured by ``feature`` to ``out_png`` (written atomically).
 
     ``chain`` colours one chain (the others are drawn light grey); ``reference`` is a full-length
-    sequence (or a FASTA file with one record) the chains are aligned to, as ``uniprot=`` in PyMOL.
+    sequence (or a FASTA file, one record per protein) the chains are aligned to, as ``uniprot=``
+    in PyMOL; ``scale`` is ``feature`` (0..1) or ``chain`` (each chain's maximum).
     The image is ``width`` x ``height`` pixels including the legend strip. Returns the per-residue
     values and summary of :func:`.commands.color`, plus ``png``, ``width`` and ``height``.
     """
@@ -120,7 +123,7 @@ def render_feature_png(
         context = f"{_OBJECT} and not ({selection})"
         pm.color(_CONTEXT_COLOR, context)
         pm.set("cartoon_transparency", _CONTEXT_TRANSPARENCY, context)
-        summary = commands.color(selection, feature, palette, reference, pipeline=pipeline, _self=pm)
+        summary = commands.color(selection, feature, palette, reference, scale, pipeline=pipeline, sources={_OBJECT: str(path)}, _self=pm)
         pm.hide("everything")
         pm.show("cartoon", "polymer")
         pm.show("sticks", "organic")
@@ -140,7 +143,8 @@ def render_feature_png(
     canvas.paste(view.resize((width, height - legend_height)) if view.size != (width, height - legend_height) else view, (0, 0))
     if legend:
         title = f"InterPLM feature {feature}: {summary['best_concept_label']} ({path.name}{f', chain {chain}' if chain else ''})"
-        canvas.paste(_legend(width, legend_height, title, rgb, neutral), (0, height - legend_height))
+        top = "1" if summary["scale"] == "feature" else "chain max"
+        canvas.paste(_legend(width, legend_height, title, rgb, neutral, top), (0, height - legend_height))
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         canvas.save(tmp, format="PNG")
