@@ -171,7 +171,7 @@ def test_color_by_feature_follows_activations(tiny_pipeline, viewer, demo_layer,
     assert demo_layer.features["activation"].iloc[points_b].isna().all()
     best = tiny_pipeline.database.concepts_for_feature(feature, k=1)
     assert f"feature {feature}, chain A: colours 0 to each chain's maximum ({values.max():.3f}; chain scale)" in widget.legend.value
-    assert (f"{best[0].concept} (F1 {best[0].f1:.2f})" if best else "no concept match") in widget.legend.value
+    assert (best[0].label() if best else "no concept match") in widget.legend.value
     assert viewer.dims.ndisplay == 3
 
     # a full-length reference: the chain is aligned to it, residues beyond its end get no value (grey)
