@@ -10,7 +10,13 @@ Losses (per residue, averaged over the batch):
 - TopK / BatchTopK: ``|x - x_hat|^2 + auxk_alpha * AuxK`` with unit-norm decoder columns. AuxK
   (Gao et al. 2024) asks the top ``auxk_k`` *dead* features to reconstruct the residual, so they
   get gradient again. BatchTopK estimates its inference threshold as a running mean of the
-  smallest activation it keeps.
+  smallest activation it keeps, from ``threshold_start_step`` (or the last step, in shorter runs:
+  an SAE always leaves training with a threshold, so inference never depends on the batch).
+- Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae_matryoshka`): as BatchTopK, with the
+  reconstruction error averaged over the nested prefixes of the dictionary.
+- JumpReLU (:mod:`~interplm_plugins.core.sae_jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
+  straight-through gradients for the per-feature thresholds, unit-norm decoder columns, the
+  sparsity coefficient ramped up as ReLU's L1; thresholds and bandwidth set from the first batch.
 
 A feature is dead when it has not fired on the last ``dead_after_tokens`` training residues.
 Adam; learning rate warmed up linearly over ``warmup_steps`` and decayed linearly to 0 over the
@@ -41,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -371,6 +377,48 @@ def _clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
         clip_with_norm(module.parameters(), max_norm, total)
 
 
+#: Kinds trained with Gao et al.'s AuxK loss for dead features.
+AUXK_KINDS = ("topk", *BATCH_KINDS)
+
+
+def _sparse_loss_and_backward(
+    state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor, extra: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of a TopK, BatchTopK, Matryoshka or JumpReLU SAE on ``x``, backpropagated (autograd);
+    returns the detached ``(loss, mse, l0, activations)`` and adds extra metrics to ``extra``."""
+    sae, config, step = state.sae, state.config, state.step
+    pre = sae.pre_activations(x)
+    l0_estimate = None
+    if sae.kind == "jumprelu":
+        from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
+
+        if step == 0:
+            initialise_thresholds(sae, sync.global_batch(x))
+        f, l0_estimate = jumprelu_training(pre, sae.threshold, sae.bandwidth)
+    elif sae.kind in BATCH_KINDS and not sync.single:
+        f = global_batch_topk(sae, pre, sync)
+    else:
+        f = sae.sparsify(pre)
+    if sae.kind == "matryoshka":
+        from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
+
+        loss, mse, x_hat = nested_reconstruction_losses(sae, x, f)
+    else:
+        x_hat = sae.decode(f)
+        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
+        loss = mse
+    if l0_estimate is not None:
+        loss = loss + sae.config.l1_coefficient * l1_scale(config, step) * l0_estimate
+    if sae.kind in AUXK_KINDS and config.dead_feature_remedy and config.auxk_alpha > 0:
+        aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead, config.auxk_k or max(1, sae.d_in // 2), sync)
+        loss = loss + config.auxk_alpha * aux
+        extra["auxk"] = aux.detach()
+    loss.backward()
+    f = f.detach()
+    l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
+    return loss.detach(), mse.detach(), l0, f
+
+
 def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = None) -> dict[str, float]:
     """One optimisation step on the batch ``x`` ``[B, d_in]``; returns the step's metrics.
 
@@ -399,19 +447,8 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         fired = parts["f_sum"] > 0
         extra["l1"] = parts["l1"]
     else:
-        pre = sae.pre_activations(x)
-        f = global_batch_topk(sae, pre, sync) if sae.kind == "batchtopk" and not sync.single else sae.sparsify(pre)
-        x_hat = sae.decode(f)
-        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
-        loss = mse
-        if config.dead_feature_remedy and config.auxk_alpha > 0:
-            aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2), sync)
-            loss = loss + config.auxk_alpha * aux
-            extra["auxk"] = aux.detach()
-        loss.backward()
-        loss, mse, f = loss.detach(), mse.detach(), f.detach()
+        loss, mse, l0, f = _sparse_loss_and_backward(state, x, sync, dead_before, extra)
         fired = (f > 0).any(dim=0)
-        l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
         _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
     sync.reduce_gradients([p for p in sae.parameters() if p.grad is not None], weight)
     if config.grad_clip > 0:
@@ -425,7 +462,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         fired = sync.reduce_any(fired)
         state.tokens_since_fired += n_global
         state.tokens_since_fired[fired] = 0
-        if sae.kind == "batchtopk" and step >= config.threshold_start_step:
+        if sae.kind in BATCH_KINDS and step >= min(config.threshold_start_step, config.steps - 1):
             kept = f[f > 0]
             smallest = sync.reduce_min(kept.min() if kept.numel() else f.new_zeros(()))
             beta = config.threshold_beta if float(sae.threshold) >= 0 else 0.0
