@@ -273,6 +273,24 @@ def test_dictionary_learning_jumprelu_file(tmp_path):
         torch.testing.assert_close(sae.decode(raw), raw @ state["W_dec"] + state["b_dec"], rtol=1e-4, atol=1e-4)
 
 
+def test_dictionary_learning_matryoshka_file(tmp_path):
+    """dictionary_learning's MatryoshkaBatchTopKSAE: W_enc layout, b_dec subtracted before encoding,
+    group_sizes (-> prefixes), k and the estimated threshold."""
+    g = torch.Generator().manual_seed(11)
+    state = {"W_enc": torch.randn(D, F, generator=g), "b_enc": torch.randn(F, generator=g), "W_dec": torch.randn(F, D, generator=g),
+             "b_dec": torch.randn(D, generator=g), "k": torch.tensor(6, dtype=torch.int32), "threshold": torch.tensor(0.8),
+             "group_sizes": torch.tensor([8, 8, 16, 32])}  # fmt: skip
+    torch.save(state, tmp_path / "ae.pt")
+    sae = load_sae(tmp_path / "ae.pt")
+    assert sae.kind == "matryoshka" and sae.config.prefixes == [8, 16, 32] and sae.config.k == 6
+    x = torch.randn(6, D, generator=g)
+    post = torch.relu((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"])
+    raw = post * (post > 0.8)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), raw, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.decode(raw), raw @ state["W_dec"] + state["b_dec"], rtol=1e-4, atol=1e-4)
+
+
 def test_saved_new_kinds_round_trip(trained, tmp_path):
     for kind in ("jumprelu", "matryoshka"):
         path = save_sae(trained[kind], tmp_path / f"{kind}.safetensors")

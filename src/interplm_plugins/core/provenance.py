@@ -24,7 +24,7 @@ from interplm_plugins.errors import InterPLMError
 
 log = logging.getLogger(__name__)
 
-OVERRIDE_HINT = "pass --allow-mismatch (allow_mismatch=True) to use them together anyway"
+OVERRIDE_HINT = "pass --allow-mismatch (PyMOL: allow_mismatch=1; Python: allow_mismatch=True) to use them together anyway"
 
 
 def plm_fingerprint(identity: str | None) -> str | None:
