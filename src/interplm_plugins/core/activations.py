@@ -202,7 +202,7 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
         from interplm_plugins.core.embed import EmbeddingStore
 
         store = EmbeddingStore(normalize_store) if normalize_store is not None else None
-        sae_model = provenance.require_normalized(sae_model, store=store, source=sae_path)
+        sae_model = provenance.require_normalized(sae_model, store=store, source=sae_path, allow_mismatch=allow_mismatch)
     if database is None and sae is None and DEMO_DATABASE.exists():
         database = DEMO_DATABASE
     if database:

@@ -133,9 +133,12 @@ def check_database_file_matches_sae(path: str | os.PathLike, sae, **kwargs: Any)
 NORMALIZE_HINT = "normalise it first: interplm normalize SAE --store EMBEDDINGS --out SAE_normalized.safetensors"
 
 
-def require_normalized(sae, *, store=None, source: str | os.PathLike | None = None, max_residues: int | None = 200_000, progress: bool = False):
+def require_normalized(
+    sae, *, store=None, source: str | os.PathLike | None = None, max_residues: int | None = 200_000, allow_mismatch: bool = False, progress: bool = False
+):
     """``sae`` if it is normalised (activations in [0, 1]); else normalised on the fly over ``store``'s
-    residues when one is given; else an error saying how to normalise.
+    residues when one is given (which must hold the SAE's PLM and layer; ``allow_mismatch`` as in
+    :func:`check_store_matches_sae`); else an error saying how to normalise.
 
     Concept thresholds (0.15 ... 0.8) and colour scales are in normalised units: on a raw SAE they
     lose their meaning, so commands that use them call this.
@@ -149,6 +152,6 @@ def require_normalized(sae, *, store=None, source: str | os.PathLike | None = No
         )
     from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
 
-    check_store_matches_sae(sae, store, source=source)
+    check_store_matches_sae(sae, store, allow_mismatch=allow_mismatch, source=source)
     log.warning("interplm: normalising the SAE on the fly over %s (save it once with `interplm normalize`)", getattr(store, "path", "the store"))
     return normalize_sae(sae, feature_max_activations(sae, store, max_residues=max_residues, progress=progress))

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from interplm_plugins.core.sae_jumprelu import BANDWIDTH, INITIAL_THRESHOLD, jumprelu_inference
 from interplm_plugins.core.sae_kinds import BATCH_KINDS, K_KINDS, KINDS
+from interplm_plugins.core.sae_matryoshka import validate_prefixes
 from interplm_plugins.errors import InterPLMError
 
 CONFIG_FORMAT = "interplm-plugins-sae/1"
@@ -85,8 +87,6 @@ class SAEConfig:
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not np.isfinite(l1) or l1 < 0:
             raise InterPLMError(f"l1_coefficient must be a finite number >= 0, not {l1!r}", file=file)
         if self.kind == "matryoshka":
-            from interplm_plugins.core.sae_matryoshka import validate_prefixes
-
             validate_prefixes(self.prefixes, self.d_hidden, file=file)
         elif self.prefixes is not None:
             raise InterPLMError(f"only a matryoshka SAE has prefixes, not a {self.kind} one", file=file)
@@ -157,8 +157,6 @@ class SparseAutoencoder(nn.Module):
         if config.kind in BATCH_KINDS:
             self.register_buffer("threshold", torch.tensor(-1.0))
         elif config.kind == "jumprelu":
-            from interplm_plugins.core.sae_jumprelu import BANDWIDTH, INITIAL_THRESHOLD
-
             self.threshold = nn.Parameter(torch.full((d_hidden,), INITIAL_THRESHOLD))
             self.register_buffer("bandwidth", torch.tensor(BANDWIDTH))
         self.reset_parameters(generator)
@@ -208,8 +206,6 @@ class SparseAutoencoder(nn.Module):
             top = ranking.topk(self.config.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(pre.gather(-1, top.indices)))
         if self.kind == "jumprelu":
-            from interplm_plugins.core.sae_jumprelu import jumprelu_inference
-
             return jumprelu_inference(pre, ranking, self.threshold)
         use_batch = self.training if batch_topk is None else batch_topk
         if not use_batch and float(self.threshold) < 0:

@@ -48,6 +48,8 @@ from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
+from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
+from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -390,8 +392,6 @@ def _sparse_loss_and_backward(
     pre = sae.pre_activations(x)
     l0_estimate = None
     if sae.kind == "jumprelu":
-        from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
-
         if step == 0:
             initialise_thresholds(sae, sync.global_batch(x))
         f, l0_estimate = jumprelu_training(pre, sae.threshold, sae.bandwidth)
@@ -400,8 +400,6 @@ def _sparse_loss_and_backward(
     else:
         f = sae.sparsify(pre)
     if sae.kind == "matryoshka":
-        from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
-
         loss, mse, x_hat = nested_reconstruction_losses(sae, x, f)
     else:
         x_hat = sae.decode(f)

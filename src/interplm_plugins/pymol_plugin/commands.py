@@ -215,7 +215,7 @@ USAGE
     interplm top [selection] [, k=10]
     interplm concept NAME [, selection]
     interplm use model|sae|db PATH
-    interplm use model=PATH, sae=PATH, db=PATH
+    interplm use model=PATH, sae=PATH, db=PATH [, allow_mismatch=1]
     interplm use demo
     interplm info
 
