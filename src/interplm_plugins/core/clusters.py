@@ -239,7 +239,7 @@ def cluster_database(
     from interplm_plugins.core.provenance import check_database_matches_sae
 
     with FeatureDatabase(db_path) as db:
-        check_database_matches_sae(db.provenance, db.num_features, sae, allow_mismatch=allow_mismatch, source=db_path)
+        check_database_matches_sae(db, sae, allow_mismatch=allow_mismatch, source=db_path)
         best = {f: m.concept for f, m in db.best_concepts(range(db.num_features)).items()}
     clusters = cluster_features(
         feature_vectors(sae, profiles, profile_weight),

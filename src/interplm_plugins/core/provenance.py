@@ -94,15 +94,16 @@ def check_store_matches_sae(sae, store, *, allow_mismatch: bool = False, source:
 
 
 def check_database_matches_sae(
-    provenance: dict[str, Any], num_features: int, sae, *, plm=None, layer: int | None = None, allow_mismatch: bool = False,
-    source: str | os.PathLike | None = None,
+    db, sae, *, plm=None, layer: int | None = None, allow_mismatch: bool = False, source: str | os.PathLike | None = None
 ) -> None:
-    """Raise unless a feature database (its ``provenance`` and ``num_features``) was built with ``sae``
-    (and ``plm`` / ``layer`` when given): feature count always, the SAE hash, PLM and layer where recorded."""
+    """Raise unless the feature database ``db`` (a :class:`~interplm_plugins.core.database.FeatureDatabase`)
+    was built with ``sae`` (and ``plm`` / ``layer`` when given): feature count always; the SAE hash,
+    PLM and layer where its provenance records them."""
     from interplm_plugins.core.sae import sae_hash
 
-    if num_features != sae.d_hidden:
-        raise InterPLMError(f"the database has {num_features} features but the SAE has {sae.d_hidden}", file=source)
+    provenance, source = db.provenance, source or getattr(db, "path", None)
+    if db.num_features != sae.d_hidden:
+        raise InterPLMError(f"the database has {db.num_features} features but the SAE has {sae.d_hidden}", file=source)
     built_with = provenance.get("sae_hash")
     if built_with and built_with != sae_hash(sae):
         _mismatch(
@@ -126,8 +127,7 @@ def check_database_file_matches_sae(path: str | os.PathLike, sae, **kwargs: Any)
     from interplm_plugins.core.database import FeatureDatabase
 
     with FeatureDatabase(path) as db:
-        provenance, num_features = dict(db.provenance), db.num_features
-    check_database_matches_sae(provenance, num_features, sae, source=path, **kwargs)
+        check_database_matches_sae(db, sae, source=path, **kwargs)
 
 
 NORMALIZE_HINT = "normalise it first: interplm normalize SAE --store EMBEDDINGS --out SAE_normalized.safetensors"

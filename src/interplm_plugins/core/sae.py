@@ -285,7 +285,8 @@ def _build(config: SAEConfig, state: dict[str, torch.Tensor], file: Path) -> Spa
     if config.kind in BATCH_KINDS and float(sae.threshold) < 0:
         raise InterPLMError(
             f"this {config.kind} SAE has no inference threshold (threshold < 0: none was estimated in training), so its "
-            "activations would depend on the batch; train it longer, or pass --sae-kind topk to encode by per-residue top-k",
+            "activations would depend on the batch; train it with this toolkit (which always estimates one), or, for an ae.pt, "
+            "pass --sae-kind topk to encode by per-residue top-k",
             file=file,
         )
     return sae.eval()
