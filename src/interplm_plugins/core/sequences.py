@@ -57,6 +57,12 @@ def protein_id_from_header(header: str) -> str:
     return match.group(1) if match else first
 
 
+def looks_like_nucleotides(sequence: str) -> bool:
+    """Whether an upper-case sequence is DNA/RNA rather than protein (see the module policy)."""
+    letters = set(sequence)
+    return len(sequence) >= MIN_NUCLEOTIDE_LENGTH and letters <= NUCLEOTIDE_LETTERS and len(letters - {"N"}) >= 3
+
+
 def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, record: str | None = None) -> str:
     """Validate and normalise one sequence (see the module policy); raise :class:`InterPLMError`."""
     seq = _ASCII_WHITESPACE.sub("", sequence)
@@ -81,7 +87,7 @@ def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, reco
             file=file,
             record=record,
         )
-    if len(seq) >= MIN_NUCLEOTIDE_LENGTH and set(seq) <= NUCLEOTIDE_LETTERS and len(set(seq) - {"N"}) >= 3:
+    if looks_like_nucleotides(seq):
         raise InterPLMError(
             "looks like a nucleotide sequence (only A, C, G, T/U, N), not a protein; translate it first (e.g. Biopython's Seq.translate)",
             file=file,
