@@ -346,3 +346,17 @@ def test_feature_database_of_a_jumprelu_sae(trained, stores, tiny_esm2_path, tin
         stats = [db.feature_info(f) for f in range(F)]
     assert any(s.get("max_activation") and s["max_activation"] > 0 for s in stats)
     assert load_pipeline(model=tiny_esm2_path, sae=path, database=db_path).database is not None
+
+
+def test_cli_trains_the_new_kinds(stores, tmp_path, capsys):
+    from interplm_plugins.cli import main
+
+    common = ["--width", "64", "--steps", "20", "--batch-size", "128", "--warmup", "2", "--checkpoint-every", "10"]
+    assert main(["-q", "train", str(stores[0].path), "--out", str(tmp_path / "m"), "--kind", "matryoshka", "--k", "4", "--prefixes", "16,8", *common]) == 0
+    assert main(["-q", "train", str(stores[0].path), "--out", str(tmp_path / "j"), "--kind", "jumprelu", "--l0", "0.3", *common]) == 0
+    matryoshka, jumprelu = load_sae(tmp_path / "m" / "sae.safetensors"), load_sae(tmp_path / "j" / "sae.safetensors")
+    assert matryoshka.config.prefixes == [8, 16] and matryoshka.config.k == 4 and float(matryoshka.threshold) > 0
+    assert jumprelu.config.l1_coefficient == 0.3 and jumprelu.config.k is None and jumprelu.config.plm_layer == 2
+    assert "trained matryoshka SAE 32 -> 64" in capsys.readouterr().out
+    assert main(["-q", "train", str(stores[0].path), "--out", str(tmp_path / "bad"), "--kind", "matryoshka", "--prefixes", "8,64", *common]) == 2
+    assert "prefixes must increase strictly within 1..63" in capsys.readouterr().err
