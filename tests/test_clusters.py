@@ -50,7 +50,8 @@ def planted_clusters(planted_sae_path, tiny_db_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("clustered")
     db = shutil.copy(tiny_db_path, folder / "features.sqlite")
     plot = folder / "map.png"
-    clusters = cluster_database(db, load_sae(planted_sae_path), plot=plot, min_cluster_size=2, min_samples=1, seed=0)
+    # the planted SAE is another SAE than the database's (same width and PLM): allowed explicitly
+    clusters = cluster_database(db, load_sae(planted_sae_path), plot=plot, min_cluster_size=2, min_samples=1, seed=0, allow_mismatch=True)
     return db, plot, clusters
 
 
@@ -110,6 +111,8 @@ def test_plot_is_a_png_with_content(planted_clusters):
 def test_cli_stores_clusters_and_writes_the_plot(planted_sae_path, db_copy, tmp_path, capsys):
     plot = tmp_path / "out" / "map.png"
     args = ["-q", "cluster", str(db_copy), "--sae", str(planted_sae_path), "--out", str(plot), "--min-cluster-size", "2", "--seed", "3"]
+    assert main(args) == 2 and "database was built with SAE" in capsys.readouterr().err  # another SAE: refused ...
+    args.append("--allow-mismatch")  # ... unless the user says so
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "64 features:" in out and "clusters" in out and str(plot) in out

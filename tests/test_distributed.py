@@ -92,8 +92,9 @@ DRIVER = textwrap.dedent(
 
     store, out = EmbeddingStore(sys.argv[1]), sys.argv[2]
     with distributed.process_group() as env:
-        for kind in ("relu", "topk", "batchtopk"):
-            config = SAEConfig(d_in=store.dim, d_hidden=48, kind=kind, k=None if kind == "relu" else 4, l1_coefficient=0.5)
+        for kind in ("relu", "topk", "batchtopk", "jumprelu", "matryoshka"):
+            config = SAEConfig(d_in=store.dim, d_hidden=48, kind=kind, k=None if kind in ("relu", "jumprelu") else 4, l1_coefficient=0.5,
+                               prefixes=[12, 24] if kind == "matryoshka" else None)
             train = TrainConfig(steps=30, batch_size=97, warmup_steps=2, resample_every=7, dead_after_tokens=97,
                                 checkpoint_every=10, seed=3, threshold_start_step=5, log_every=1)
             distributed.train_sae_distributed(store, config, train, f"{out}/{kind}", progress=False)
@@ -106,7 +107,7 @@ DRIVER = textwrap.dedent(
 
 
 def test_resampling_and_topk_match_one_process(work, tmp_path):
-    """Dead-feature resampling (which sees the whole batch), TopK with AuxK and BatchTopK give the
+    """Dead-feature resampling (which sees the whole batch), TopK with AuxK, BatchTopK, JumpReLU and Matryoshka give the
     one-process result, with a batch that does not split evenly; errors reach every process."""
     from interplm_plugins.core.sae import SAEConfig
     from interplm_plugins.core.train import TrainConfig, train_sae
@@ -117,15 +118,16 @@ def test_resampling_and_topk_match_one_process(work, tmp_path):
     for rank in (0, 1):
         assert (tmp_path / "two" / f"error-{rank}.txt").read_text() == "batch size 1 is smaller than the 2 processes"
     store = EmbeddingStore(work / "store")
-    for kind in ("relu", "topk", "batchtopk"):
-        config = SAEConfig(d_in=store.dim, d_hidden=48, kind=kind, k=None if kind == "relu" else 4, l1_coefficient=0.5)
+    for kind in ("relu", "topk", "batchtopk", "jumprelu", "matryoshka"):
+        config = SAEConfig(d_in=store.dim, d_hidden=48, kind=kind, k=None if kind in ("relu", "jumprelu") else 4, l1_coefficient=0.5,
+                           prefixes=[12, 24] if kind == "matryoshka" else None)
         train = TrainConfig(steps=30, batch_size=97, warmup_steps=2, resample_every=7, dead_after_tokens=97,
                             checkpoint_every=10, seed=3, threshold_start_step=5, log_every=1)
         train_sae(store, config, train, tmp_path / "one" / kind, progress=False)
         log = [json.loads(line) for line in (tmp_path / "two" / kind / "train_log.jsonl").read_text().splitlines()]
         if kind == "relu":
             assert any(entry.get("resampled", 0) > 0 for entry in log), "nothing was resampled: the test misses its point"
-        if kind != "relu":
+        if kind not in ("relu", "jumprelu"):
             assert any(entry.get("auxk", 0) > 0 for entry in log), "no dead features: AuxK was not exercised"
         one, two = _weights(tmp_path / "one" / kind), _weights(tmp_path / "two" / kind)
         for key in one:

@@ -28,6 +28,7 @@ from interplm_plugins.core.sequences import (
     PROTEIN_LETTERS,
     ProteinRecord,
     clean_sequence,
+    looks_like_nucleotides,
     protein_id_from_header,
     read_fasta,
     write_fasta,
@@ -93,6 +94,7 @@ def test_clean_sequence_accepts_case_ascii_whitespace_and_one_stop(sequence, dat
         messy.append(letter.lower() if data.draw(st.booleans()) else letter)
         messy.append(data.draw(st.sampled_from(["", "", "", " ", "\t", "\n", "\r\n", "  "])))
     text = "".join(messy) + ("*" if stop else "")
+    assume(not looks_like_nucleotides(sequence))  # DNA / RNA letters only are refused (tests/test_provenance.py)
     assert clean_sequence(text) == sequence
     assert clean_sequence(sequence) == sequence  # idempotent on its own output
 
@@ -107,6 +109,8 @@ def test_clean_sequence_returns_protein_letters_or_names_the_first_bad_character
         stripped = "".join(c for c in text if c not in " \t\n\r\f\v")
         if stripped.upper().rstrip("*") == "" or stripped == "*":
             assert "empty sequence" in err.reason
+        elif "nucleotide" in err.reason:
+            assert looks_like_nucleotides(stripped.upper().removesuffix("*"))
         else:
             pos = int(err.reason.split(" at position ")[1].split()[0])
             bad = stripped[pos - 1]

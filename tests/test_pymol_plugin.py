@@ -270,6 +270,19 @@ def test_use_and_info_switch_the_session_pipeline(session, tiny_pipeline, tiny_s
     assert current_pipeline().database_path == tiny_db_path  # a failed switch changes nothing
 
 
+def test_use_refuses_a_database_of_another_sae_unless_allowed(session, tiny_pipeline, tiny_sae_path, tiny_db_path, tmp_path, capsys):
+    from interplm_plugins.core.sae import load_sae, save_sae
+
+    other = load_sae(tiny_sae_path)
+    other.encoder.bias.data.add_(0.01)  # same width and PLM, another SAE
+    other_path = save_sae(other, tmp_path / "other.safetensors")
+    with pytest.raises(CmdException, match="database was built with SAE .*allow_mismatch=1"):
+        commands.interplm(f"use sae={other_path}")
+    assert current_pipeline() is tiny_pipeline  # a refused switch changes nothing
+    commands.interplm(f"use sae={other_path}", allow_mismatch="1")
+    assert current_pipeline().sae_hash != tiny_pipeline.sae_hash and current_pipeline().database_path == tiny_db_path
+
+
 def test_first_argument_may_be_a_keyword_or_a_selection_with_an_equals_sign(session, tiny_pipeline):
     cmd.load(str(HPV), "hpv")
     summary = commands.interplm("color b = 31", feature=3)  # a selection (the CA of Pro A1 has b 31.0), not a keyword

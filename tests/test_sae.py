@@ -102,7 +102,10 @@ def test_normalisation_keeps_reconstructions_and_scales_to_one(store):
 @pytest.mark.parametrize("kind,k", [("relu", None), ("topk", 4), ("batchtopk", 4)])
 def test_training_reduces_reconstruction_error(store, tmp_path, kind, k):
     config = SAEConfig(d_in=32, d_hidden=64, kind=kind, k=k, l1_coefficient=0.005 if kind == "relu" else 0.0)
-    before = evaluate_sae(SparseAutoencoder(config, generator=torch.Generator().manual_seed(0)), store)
+    untrained = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0))
+    if kind == "batchtopk":  # no threshold estimated yet: take every positive activation
+        untrained.threshold.fill_(0.0)
+    before = evaluate_sae(untrained, store)
     sae = train_sae(store, config, TrainConfig(steps=100, batch_size=256, warmup_steps=10, checkpoint_every=1000, resample_every=50,
                                                dead_after_tokens=5000), tmp_path, progress=False)  # fmt: skip
     after = evaluate_sae(sae, store)

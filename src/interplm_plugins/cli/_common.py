@@ -6,7 +6,6 @@ import argparse
 import json
 
 
-
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -18,27 +17,54 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True) -> None:
-    """--model, --sae, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`."""
+def add_sae_kind_option(parser: argparse.ArgumentParser) -> None:
+    from interplm_plugins.core.sae_kinds import KINDS
+
+    parser.add_argument(
+        "--sae-kind", choices=KINDS, help="how an InterPLM/dictionary_learning ae.pt encodes (default: from its keys and a config.json beside it)"
+    )
+
+
+def add_allow_mismatch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="use an SAE with another PLM, or a database with another SAE, than the ones they were made with (a warning instead of an error)",
+    )
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True, normalize: bool = True) -> None:
+    """--model, --sae, --sae-kind, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`;
+    --allow-mismatch; with ``normalize``, --normalize-with (commands whose thresholds need a normalised SAE)."""
     add_model_option(parser)
     parser.add_argument(
         "--sae",
         help="SAE weights (.safetensors with its .json, or InterPLM's ae.pt), a Hub spec (hf://owner/repo[@rev]/path) or a "
         "published name (interplm-esm2-8m/layer_4, interprot-esm2-650m/l24_sae4096; docs/MODELS.md); default: the embedded demo SAE",
     )
+    add_sae_kind_option(parser)
     parser.add_argument("--layer", type=int, help="layer the SAE reads (default: recorded in the SAE's config)")
     if database:
         parser.add_argument("--db", help="feature database (default: the embedded demo database with the demo SAE)")
+    if normalize:
+        parser.add_argument("--normalize-with", metavar="STORE", help="embedding store to normalise an un-normalised SAE over first (default: refuse it)")
+    add_allow_mismatch_option(parser)
 
 
-def load_pipeline_from_args(args: argparse.Namespace):
+def load_pipeline_from_args(args: argparse.Namespace, require_normalized: bool = True):
+    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.activations.load_pipeline``)."""
     from interplm_plugins.core.activations import current_pipeline, load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
     database = getattr(args, "db", None)
-    if model is None and args.sae is None and database is None and args.layer is None:
+    store = getattr(args, "normalize_with", None)
+    defaults = model is None and args.sae is None and database is None and args.layer is None and args.sae_kind is None and store is None
+    if defaults:
         return current_pipeline()  # the session's (the embedded default), loaded once per process
-    return load_pipeline(model=model, sae=args.sae, database=database, layer=args.layer)
+    return load_pipeline(
+        model=model, sae=args.sae, database=database, layer=args.layer, sae_kind=args.sae_kind, allow_mismatch=args.allow_mismatch,
+        require_normalized=require_normalized, normalize_store=store,
+    )  # fmt: skip
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from interplm_plugins.cli._common import add_allow_mismatch_option, add_sae_kind_option
 from interplm_plugins.errors import InterPLMError
 
 
@@ -20,6 +21,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("database", help="feature database (.sqlite) built from this SAE")
     p.add_argument("--sae", required=True, help="the SAE file the database was built with")
+    add_sae_kind_option(p)
+    add_allow_mismatch_option(p)
     p.add_argument("--out", help="write the map as this PNG")
     p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN's smallest cluster (default 5)")
     p.add_argument("--min-samples", type=int, help="HDBSCAN's density neighbourhood (default: the min cluster size)")
@@ -39,10 +42,12 @@ def _profiles(args: argparse.Namespace, sae):
     from interplm_plugins.core.activations import iter_feature_activations
     from interplm_plugins.core.clusters import activation_profiles
     from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.provenance import check_sae_matches_plm
     from interplm_plugins.core.sequences import read_fasta
 
     plm = load_plm(args.plm or "demo")
     layer = sae.config.plm_layer if sae.config.plm_layer is not None else plm.num_layers
+    check_sae_matches_plm(sae, plm, layer, allow_mismatch=args.allow_mismatch, source=args.sae)
     acts = [a for _, a in iter_feature_activations(plm, sae, layer, read_fasta(args.profiles), progress=not args.quiet)]
     return activation_profiles(np.concatenate(acts), max_residues=args.max_residues, seed=args.seed)
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plm and not args.profiles:
         raise InterPLMError("--plm is only used with --profiles")
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae, kind=args.sae_kind)
     clusters = cluster_database(
         args.database, sae,
         plot=args.out,
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         min_samples=args.min_samples,
         n_neighbors=args.n_neighbors,
         seed=args.seed,
+        allow_mismatch=args.allow_mismatch,
     )  # fmt: skip
     sizes = sorted((int((clusters.cluster == c).sum()) for c in range(clusters.num_clusters)), reverse=True)
     shown = f" (sizes {', '.join(map(str, sizes[:10]))}{', ...' if len(sizes) > 10 else ''})" if sizes else ""

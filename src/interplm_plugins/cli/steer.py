@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     how.add_argument("--scale", type=float, help="multiply the feature's activation by this factor")
     p.add_argument("--positions", help="1-based residues to steer, e.g. 10,11,12 or 10-12 (default: all)")
     p.add_argument("--mask", action="store_true", help="mask the steered residues, so the model predicts them from context")
-    add_pipeline_options(p, database=False)
+    add_pipeline_options(p, database=False, normalize=False)
     p.add_argument("--top", type=int, default=3, help="tokens shown per column (default 3)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="also draw N steered sequences")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from interplm_plugins.core.steer import sample_steered, steer
 
-    pipeline = load_pipeline_from_args(args)
+    pipeline = load_pipeline_from_args(args, require_normalized=False)  # steering reads any SAE's units
     plm, sae, layer = pipeline.plm, pipeline.sae, pipeline.layer
     positions = parse_positions(args.positions)
     result = steer(plm, sae, layer, args.sequence, args.feature, value=args.value, scale=args.scale, positions=positions, mask=args.mask)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from interplm_plugins.cli._common import progress_enabled
+from interplm_plugins.core.sae_kinds import KINDS
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a sparse autoencoder (ReLU-L1, TopK or BatchTopK) on stored embeddings",
+        help="train a sparse autoencoder (ReLU-L1, TopK, BatchTopK, JumpReLU or Matryoshka BatchTopK) on stored embeddings",
         description=(
             "Train an SAE on an embedding store written by `interplm embed`. Checkpoints go to OUT every "
             "--checkpoint-every steps; rerunning the same command after an interruption resumes exactly. "
@@ -19,12 +20,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("store", help="embedding store folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--kind", choices=("relu", "topk", "batchtopk"), default="relu", help="SAE kind (default relu, InterPLM's)")
+    p.add_argument("--kind", choices=KINDS, default="relu", help="SAE kind (default relu, InterPLM's; see docs/SAE.md)")
     width = p.add_mutually_exclusive_group()
     width.add_argument("--width", type=int, help="number of features")
     width.add_argument("--expansion", type=int, default=8, help="features per embedding dimension (default 8)")
-    p.add_argument("--k", type=int, default=32, help="active features per residue for topk/batchtopk (default 32)")
+    p.add_argument("--k", type=int, default=32, help="active features per residue for topk/batchtopk/matryoshka (default 32)")
     p.add_argument("--l1", type=float, default=0.06, help="L1 coefficient of the ReLU SAE (default 0.06)")
+    p.add_argument("--l0", type=float, default=0.1, help="L0 coefficient of the JumpReLU SAE, per active feature in squared-error units (default 0.1)")
+    p.add_argument("--prefixes", help="matryoshka: nested prefix ends, e.g. 256,512,1024 (default: width/8, width/4, width/2)")
     p.add_argument("--steps", type=int, default=20_000, help="optimisation steps (default 20000)")
     p.add_argument("--batch-size", type=int, default=2048, help="residues per step (default 2048)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
@@ -37,15 +40,21 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from interplm_plugins.cli._ranges import parse_ranges
     from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.sae import SAEConfig
+    from interplm_plugins.core.sae import K_KINDS, SAEConfig
+    from interplm_plugins.core.sae_matryoshka import default_prefixes
     from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae
 
     store = EmbeddingStore(args.store)
     width = args.width or store.dim * args.expansion
+    prefixes = None
+    if args.kind == "matryoshka":
+        prefixes = sorted(set(parse_ranges(args.prefixes, "--prefixes"))) if args.prefixes else default_prefixes(width)
+    sparsity = {"relu": args.l1, "jumprelu": args.l0}.get(args.kind, 0.0)
     sae_config = SAEConfig(
-        d_in=store.dim, d_hidden=width, kind=args.kind, k=None if args.kind == "relu" else args.k,
-        l1_coefficient=args.l1 if args.kind == "relu" else 0.0,
+        d_in=store.dim, d_hidden=width, kind=args.kind, k=args.k if args.kind in K_KINDS else None, l1_coefficient=sparsity,
+        prefixes=prefixes,
     )  # fmt: skip
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,

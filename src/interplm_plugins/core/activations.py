@@ -181,22 +181,37 @@ class Pipeline:
 
 
 def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike | None = None, database: str | os.PathLike | None = None,
-                  layer: int | None = None) -> Pipeline:
+                  layer: int | None = None, *, sae_kind: str | None = None, allow_mismatch: bool = False, require_normalized: bool = True,
+                  normalize_store: str | os.PathLike | None = None) -> Pipeline:
     """Build a :class:`Pipeline`; each part left ``None`` is the embedded demo's.
 
-    ``layer`` defaults to the layer the SAE records it was trained on.
+    ``layer`` defaults to the layer the SAE records it was trained on; ``sae_kind`` overrides how
+    an ``ae.pt`` encodes (see :func:`~interplm_plugins.core.sae.load_sae`). The parts are checked
+    against each other (:mod:`~interplm_plugins.core.provenance`): the SAE against the PLM, the
+    database against the SAE and PLM; a mismatch is an error unless ``allow_mismatch``. With
+    ``require_normalized`` (thresholds and colours need it) an un-normalised SAE is an error, or is
+    normalised over the embedding store ``normalize_store`` when one is given.
     """
+    from interplm_plugins.core import provenance
+    from interplm_plugins.core.hub import load_sae_spec
+
     if sae is None and not DEMO_SAE.exists():
         raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)
     plm = load_plm(model if model is not None else "demo")
     # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/hub.py.
-    from interplm_plugins.core.hub import load_sae_spec
-
-    sae_model, plm, layer, sae_source = load_sae_spec(str(sae) if sae is not None else DEMO_SAE, plm, layer)
+    sae_model, plm, layer, sae_source = load_sae_spec(str(sae) if sae is not None else DEMO_SAE, plm, layer, kind=sae_kind)
     if layer is None:
         layer = sae_model.config.plm_layer if sae_model.config.plm_layer is not None else plm.num_layers
+    provenance.check_sae_matches_plm(sae_model, plm, int(layer), allow_mismatch=allow_mismatch, source=sae_source)
+    if require_normalized:
+        from interplm_plugins.core.embed import EmbeddingStore
+
+        store = EmbeddingStore(normalize_store) if normalize_store is not None else None
+        sae_model = provenance.require_normalized(sae_model, store=store, source=sae_source, allow_mismatch=allow_mismatch)
     if database is None and sae is None and DEMO_DATABASE.exists():
         database = DEMO_DATABASE
+    if database:
+        provenance.check_database_file_matches_sae(database, sae_model, plm=plm, layer=int(layer), allow_mismatch=allow_mismatch)
     return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source)
 
 
@@ -219,14 +234,15 @@ def loaded_pipeline() -> Pipeline | None:
     return _session
 
 
-def use_pipeline(model: str | None = None, sae: str | None = None, database: str | None = None) -> Pipeline:
-    """Replace parts of the session's pipeline (``None`` keeps a part); loads and checks at once."""
+def use_pipeline(model: str | None = None, sae: str | None = None, database: str | None = None, *, allow_mismatch: bool = False) -> Pipeline:
+    """Replace parts of the session's pipeline (``None`` keeps a part); loads and checks at once
+    (``allow_mismatch``: see :func:`load_pipeline`; it holds for this choice only)."""
     global _session
     spec = dict(_session_spec)
     for key, value in (("model", model), ("sae", sae), ("database", database)):
         if value is not None:
             spec[key] = None if str(value).lower() in ("demo", "default") else str(value)
-    pipeline = load_pipeline(**spec)
+    pipeline = load_pipeline(**spec, allow_mismatch=allow_mismatch)
     with _session_lock:
         _session_spec.update(spec)
         _session = pipeline

@@ -29,7 +29,7 @@ import torch
 
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.database import FeatureDatabase, update_feature_database
-from interplm_plugins.core.sae import SparseAutoencoder, sae_hash
+from interplm_plugins.core.sae import SparseAutoencoder
 from interplm_plugins.errors import InterPLMError
 
 log = logging.getLogger(__name__)
@@ -226,19 +226,20 @@ def cluster_database(
     min_samples: int | None = None,
     n_neighbors: int = 15,
     seed: int = 0,
+    allow_mismatch: bool = False,
 ) -> FeatureClusters:
     """Cluster ``sae``'s features, store clusters and map in the feature database, optionally plot them.
 
     ``profiles`` (``[F, R]``, see :func:`activation_profiles`) adds co-activation to the decoder
-    directions with weight ``profile_weight``.
+    directions with weight ``profile_weight``. The database must have been built with ``sae``
+    (:func:`~interplm_plugins.core.provenance.check_database_matches_sae`; ``allow_mismatch`` makes
+    another SAE of the same width a warning, e.g. the raw SAE of a normalised one: their decoder
+    directions are the same).
     """
+    from interplm_plugins.core.provenance import check_database_matches_sae
+
     with FeatureDatabase(db_path) as db:
-        if db.num_features != sae.d_hidden:
-            raise InterPLMError(f"the database has {db.num_features} features but the SAE has {sae.d_hidden}", file=db_path)
-        built_with = db.provenance.get("sae_hash")
-        if built_with and built_with != sae_hash(sae):
-            # a raw and a normalised SAE differ in hash but share decoder directions
-            log.warning("this SAE (hash %s) is not the one the database was built with (%s)", sae_hash(sae), built_with)
+        check_database_matches_sae(db, sae, allow_mismatch=allow_mismatch, source=db_path)
         best = {f: m.concept for f, m in db.best_concepts(range(db.num_features)).items()}
     clusters = cluster_features(
         feature_vectors(sae, profiles, profile_weight),

@@ -257,18 +257,19 @@ def check_plm_for_sae(spec: str, trained_on: str | None, plm) -> None:
         )
 
 
-def load_sae_spec(spec: str | os.PathLike, plm, layer: int | None = None):
+def load_sae_spec(spec: str | os.PathLike, plm, layer: int | None = None, kind: str | None = None):
     """The SAE ``spec`` names, checked against ``plm``: ``(sae, plm, layer or None, source text)``.
 
     A local path goes to :func:`~interplm_plugins.core.sae.load_sae` as before. A Hub spec is resolved,
     its PLM checked, its layer taken from the name unless ``layer`` is given (then they must agree);
     InterProt files are converted, and the PLM returned is then the view they read
-    (:mod:`~interplm_plugins.core.interprot`); otherwise it is ``plm`` itself.
+    (:mod:`~interplm_plugins.core.interprot`); otherwise it is ``plm`` itself. ``kind`` is
+    :func:`~interplm_plugins.core.sae.load_sae`'s (how an ``ae.pt`` encodes).
     """
     from interplm_plugins.core.sae import load_sae
 
     if not is_hub_sae_spec(spec):
-        return load_sae(spec, plm_name=plm.name, layer=layer), plm, layer, str(spec)
+        return load_sae(spec, plm_name=plm.name, layer=layer, kind=kind), plm, layer, str(spec)
     hub_sae = resolve_sae_spec(str(spec), plm)
     if layer is not None and hub_sae.layer is not None and int(layer) != hub_sae.layer:
         raise InterPLMError(f"SAE {hub_sae.spec} reads layer {hub_sae.layer}, not layer {layer}", record=str(spec))
@@ -278,4 +279,4 @@ def load_sae_spec(spec: str | os.PathLike, plm, layer: int | None = None):
         from interplm_plugins.core.interprot import load_interprot_sae, plm_without_token_dropout
 
         return load_interprot_sae(hub_sae.path, plm_name=plm_name, layer=layer), plm_without_token_dropout(plm), layer, hub_sae.spec
-    return load_sae(hub_sae.path, plm_name=plm_name, layer=layer), plm, layer, hub_sae.spec
+    return load_sae(hub_sae.path, plm_name=plm_name, layer=layer, kind=kind), plm, layer, hub_sae.spec

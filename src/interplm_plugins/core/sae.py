@@ -1,4 +1,4 @@
-"""Sparse autoencoders over PLM residue embeddings: ReLU (InterPLM), TopK and BatchTopK.
+"""Sparse autoencoders over PLM residue embeddings: ReLU (InterPLM), TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK.
 
 Layout (dictionary_learning's ``AutoEncoder``, as InterPLM publishes it): ``bias`` [d_in] is
 subtracted before encoding and added after decoding; ``encoder`` is ``Linear(d_in, d_hidden)``
@@ -9,11 +9,19 @@ Normalisation (:mod:`interplm_plugins.core.normalize`) is folded into the weight
 and biases are divided by a per-feature scale and decoder columns multiplied by it, so
 activations are divided by the scale and reconstructions are unchanged. The scale is also kept in
 the ``activation_scale`` buffer, because TopK / BatchTopK must *select* features by their
-unscaled pre-activations (dividing by a per-feature scale would change which ones win).
+unscaled pre-activations (dividing by a per-feature scale would change which ones win), and
+BatchTopK / Matryoshka / JumpReLU compare them with thresholds in unscaled units.
+
+Inference never depends on the batch: BatchTopK and Matryoshka select features by batch top-k
+only while training; in eval mode they keep activations above the threshold estimated during
+training, and a file without such an estimate is refused at load. JumpReLU
+(:mod:`~interplm_plugins.core.sae_jumprelu`) and Matryoshka
+(:mod:`~interplm_plugins.core.sae_matryoshka`) keep their specifics in their own modules.
 
 Files: ``save_sae(sae, "x.safetensors")`` writes the weights and ``x.json`` (the
 :class:`SAEConfig`: kind, PLM name, layer, normalisation). ``load_sae`` reads those, or an
-InterPLM / dictionary_learning ``ae.pt`` state dict (``torch.load(weights_only=True)``).
+InterPLM / dictionary_learning / SAELens ``ae.pt`` state dict (``torch.load(weights_only=True)``;
+see :func:`load_sae` for the layouts and how the kind is recognised).
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from interplm_plugins.core.sae_jumprelu import BANDWIDTH, INITIAL_THRESHOLD, jumprelu_inference
+from interplm_plugins.core.sae_kinds import BATCH_KINDS, K_KINDS, KINDS
+from interplm_plugins.core.sae_matryoshka import validate_prefixes
 from interplm_plugins.errors import InterPLMError
 
-KINDS = ("relu", "topk", "batchtopk")
 CONFIG_FORMAT = "interplm-plugins-sae/1"
 
 
@@ -42,8 +52,10 @@ class SAEConfig:
     """Shape, kind and provenance of a sparse autoencoder (stored as the JSON beside its weights).
 
     ``k`` is the number of active features per residue for ``topk`` and the mean number per
-    residue for ``batchtopk`` (ignored for ``relu``). ``l1_coefficient`` is the ReLU SAE's
-    sparsity weight. ``plm`` / ``plm_identity`` / ``plm_layer`` name the embeddings it reads.
+    residue for ``batchtopk`` / ``matryoshka`` (unused by ``relu`` and ``jumprelu``).
+    ``l1_coefficient`` is the sparsity weight: of the L1 term for ``relu``, of the L0 term for
+    ``jumprelu``. ``prefixes`` are Matryoshka's nested prefix ends (the full width is implied).
+    ``plm`` / ``plm_identity`` / ``plm_layer`` name the embeddings it reads.
     """
 
     d_in: int
@@ -55,6 +67,7 @@ class SAEConfig:
     plm_identity: str | None = None
     plm_layer: int | None = None
     normalized: bool = False
+    prefixes: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,12 +80,16 @@ class SAEConfig:
                 raise InterPLMError(f"SAE {name} must be a positive integer, not {value!r}", file=file)
         if self.kind not in KINDS:
             raise InterPLMError(f"unknown SAE kind {self.kind!r} (expected one of {', '.join(KINDS)})", file=file)
-        if self.kind != "relu":
+        if self.kind in K_KINDS:
             if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.d_hidden:
                 raise InterPLMError(f"a {self.kind} SAE needs an integer k in 1..{self.d_hidden}, not {self.k!r}", file=file)
         l1 = self.l1_coefficient
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not np.isfinite(l1) or l1 < 0:
             raise InterPLMError(f"l1_coefficient must be a finite number >= 0, not {l1!r}", file=file)
+        if self.kind == "matryoshka":
+            validate_prefixes(self.prefixes, self.d_hidden, file=file)
+        elif self.prefixes is not None:
+            raise InterPLMError(f"only a matryoshka SAE has prefixes, not a {self.kind} one", file=file)
         if not isinstance(self.normalized, bool):
             raise InterPLMError(f"normalized must be true or false, not {self.normalized!r}", file=file)
         layer = self.plm_layer
@@ -83,7 +100,10 @@ class SAEConfig:
                 raise InterPLMError(f"{name} must be a string or null, not {getattr(self, name)!r}", file=file)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": CONFIG_FORMAT, **dataclasses.asdict(self)}
+        data = dataclasses.asdict(self)
+        if data["prefixes"] is None:  # files of the kinds without prefixes stay as they were
+            del data["prefixes"]
+        return {"format": CONFIG_FORMAT, **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -119,9 +139,10 @@ class SAEConfig:
 class SparseAutoencoder(nn.Module):
     """``f = encode(x)``, ``x_hat = decode(f) = decoder(f) + bias``; see the module docstring.
 
-    BatchTopK keeps the ``k * N`` largest activations of a batch of ``N`` residues while training
-    (or when ``batch_topk=True``); in eval mode it keeps activations above ``threshold`` (an
-    estimate made during training), falling back to batch top-k while no threshold exists.
+    BatchTopK / Matryoshka keep the ``k * N`` largest activations of a batch of ``N`` residues
+    while training (or when ``batch_topk=True``); in eval mode they keep activations above
+    ``threshold``, estimated during training (encoding without one is an error, never a batch
+    top-k). JumpReLU keeps each feature above its own learned ``threshold``.
     """
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
@@ -133,8 +154,11 @@ class SparseAutoencoder(nn.Module):
         self.encoder = nn.Linear(d_in, d_hidden)
         self.decoder = nn.Linear(d_hidden, d_in, bias=False)
         self.register_buffer("activation_scale", torch.ones(d_hidden))
-        if config.kind == "batchtopk":
+        if config.kind in BATCH_KINDS:
             self.register_buffer("threshold", torch.tensor(-1.0))
+        elif config.kind == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((d_hidden,), INITIAL_THRESHOLD))
+            self.register_buffer("bandwidth", torch.tensor(BANDWIDTH))
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -181,8 +205,15 @@ class SparseAutoencoder(nn.Module):
         if self.kind == "topk":
             top = ranking.topk(self.config.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(pre.gather(-1, top.indices)))
+        if self.kind == "jumprelu":
+            return jumprelu_inference(pre, ranking, self.threshold)
         use_batch = self.training if batch_topk is None else batch_topk
-        if use_batch or float(self.threshold) < 0:
+        if not use_batch and float(self.threshold) < 0:
+            raise InterPLMError(
+                f"this {self.kind} SAE has no inference threshold (it is estimated in training): without one a residue's "
+                "activations would depend on the rest of the batch"
+            )
+        if use_batch:
             flat_rank = ranking.reshape(-1)
             n_keep = min(self.config.k * (flat_rank.numel() // self.d_hidden), flat_rank.numel())
             top = flat_rank.topk(n_keep, sorted=False)
@@ -251,6 +282,13 @@ def _check_state(state: dict[str, torch.Tensor], config: SAEConfig, file: Path) 
 def _build(config: SAEConfig, state: dict[str, torch.Tensor], file: Path) -> SparseAutoencoder:
     sae = SparseAutoencoder(config)
     sae.load_state_dict(_check_state(state, config, file))
+    if config.kind in BATCH_KINDS and float(sae.threshold) < 0:
+        raise InterPLMError(
+            f"this {config.kind} SAE has no inference threshold (threshold < 0: none was estimated in training), so its "
+            "activations would depend on the batch; train it with this toolkit (which always estimates one), or, for an ae.pt, "
+            "pass --sae-kind topk to encode by per-residue top-k",
+            file=file,
+        )
     return sae.eval()
 
 
@@ -277,30 +315,124 @@ def _load_safetensors(path: Path) -> SparseAutoencoder:
     return _build(config, state, path)
 
 
+#: Class and trainer names in the config beside an ``ae.pt`` (InterPLM, dictionary_learning, SAELens) -> kind,
+#: matched in this order on the lower-cased name.
+_CLASS_NAME_KINDS = (("matryoshka", "matryoshka"), ("batchtopk", "batchtopk"), ("topk", "topk"), ("jumprelu", "jumprelu"))
+_CONFIG_NAMES = ("config.json", "cfg.json", "config.yaml", "config.yml")
+_CLASS_KEYS = ("dict_class", "trainer_class", "trainer_name", "architecture", "sae_type", "class_name")
+
+
+def _config_beside(path: Path) -> dict[str, Any]:
+    """The training config saved beside an ``ae.pt`` (dictionary_learning's ``config.json``, SAELens'
+    ``cfg.json``, a YAML one), or ``{}``; an unreadable one is an error."""
+    for name in _CONFIG_NAMES:
+        candidate = path.with_name(name)
+        if not candidate.is_file():
+            continue
+        try:
+            text = candidate.read_text(encoding="utf-8")
+            if candidate.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as exc:  # JSON / YAML / decoding errors: one line naming the file
+            raise InterPLMError(f"cannot read the SAE's training config ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=candidate) from None
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def _find_values(data: Any, keys: tuple[str, ...]) -> list[Any]:
+    """Values of ``keys`` anywhere in nested dicts (``{"trainer": {"dict_class": ...}}``), outermost first."""
+    found, queue = [], [data]
+    while queue:
+        item = queue.pop(0)
+        if isinstance(item, dict):
+            found += [item[k] for k in keys if k in item]
+            queue += [v for v in item.values() if isinstance(v, dict)]
+    return found
+
+
+def kind_from_config(config: dict[str, Any]) -> str | None:
+    """The SAE kind a training config names by its class or trainer (``BatchTopKSAE`` -> ``batchtopk``), or None."""
+    for value in _find_values(config, _CLASS_KEYS):
+        name = str(value).lower().replace("_", "").replace("-", "")
+        for marker, kind in _CLASS_NAME_KINDS:
+            if marker in name:
+                return kind
+        if "relu" in name or "autoencoder" in name:
+            return "relu"
+    return None
+
+
+def _to_interplm_layout(state: dict[str, torch.Tensor], config: dict[str, Any], file: Path) -> None:
+    """Rename, in place, other layouts to this toolkit's keys (``bias``, ``encoder.*``, ``decoder.weight``).
+
+    - ``W_enc [d_in, F]``, ``b_enc``, ``W_dec [F, d_in]``, ``b_dec`` (dictionary_learning's JumpReLU and
+      Matryoshka, SAELens); SAELens' ``log_threshold`` becomes ``threshold``;
+    - InterPLM's JumpReLU ``decoder.bias`` (the output bias);
+    - ``b_dec`` (TopK / BatchTopK) -> ``bias``.
+    Where the original does not subtract the output bias before encoding (JumpReLU's
+    ``apply_b_dec_to_input = False``, the default of InterPLM and dictionary_learning), the encoder bias
+    absorbs it: ``W (x - b) + (b_enc + W b) = W x + b_enc``. Matryoshka (``group_sizes``) subtracts it.
+    """
+    if "W_enc" in state:
+        for old, new, transpose in (("W_enc", "encoder.weight", True), ("b_enc", "encoder.bias", False), ("W_dec", "decoder.weight", True)):
+            if old not in state or state[old].ndim != (2 if transpose else 1):
+                raise InterPLMError(f"SAE file has W_enc but no {'2' if transpose else '1'}-D {old}", file=file)
+            state[new] = state.pop(old).T.contiguous() if transpose else state.pop(old)
+        if "log_threshold" in state:
+            state["threshold"] = state.pop("log_threshold").exp()
+    elif "decoder.bias" in state:
+        state["b_dec"] = state.pop("decoder.bias")
+    if "b_dec" in state:
+        state["bias"] = state.pop("b_dec")
+    if "bias" not in state or "encoder.weight" not in state or state["encoder.weight"].ndim != 2:
+        raise InterPLMError("not an InterPLM SAE: no 2-D 'encoder.weight' and 1-D bias", file=file)
+    applies_bias = _find_values(config, ("apply_b_dec_to_input",))
+    subtracts_bias = bool(applies_bias[0]) if applies_bias else ("group_sizes" in state or "threshold" not in state or state["threshold"].ndim == 0)
+    if not subtracts_bias and tuple(state["bias"].shape) == (state["encoder.weight"].shape[1],) and "encoder.bias" in state:
+        state["encoder.bias"] = state["encoder.bias"] + state["encoder.weight"] @ state["bias"]
+
+
+def _kind_from_keys(state: dict[str, torch.Tensor], d_hidden: int) -> str:
+    """The kind the keys imply: per-feature thresholds -> jumprelu, group sizes -> matryoshka,
+    ``k`` -> topk (a BatchTopK file has the same keys as a TopK one: its config tells them apart), else relu."""
+    threshold = state.get("threshold")
+    if threshold is not None and tuple(threshold.shape) == (d_hidden,):
+        return "jumprelu"
+    if "group_sizes" in state:
+        return "matryoshka"
+    return "topk" if "k" in state else "relu"
+
+
 def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind: str | None) -> SparseAutoencoder:
-    """InterPLM's / dictionary_learning's ``ae.pt``: ReLU keys ``bias``, ``encoder.*``, ``decoder.weight``;
-    TopK / BatchTopK keys ``b_dec``, ``encoder.*``, ``decoder.weight``, ``k``, ``threshold``; either may
-    carry ``activation_rescale_factor`` (folded into the weights) and ``normalize_to_sqrt_d``."""
+    """InterPLM's / dictionary_learning's / SAELens' ``ae.pt`` (see :func:`load_sae`)."""
     from interplm_plugins.core.plm import torch_load_tensor_dict
 
     state = torch_load_tensor_dict(path, "PyTorch SAE", "an SAE state dict like InterPLM's ae.pt")
     if bool(state.pop("normalize_to_sqrt_d", torch.tensor(False)).item()):
         raise InterPLMError("SAE uses sqrt(d) input normalisation (normalize_to_sqrt_d), which is not supported", file=path)
-    if "b_dec" in state:
-        state["bias"] = state.pop("b_dec")
-    if "encoder.weight" not in state or state["encoder.weight"].ndim != 2:
-        raise InterPLMError("not an InterPLM SAE: no 2-D 'encoder.weight'", file=path)
+    training_config = _config_beside(path)
+    _to_interplm_layout(state, training_config, path)
     d_hidden, d_in = (int(n) for n in state["encoder.weight"].shape)
+    kind = kind or kind_from_config(training_config) or _kind_from_keys(state, d_hidden)
     k_tensor = state.pop("k", None)
-    k = int(k_tensor.item()) if k_tensor is not None else None
-    if kind is None:
-        kind = "relu" if k is None else "topk"
-    if kind == "relu":
-        state.pop("threshold", None)
-    elif kind == "topk":
-        state.pop("threshold", None)  # dictionary_learning's TopK keeps one but encodes by top-k
-    elif "threshold" not in state:
-        state["threshold"] = torch.tensor(-1.0)  # no estimate yet: encode by batch top-k
+    k = int(k_tensor.item()) if k_tensor is not None and kind in K_KINDS else None
+    if kind in K_KINDS and k is None:
+        found = _find_values(training_config, ("k",))
+        k = int(found[0]) if found and isinstance(found[0], (int, float)) else None
+    group_sizes = state.pop("group_sizes", None)
+    prefixes = None
+    if kind == "matryoshka":
+        if group_sizes is None:
+            raise InterPLMError("a matryoshka SAE file needs its group_sizes", file=path)
+        prefixes = [int(v) for v in torch.cumsum(group_sizes.flatten(), 0)[:-1].tolist()]
+    if kind not in BATCH_KINDS + ("jumprelu",):
+        state.pop("threshold", None)  # a TopK file's threshold is unused: it encodes by per-residue top-k
+    if kind == "jumprelu":
+        state.setdefault("bandwidth", torch.tensor(0.0))  # a training setting; files do not carry it
     # InterPLM files have no activation_scale: their scale is activation_rescale_factor, folded in below
     if "activation_scale" not in state and d_hidden > 0:
         state["activation_scale"] = torch.ones(d_hidden)
@@ -312,15 +444,10 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
             raise InterPLMError(f"SAE of width {d_in} does not fit {plm_name} (dim {ESM2_MODELS[plm_name][1]})", file=path)
     try:
         config = SAEConfig(
-            d_in=d_in,
-            d_hidden=d_hidden,
-            kind=kind,
-            k=k,
-            plm=plm_name,
-            plm_layer=layer,
+            d_in=d_in, d_hidden=d_hidden, kind=kind, k=k, plm=plm_name, plm_layer=layer, prefixes=prefixes,
             # InterPLM names its normalised files ae_normalized.pt
             normalized="normalized" in path.stem,
-        )
+        )  # fmt: skip
     except InterPLMError as err:
         raise InterPLMError(err.reason, file=path) from None
     sae = _build(config, state, path)
@@ -337,14 +464,26 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
 def load_sae(
     path: str | os.PathLike, plm_name: str | None = None, layer: int | None = None, kind: str | None = None
 ) -> SparseAutoencoder:
-    """Load an SAE in eval mode: ``.safetensors`` + ``.json`` (saved by :func:`save_sae`), or an
-    InterPLM ``ae.pt``. An ``ae.pt`` carries no metadata: ``plm_name`` and ``layer`` say what it
-    reads, and ``kind`` (default: ``topk`` when it has ``k``, else ``relu``) how it encodes."""
+    """Load an SAE in eval mode: ``.safetensors`` + ``.json`` (saved by :func:`save_sae`), or an ``ae.pt``
+    state dict of InterPLM, dictionary_learning or SAELens (``torch.load(weights_only=True)``).
+
+    An ``ae.pt`` carries no metadata: ``plm_name`` and ``layer`` say what it reads, and ``kind`` how it
+    encodes; by default the kind comes from the class or trainer named in a ``config.json`` /
+    ``cfg.json`` / ``config.yaml`` beside it, else from its keys (per-feature ``threshold``: jumprelu,
+    ``group_sizes``: matryoshka, ``k``: topk, none of these: relu). InterPLM's TopK and BatchTopK files
+    have the same keys, so a BatchTopK ``ae.pt`` without its config needs ``kind="batchtopk"``.
+    ``activation_rescale_factor`` (InterPLM's normalisation) is folded into the weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise InterPLMError("no such SAE file", file=path)
+    if kind is not None and kind not in KINDS:
+        raise InterPLMError(f"unknown SAE kind {kind!r} (expected one of {', '.join(KINDS)})", file=path)
     if path.suffix == ".safetensors" or (path.suffix not in (".pt", ".pth", ".bin") and _looks_like_safetensors(path)):
-        return _load_safetensors(path)
+        sae = _load_safetensors(path)
+        if kind is not None and kind != sae.kind:
+            raise InterPLMError(f"the SAE's config says it is a {sae.kind} SAE, not {kind}", file=path)
+        return sae
     return _load_interplm_pt(path, plm_name, layer, kind)
 
 

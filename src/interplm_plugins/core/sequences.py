@@ -8,7 +8,9 @@ Policy for imperfect FASTA (each case is tested, see ``tests/bad_inputs/README.m
   so is any non-ASCII character (``"ß".upper()`` is ``"SS"``: upper-casing one would invent
   residues, and a no-break space is not silently dropped either);
 - empty records and duplicate ids are errors; so is a file that is not UTF-8 text;
-- X, U, O, B, Z are kept: ESM's alphabet has tokens for them.
+- X, U, O, B, Z are kept: ESM's alphabet has tokens for them;
+- a sequence of nucleotide letters only (A, C, G, T/U, N; at least 20, three or more of ACGTU) is
+  an error: DNA or RNA would otherwise embed as a nonsense protein.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from interplm_plugins.errors import InterPLMError
 PROTEIN_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWYXUOBZ")
 #: Longest sequence accepted; longer ones are almost certainly not a single protein chain.
 MAX_SEQUENCE_LENGTH = 100_000
+
+#: A sequence of these letters only, long and varied enough, is DNA/RNA, not a protein.
+NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
+MIN_NUCLEOTIDE_LENGTH = 20
 
 _UNIPROT_ID = re.compile(r"^(?:sp|tr)\|([^|]+)\|")
 #: Whitespace removed from inside a sequence: ASCII only (``str.split()`` would also drop
@@ -51,6 +57,12 @@ def protein_id_from_header(header: str) -> str:
     return match.group(1) if match else first
 
 
+def looks_like_nucleotides(sequence: str) -> bool:
+    """Whether an upper-case sequence is DNA/RNA rather than protein (see the module policy)."""
+    letters = set(sequence)
+    return len(sequence) >= MIN_NUCLEOTIDE_LENGTH and letters <= NUCLEOTIDE_LETTERS and len(letters - {"N"}) >= 3
+
+
 def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, record: str | None = None) -> str:
     """Validate and normalise one sequence (see the module policy); raise :class:`InterPLMError`."""
     seq = _ASCII_WHITESPACE.sub("", sequence)
@@ -72,6 +84,12 @@ def clean_sequence(sequence: str, *, file: str | os.PathLike | None = None, reco
         what = "gap" if char in "-." else "stop codon" if char == "*" else "invalid character"
         raise InterPLMError(
             f"{what} {char!r} at position {pos + 1} (allowed: {''.join(sorted(PROTEIN_LETTERS))})",
+            file=file,
+            record=record,
+        )
+    if looks_like_nucleotides(seq):
+        raise InterPLMError(
+            "looks like a nucleotide sequence (only A, C, G, T/U, N), not a protein; translate it first (e.g. Biopython's Seq.translate)",
             file=file,
             record=record,
         )

@@ -9,8 +9,18 @@ Losses (per residue, averaged over the batch):
   then, or at the last step, would be left untrained in the final weights.
 - TopK / BatchTopK: ``|x - x_hat|^2 + auxk_alpha * AuxK`` with unit-norm decoder columns. AuxK
   (Gao et al. 2024) asks the top ``auxk_k`` *dead* features to reconstruct the residual, so they
-  get gradient again. BatchTopK estimates its inference threshold as a running mean of the
-  smallest activation it keeps.
+  get gradient again. BatchTopK's inference threshold is the mean over the last steps
+  (:func:`threshold_estimate_start`: from the learning-rate decay on, when the weights barely
+  move) of the smallest activation each batch keeps. An exponential average from early in
+  training (dictionary_learning's) remembers cut-offs of weights long gone: on the demo PLM after
+  1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
+  residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
+  threshold, so inference never depends on the batch.
+- Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae_matryoshka`): as BatchTopK, with the
+  reconstruction error averaged over the nested prefixes of the dictionary.
+- JumpReLU (:mod:`~interplm_plugins.core.sae_jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
+  straight-through gradients for the per-feature thresholds, unit-norm decoder columns, the
+  sparsity coefficient ramped up as ReLU's L1; thresholds and bandwidth set from the first batch.
 
 A feature is dead when it has not fired on the last ``dead_after_tokens`` training residues.
 Adam; learning rate warmed up linearly over ``warmup_steps`` and decayed linearly to 0 over the
@@ -41,7 +51,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
+from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
+from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -67,7 +79,6 @@ class TrainConfig:
     resample_every: int = 2_000
     auxk_alpha: float = 1 / 32
     auxk_k: int | None = None  # default d_in // 2
-    threshold_beta: float = 0.999
     threshold_start_step: int = 100
     grad_clip: float = 1.0
     checkpoint_every: int = 500
@@ -102,6 +113,13 @@ def resampling_allowed(config: TrainConfig, step: int) -> bool:
     """Whether dead features are resampled after step ``step`` (0-based): every ``resample_every``
     steps, and only before the learning-rate decay starts."""
     return (step + 1) % config.resample_every == 0 and step + 1 < config.steps * (1 - config.decay_fraction)
+
+
+def threshold_estimate_start(config: TrainConfig) -> int:
+    """First step (0-based) whose batch cut-off enters the BatchTopK / Matryoshka inference threshold:
+    where the learning-rate decay starts, not before ``threshold_start_step``, at the latest the last step."""
+    decay_start = math.ceil(config.steps * (1 - config.decay_fraction))
+    return min(max(config.threshold_start_step, decay_start), config.steps - 1)
 
 
 def l1_scale(config: TrainConfig, step: int) -> float:
@@ -371,6 +389,44 @@ def _clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
         clip_with_norm(module.parameters(), max_norm, total)
 
 
+#: Kinds trained with Gao et al.'s AuxK loss for dead features.
+AUXK_KINDS = ("topk", *BATCH_KINDS)
+
+
+def _sparse_loss_and_backward(
+    state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor, extra: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of a TopK, BatchTopK, Matryoshka or JumpReLU SAE on ``x``, backpropagated (autograd);
+    returns the detached ``(loss, mse, l0, activations)`` and adds extra metrics to ``extra``."""
+    sae, config, step = state.sae, state.config, state.step
+    pre = sae.pre_activations(x)
+    l0_estimate = None
+    if sae.kind == "jumprelu":
+        if step == 0:
+            initialise_thresholds(sae, sync.global_batch(x))
+        f, l0_estimate = jumprelu_training(pre, sae.threshold, sae.bandwidth)
+    elif sae.kind in BATCH_KINDS and not sync.single:
+        f = global_batch_topk(sae, pre, sync)
+    else:
+        f = sae.sparsify(pre)
+    if sae.kind == "matryoshka":
+        loss, mse, x_hat = nested_reconstruction_losses(sae, x, f)
+    else:
+        x_hat = sae.decode(f)
+        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
+        loss = mse
+    if l0_estimate is not None:
+        loss = loss + sae.config.l1_coefficient * l1_scale(config, step) * l0_estimate
+    if sae.kind in AUXK_KINDS and config.dead_feature_remedy and config.auxk_alpha > 0:
+        aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead, config.auxk_k or max(1, sae.d_in // 2), sync)
+        loss = loss + config.auxk_alpha * aux
+        extra["auxk"] = aux.detach()
+    loss.backward()
+    f = f.detach()
+    l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
+    return loss.detach(), mse.detach(), l0, f
+
+
 def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = None) -> dict[str, float]:
     """One optimisation step on the batch ``x`` ``[B, d_in]``; returns the step's metrics.
 
@@ -399,19 +455,8 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         fired = parts["f_sum"] > 0
         extra["l1"] = parts["l1"]
     else:
-        pre = sae.pre_activations(x)
-        f = global_batch_topk(sae, pre, sync) if sae.kind == "batchtopk" and not sync.single else sae.sparsify(pre)
-        x_hat = sae.decode(f)
-        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
-        loss = mse
-        if config.dead_feature_remedy and config.auxk_alpha > 0:
-            aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead_before, config.auxk_k or max(1, sae.d_in // 2), sync)
-            loss = loss + config.auxk_alpha * aux
-            extra["auxk"] = aux.detach()
-        loss.backward()
-        loss, mse, f = loss.detach(), mse.detach(), f.detach()
+        loss, mse, l0, f = _sparse_loss_and_backward(state, x, sync, dead_before, extra)
         fired = (f > 0).any(dim=0)
-        l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
         _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
     sync.reduce_gradients([p for p in sae.parameters() if p.grad is not None], weight)
     if config.grad_clip > 0:
@@ -425,11 +470,12 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         fired = sync.reduce_any(fired)
         state.tokens_since_fired += n_global
         state.tokens_since_fired[fired] = 0
-        if sae.kind == "batchtopk" and step >= config.threshold_start_step:
+        start = threshold_estimate_start(config)
+        if sae.kind in BATCH_KINDS and step >= start:
             kept = f[f > 0]
             smallest = sync.reduce_min(kept.min() if kept.numel() else f.new_zeros(()))
-            beta = config.threshold_beta if float(sae.threshold) >= 0 else 0.0
-            sae.threshold.copy_(beta * sae.threshold + (1 - beta) * smallest)
+            # the running mean of the cut-offs since ``start`` (a function of the step: exact on resume)
+            sae.threshold.copy_(smallest if step == start else sae.threshold + (smallest - sae.threshold) / (step - start + 1))
         if sae.kind == "relu" and config.dead_feature_remedy and resampling_allowed(config, step):
             metrics["resampled"] = resample_dead_features(state, sync.global_batch(x))
         names = ["loss", "mse", "l0", *extra]

@@ -183,10 +183,11 @@ _USE_PARTS = {"model": "model", "plm": "model", "sae": "sae", "db": "database", 
 
 
 def use(what: str = "", path: str | None = None, model: str | None = None, sae: str | None = None, db: str | None = None,
-        *, _self=cmd) -> dict[str, str]:
+        allow_mismatch: str | bool = False, *, _self=cmd) -> dict[str, str]:
     """Set this session's model, SAE or feature database (``use sae PATH``; several at once with
     ``use model=PATH, sae=PATH, db=PATH``), or all back to the embedded demo (``use demo``).
-    Loads and checks at once, prints what is in use."""
+    Loads and checks at once (an SAE made for another model, or a database built with another SAE,
+    is refused unless ``allow_mismatch=1``), prints what is in use."""
     what = str(what).strip()
     if " " in what and path is None:  # "use sae /some/path" typed as one argument
         what, path = what.split(None, 1)
@@ -200,10 +201,8 @@ def use(what: str = "", path: str | None = None, model: str | None = None, sae: 
         raise InterPLMError("usage: interplm use model|sae|db PATH, interplm use model=PATH, sae=PATH, db=PATH, or interplm use demo")
     if parts["database"] and parts["database"].lower() not in ("demo", "default"):
         FeatureDatabase(parts["database"]).close()  # the pipeline opens it lazily: fail now, before the switch
-    pipeline = use_pipeline(**parts)
-    built_with = pipeline.database.provenance.get("sae_hash") if pipeline.database is not None else None
-    if built_with not in (None, pipeline.sae_hash):
-        print(f" interplm: warning: the database was built with another SAE (hash {built_with}): its concepts describe other features")
+    allowed = allow_mismatch if isinstance(allow_mismatch, bool) else str(allow_mismatch).strip().lower() in ("1", "true", "yes", "on")
+    pipeline = use_pipeline(**parts, allow_mismatch=allowed)
     return info(pipeline=pipeline, _self=_self)
 
 
@@ -311,7 +310,7 @@ USAGE = {
     "concept": "interplm concept NAME [, selection] [, k=5] [, palette=...] [, uniprot=...]",
     "mutate": "interplm mutate [selection], feature=N [, to=all|ALA|AG] [, uniprot=...] [, out=table.csv] [, palette=...]",
     "restore": "interplm restore [selection]",
-    "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH; interplm use demo)",
+    "use": "interplm use model|sae|db PATH  (or: interplm use model=PATH, sae=PATH, db=PATH [, allow_mismatch=1]; interplm use demo)",
     "info": "interplm info",
     "export": "interplm export [selection], feature=N [M ...] [, out=PREFIX] [, uniprot=FASTA-or-sequence]",
 }
@@ -338,7 +337,7 @@ USAGE
     interplm mutate [selection], feature=N [, to=all|ALA|AG] [, uniprot=FASTA] [, out=table.csv] [, palette=...]
     interplm restore [selection]
     interplm use model|sae|db PATH
-    interplm use model=PATH, sae=PATH, db=PATH
+    interplm use model=PATH, sae=PATH, db=PATH [, allow_mismatch=1]
     interplm use demo
     interplm info
     interplm export [selection], feature=N [M ...] [, out=PREFIX]
