@@ -119,7 +119,9 @@ def test_interprot_sae_reads_what_interprot_computes(hub, hub_root, protein):
     rescaling, as its code embeds; the oracle is transformers run with token_dropout=False."""
     import transformers
 
-    pipeline = load_pipeline(model=TINY, sae="hf://testlab/tiny-saes/esm2_plm64_l2_sae128_k8.safetensors")
+    with pytest.raises(InterPLMError, match="not normalised"):  # InterProt's raw scale: no concept thresholds yet
+        load_pipeline(model=TINY, sae="hf://testlab/tiny-saes/esm2_plm64_l2_sae128_k8.safetensors")
+    pipeline = load_pipeline(model=TINY, sae="hf://testlab/tiny-saes/esm2_plm64_l2_sae128_k8.safetensors", require_normalized=False)
     assert (pipeline.layer, pipeline.sae.kind, pipeline.sae.config.k) == (2, "topk", 8)
     assert pipeline.plm.model.token_dropout is False and pipeline.plm.identity.endswith(":no-token-dropout")
     acts = pipeline.activations(protein.sequence)

@@ -54,8 +54,14 @@ def plms_differ(recorded_name: str | None, recorded_identity: str | None, name: 
     if recorded_identity and identity:
         return plm_fingerprint(recorded_identity) != plm_fingerprint(identity)
     if recorded_name and name:
-        return recorded_name != name
+        return plm_name_key(recorded_name) != plm_name_key(name)
     return False
+
+
+def plm_name_key(name: str) -> str:
+    """A PLM name without its Hub owner and revision: ``facebook/esm2_t6_8M_UR50D@abc`` is ``esm2_t6_8M_UR50D``,
+    the fair-esm name InterPLM's files record."""
+    return str(name).split("@", 1)[0].rsplit("/", 1)[-1]
 
 
 def check_sae_matches_plm(sae, plm, layer: int | None = None, *, allow_mismatch: bool = False, source: str | os.PathLike | None = None) -> None:
