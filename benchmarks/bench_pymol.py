@@ -37,7 +37,9 @@ def build_pipeline(args, work: Path) -> dict[str, str]:
 
     from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.annotate import build_database
-    from interplm_plugins.core.concepts import build_concept_labels
+    from interplm_plugins.core.concepts import ConceptHalves, build_concept_labels, split_into_halves
+    from interplm_plugins.core.homology import cluster_sequences
+    from interplm_plugins.core.sequences import ProteinRecord
     from interplm_plugins.core.embed import embed_to_store
     from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
     from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
@@ -58,7 +60,10 @@ def build_pipeline(args, work: Path) -> dict[str, str]:
     ids = {r.id for r in records}
     entries = [e for e in read_uniprot(args.data / "uniprot" / "swissprot_train.dat.gz") if e.accession in ids]
     labels = build_concept_labels(entries, min_instances=3, min_proteins=2)
-    db = build_database(load_pipeline(model_path, sae_path), records, work / "features.sqlite", labels=labels, progress=False)
+    # Halves of whole sequence clusters, as `interplm concepts` makes them (the Python clustering: the database is what is timed).
+    clusters = cluster_sequences([ProteinRecord(e.accession, e.sequence) for e in entries], mmseqs="")
+    halves = ConceptHalves.from_splits(split_into_halves(labels, clusters))
+    db = build_database(load_pipeline(model_path, sae_path), records, work / "features.sqlite", halves=halves, progress=False)
     return {"model": str(model_path), "sae": str(sae_path), "database": str(db)}
 
 
