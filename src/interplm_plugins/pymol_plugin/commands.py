@@ -357,9 +357,12 @@ ARGUMENTS
     k = how many features to list (1 or more; top 10, concept 5)
     NAME = a Swiss-Prot concept or part of one (Zinc finger, Binding site: ATP)
     to = amino acids to mutate to: all (the 19 others), one-letter codes (A, AG) or ALA,GLY
-    out = table of the mutation scan (.csv, or .tsv; default interplm_mutate_feature<N>.csv)
+    out = mutate: the scan's table (.csv, or .tsv; default interplm_mutate_feature<N>.csv);
+          export: the prefix of the files written (TSV, ChimeraX .defattr, a PDB per object and feature)
     model, sae, db = a model (hub name, .pt path, demo), an SAE (.safetensors, ae.pt), a feature
                      database (.sqlite) for the session; PATH after model|sae|db likewise
+    allow_mismatch = 1: use an SAE recorded for another PLM, or a database of another SAE, with a
+                     warning instead of the error (docs/SAE.md); for this choice only
 
 NOTES
 
