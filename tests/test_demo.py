@@ -196,23 +196,52 @@ def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_p
     assert got["fidelity"] == pytest.approx((sum(losses["zero"]) - sum(losses["sae"])) / (sum(losses["zero"]) - sum(losses["clean"])), rel=1e-4)
 
 
-def test_interplm_demo_with_no_arguments(tmp_path):
-    """What the README's first command runs, as a user runs it: a fresh process, no arguments."""
+def _run_demo(tmp_path: Path, *args: str) -> tuple[str, Path]:
+    """``interplm demo ARGS`` in a fresh process, as a user runs it: (its output, the page it wrote)."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "INTERPLM_CACHE_DIR": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "interplm_plugins.cli", "-q", "demo"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "interplm_plugins.cli", "-q", "demo", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    out = result.stdout
-    page = tmp_path / "interplm_demo" / "index.html"
-    assert "interplm_demo/index.html" in out and "best concept" in out
-    # The shown protein's own annotation: at least one feature's best concept is annotated there, and said so.
+    assert "interplm_demo/index.html" in result.stdout and "best concept" in result.stdout
+    return result.stdout, tmp_path / "interplm_demo" / "index.html"
+
+
+def _swissprot_entry_text(shared: Path, accession: str) -> str:
+    """One entry of ../shared/data's Swiss-Prot flat file, as its own text."""
+    import gzip
+
+    entries = gzip.open(shared / "uniprot" / "swissprot_train.dat.gz", "rt").read().split("//\n")
+    (entry,) = [e.lstrip("\n") for e in entries if f"\nAC   {accession};" in "\n" + e.lstrip("\n")]
+    return entry + "//\n"
+
+
+def test_shipped_demo_protein_is_the_shared_data_one(shared_data):
+    """The structure and entry `interplm demo` ships are exactly ../shared/data's (attributed in the model card)."""
+    from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
+
+    assert DEMO_SHOWCASE_STRUCTURE.read_bytes() == (shared_data / "structures" / "P32633_AF.pdb").read_bytes()
+    assert DEMO_SHOWCASE_ENTRY.read_text() == _swissprot_entry_text(shared_data, "P32633")
+    assert "CC BY 4.0" in (DEMO_DIR / "MODEL_CARD.md").read_text() and "MTC7_YEAST" in (DEMO_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_demo_shows_features_where_the_entry_annotates_their_concept(shared_data, tmp_path):
+    """On ../shared/data's MTC7_YEAST model and entry, at least one shown feature's best concept is annotated there, and said so."""
+    entry = tmp_path / "P32633.txt"
+    entry.write_text(_swissprot_entry_text(shared_data, "P32633"))
+    out, page = _run_demo(tmp_path, "--structure", str(shared_data / "structures" / "P32633_AF.pdb"), "--uniprot", str(entry))
     assert "annotated in MTC7_YEAST at 13-33, 42-62" in out or "annotated in MTC7_YEAST at 94-121" in out
     html = page.read_text()
     assert "the protein's UniProt entry annotates it at residues" in html and "P32633 MTC7_YEAST" in html
+
+
+def test_interplm_demo_with_no_arguments(tmp_path):
+    """What the README's first command runs, as a user runs it: a fresh process, no arguments."""
+    _, page = _run_demo(tmp_path)
+    html = page.read_text()
     images = re.findall(r'src="([^"]+\.png)"', html)
     assert len(images) >= 4
     assert "best Swiss-Prot concept match" in html
