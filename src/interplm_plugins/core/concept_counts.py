@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from scipy import sparse
 
-from interplm_plugins.core.concept_labels import HALVES, Concept, ConceptHalves, ConceptLabels, as_labels_csr, label_totals
+from interplm_plugins.core.concept_labels import HALVES, Concept, ConceptHalves, ConceptLabels, as_labels_csr, concepts_present, label_totals
 from interplm_plugins.core.concept_metrics import concept_metrics
 from interplm_plugins.errors import InterPLMError
 
@@ -211,7 +211,7 @@ class ConceptMatchCounter:
                 record=protein_id,
             )
         self._pending.append((activations, labels))
-        self._n_proteins_with += np.diff(labels.tocsc().indptr) > 0
+        self._n_proteins_with += concepts_present(labels)
         self._pending_rows += labels.shape[0]
         self._n_residues += labels.shape[0]
         self._seen.add(protein_id)

@@ -234,14 +234,11 @@ class ConceptLabels:
             mine = self.concepts[column[c.name]] if c.name in column else None
             if mine is not None and mine.residue_level != c.residue_level:
                 raise InterPLMError(f"concept {c.name!r} is residue-level in one set and domain-level in the other")
-        take = [column.get(c.name, -1) for c in concepts]
-        present = np.array([j >= 0 for j in take], dtype=bool)
-        source = np.array([max(j, 0) for j in take], dtype=np.int64)
-        matrices = {}
-        for pid in self.sequences:
-            mat = self.matrix(pid).tocsc()[:, source] if len(take) else sparse.csr_matrix((len(self.sequences[pid]), 0), dtype=np.int32)
-            matrices[pid] = (mat @ sparse.diags(present.astype(np.int32))).tocsr().astype(np.int32) if len(take) else mat
-            matrices[pid].eliminate_zeros()
+        # selector[i, j] = 1 where my column i is their column j: a product moves instance ids unchanged
+        pairs = [(column[c.name], j) for j, c in enumerate(concepts) if c.name in column]
+        rows, cols = (np.array(x, dtype=np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
+        selector = sparse.csr_matrix((np.ones(len(pairs), dtype=np.int32), (rows, cols)), shape=(len(self.concepts), len(concepts)))
+        matrices = {pid: (self.matrix(pid) @ selector).astype(np.int32).tocsr() for pid in self.sequences}
         return ConceptLabels(concepts, self.sequences, matrices, self.splits, self.settings)
 
     def summary(self) -> pd.DataFrame:
@@ -250,7 +247,7 @@ class ConceptLabels:
         n_residues, n_instances = label_totals(stacked)
         per_protein = {half: np.zeros(len(self.concepts), dtype=np.int64) for half in ("all", *HALVES)}
         for pid in self.proteins:
-            has = np.diff(self.matrix(pid).tocsc().indptr) > 0
+            has = concepts_present(self.matrix(pid))
             per_protein["all"] += has
             if self.splits is not None:
                 per_protein[self.splits[pid]] += has
@@ -364,6 +361,11 @@ def as_labels_csr(labels) -> sparse.csr_matrix:
     if mat.nnz and mat.data.min() < 0:
         raise InterPLMError("concept labels must be non-negative instance ids")
     return mat
+
+
+def concepts_present(labels) -> np.ndarray:
+    """``[C]`` True for each concept with at least one labelled residue in ``labels`` (one protein's, say)."""
+    return np.diff(sparse.csc_matrix(labels).indptr) > 0
 
 
 def label_totals(labels) -> tuple[np.ndarray, np.ndarray]:
