@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from interplm_plugins.core.concepts import Eligibility, build_concept_labels, split_into_halves
+    from interplm_plugins.core.concept_selection import concept_vocabulary
+    from interplm_plugins.core.concepts import ConceptHalves, Eligibility, build_concept_labels, split_into_halves
     from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID, cluster_sequences
     from interplm_plugins.core.sequences import ProteinRecord, write_fasta
     from interplm_plugins.core.uniprot import read_uniprot_files
@@ -55,11 +56,10 @@ def run(args) -> int:
     clusters.save(out / "clusters.tsv")
     labels.save(out)
     write_fasta(records, out / "proteins.fasta")
-    summary = labels.summary()
-    evaluable = int(((summary["valid_proteins"] >= eligibility.min_proteins) & (summary["test_proteins"] >= eligibility.min_proteins)).sum())
+    summary = concept_vocabulary(ConceptHalves.from_splits(labels), eligibility)
     valid, test = (len(labels.proteins_in_split(s)) for s in ("valid", "test"))
     again = f" ({len(skipped)} repeated accessions skipped)" if skipped else ""
     print(f"{len(entries)} entries{again}, {len(summary)} concepts ({(summary['level'] == 'residue').sum()} residue-level, "
-          f"{evaluable} with >= {eligibility.min_proteins} proteins in each half); {labels.settings['clustering']['clusters']} "
+          f"{summary['evaluated'].sum()} evaluable: {eligibility.describe()}); {labels.settings['clustering']['clusters']} "
           f"sequence clusters; proteins valid/test {valid}/{test} -> {out}")  # fmt: skip
     return 0

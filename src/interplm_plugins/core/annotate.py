@@ -21,7 +21,7 @@ from scipy import sparse
 from interplm_plugins.core.activations import Pipeline, iter_feature_activations
 from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter
 from interplm_plugins.core.concept_labels import ConceptHalves
-from interplm_plugins.core.concept_selection import Eligibility, feature_concept_table
+from interplm_plugins.core.concept_selection import Eligibility, concept_vocabulary, feature_concept_table
 from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
 from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
@@ -52,8 +52,6 @@ def build_database(
             if protein.id in annotated and annotated[protein.id] != protein.sequence:
                 raise InterPLMError("sequence differs from the one in the concept annotations", record=protein.id)
         counter = HalvesCounter(halves, pipeline.num_features, thresholds)
-    evaluated: list[np.ndarray] = []  # the eligibility mask, once the counts are in
-
     def stream() -> Iterator[tuple[ProteinRecord, np.ndarray]]:
         for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch):
             if counter is not None:
@@ -64,15 +62,12 @@ def build_database(
         if counter is None:
             return None
         valid, test = counter.results()
-        evaluated.append(eligibility.mask(valid, test))
         return feature_concept_table(valid, test, per_concept=matches_per_concept, eligibility=eligibility)
 
     def concept_summary() -> pd.DataFrame | None:
         if halves is None:
             return None
-        summary = concept_vocabulary(halves)
-        summary["evaluated"] = evaluated[0].astype(int) if evaluated else 0
-        return summary
+        return concept_vocabulary(halves, eligibility)
 
     provenance = {
         "plm": pipeline.plm.name,
@@ -99,19 +94,3 @@ def build_database(
         total=len(records),
     )
 
-
-def concept_vocabulary(halves: ConceptHalves) -> pd.DataFrame:
-    """One row per concept: family, level, instances, residues and proteins overall and per half."""
-    valid, test = halves.valid.summary(), halves.test.summary()
-    return pd.DataFrame(
-        {
-            "concept": valid["concept"],
-            "family": valid["family"],
-            "level": valid["level"],
-            "n_instances": valid["instances"] + test["instances"],
-            "n_residues": valid["residues"] + test["residues"],
-            "n_proteins": valid["proteins"] + test["proteins"],
-            "valid_proteins": valid["proteins"],
-            "test_proteins": test["proteins"],
-        }
-    )

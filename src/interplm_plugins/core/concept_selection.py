@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.concept_counts import ConceptCounts
+from interplm_plugins.core.concept_labels import ConceptHalves
 from interplm_plugins.errors import InterPLMError
 
 DEFAULT_MIN_PROTEINS_PER_HALF = 3
@@ -37,14 +38,18 @@ class Eligibility:
         if self.min_proteins < 1 or self.min_instances < 1:
             raise InterPLMError(f"eligibility needs at least 1 protein and 1 instance per half, got {self}")
 
+    def admits(self, valid_proteins, valid_instances, test_proteins, test_instances) -> np.ndarray:
+        """``[C]`` True where a concept has enough proteins and instances in both halves (arrays ``[C]`` each)."""
+        return (
+            (np.asarray(valid_proteins) >= self.min_proteins) & (np.asarray(valid_instances) >= self.min_instances)
+            & (np.asarray(test_proteins) >= self.min_proteins) & (np.asarray(test_instances) >= self.min_instances)
+        )  # fmt: skip
+
     def mask(self, valid: ConceptCounts, test: ConceptCounts) -> np.ndarray:
-        """``[C]`` True where a concept has enough examples in both halves."""
-        ok = np.ones(len(valid.concepts), dtype=bool)
-        for counts in (valid, test):
-            if counts.n_proteins_with is None:
-                raise InterPLMError("concept counts lack per-concept protein counts (count with ConceptMatchCounter)")
-            ok &= (counts.n_proteins_with >= self.min_proteins) & (counts.n_instances >= self.min_instances)
-        return ok
+        """:meth:`admits` of the counts of the two halves."""
+        if valid.n_proteins_with is None or test.n_proteins_with is None:
+            raise InterPLMError("concept counts lack per-concept protein counts (count with ConceptMatchCounter)")
+        return self.admits(valid.n_proteins_with, valid.n_instances, test.n_proteins_with, test.n_instances)
 
     def describe(self) -> str:
         return f">= {self.min_proteins} proteins and >= {self.min_instances} instances in each half"
@@ -89,9 +94,10 @@ def choose_on_validation(valid: ConceptCounts, metrics: dict[str, np.ndarray] | 
     return features[:, 0], t_index[:, 0]
 
 
-def _scored_rows(valid: ConceptCounts, test: ConceptCounts, concept: np.ndarray, feature: np.ndarray, t_index: np.ndarray) -> pd.DataFrame:
-    """One row per chosen (concept, feature, threshold): validation metrics and test metrics at that choice."""
-    vm, tm = valid.metrics(), test.metrics()
+def _scored_rows(
+    valid: ConceptCounts, vm: dict[str, np.ndarray], tm: dict[str, np.ndarray], concept: np.ndarray, feature: np.ndarray, t_index: np.ndarray
+) -> pd.DataFrame:
+    """One row per chosen (concept, feature, threshold): validation metrics ``vm`` and test metrics ``tm`` at that choice."""
     columns = {
         "concept": [valid.concepts[c].name for c in concept],
         "family": [valid.concepts[c].family for c in concept],
@@ -121,9 +127,10 @@ def best_feature_per_concept(valid: ConceptCounts, test: ConceptCounts, eligibil
     """
     _check_same_design(valid, test)
     eligibility = eligibility or Eligibility()
-    feature, t_index = choose_on_validation(valid)
+    vm, tm = valid.metrics(), test.metrics()
+    feature, t_index = choose_on_validation(valid, vm)
     concept = np.arange(len(valid.concepts))
-    table = _scored_rows(valid, test, concept, feature, t_index)
+    table = _scored_rows(valid, vm, tm, concept, feature, t_index)
     table["valid_proteins"], table["test_proteins"] = valid.n_proteins_with, test.n_proteins_with
     table["valid_instances"], table["test_instances"] = valid.n_instances, test.n_instances
     return table[eligibility.mask(valid, test)].reset_index(drop=True)
@@ -140,8 +147,27 @@ def feature_concept_table(
     """
     _check_same_design(valid, test)
     eligibility = eligibility or Eligibility()
-    features, t_index = rank_features_on_validation(valid, per_concept)
+    vm, tm = valid.metrics(), test.metrics()
+    features, t_index = rank_features_on_validation(valid, per_concept, vm)
     concept = np.repeat(np.arange(len(valid.concepts)), features.shape[1])
-    table = _scored_rows(valid, test, concept, features.ravel(), t_index.ravel())
+    table = _scored_rows(valid, vm, tm, concept, features.ravel(), t_index.ravel())
     keep = eligibility.mask(valid, test)[concept] & (table["valid_f1"].to_numpy() > min_valid_f1)
     return table[keep].reset_index(drop=True)
+
+
+def concept_vocabulary(halves: ConceptHalves, eligibility: Eligibility) -> pd.DataFrame:
+    """One row per concept: family, level, instances, residues and proteins overall and per half, and whether it is evaluated."""
+    valid, test = halves.valid.summary(), halves.test.summary()
+    return pd.DataFrame(
+        {
+            "concept": valid["concept"],
+            "family": valid["family"],
+            "level": valid["level"],
+            "n_instances": valid["instances"] + test["instances"],
+            "n_residues": valid["residues"] + test["residues"],
+            "n_proteins": valid["proteins"] + test["proteins"],
+            "valid_proteins": valid["proteins"],
+            "test_proteins": test["proteins"],
+            "evaluated": eligibility.admits(valid["proteins"], valid["instances"], test["proteins"], test["instances"]).astype(int),
+        }
+    )
