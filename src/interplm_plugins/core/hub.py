@@ -244,11 +244,12 @@ def check_plm_for_sae(spec: str, trained_on: str | None, plm) -> None:
     (``esm2_t6_8M_UR50D`` or ``facebook/esm2_t6_8M_UR50D``), by that name.
     """
     from interplm_plugins.core.plm import ESM2_MODELS
+    from interplm_plugins.core.provenance import plm_name_key
 
     if trained_on is None:
         return
     layers, dim, _ = ESM2_MODELS[trained_on]
-    own = str(plm.name).rsplit("/", 1)[-1]
+    own = plm_name_key(plm.name)  # provenance's reading of a name, so both checks agree on what is the same PLM
     if (plm.num_layers, plm.embed_dim) != (layers, dim) or (own in ESM2_MODELS and own != trained_on):
         raise InterPLMError(
             f"SAE {spec} was trained on {trained_on} ({layers} layers, dim {dim}), but the loaded PLM is "
