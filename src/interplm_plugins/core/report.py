@@ -216,7 +216,7 @@ def compare_units(
     def units(emb: np.ndarray) -> dict[str, np.ndarray]:
         return {unit: scaled(values, maxima[unit]) for unit, values in raw_units(emb).items()}
 
-    counters = {unit: HalvesCounter(halves, width.size, thresholds) for unit, width in maxima.items()}
+    counters = {unit: HalvesCounter(halves, scale.size, thresholds) for unit, scale in maxima.items()}
     # Pass 2, validation proteins: choose each concept's feature / neuron and threshold.
     for pid, emb in embeddings(records["valid"]):
         for unit, activations in units(emb).items():
@@ -237,7 +237,7 @@ def compare_units(
 
     # The tables keep the eligible concepts; so do the per-protein counts.
     evaluated = np.flatnonzero(eligibility.mask(valid_counts["sae"], test_counts["sae"]))
-    residue_level = np.array([c.residue_level for c in halves.concepts], dtype=bool)[evaluated]
+    residue_level = halves.valid.residue_level[evaluated]
     chosen_counts = {
         unit: ChosenUnitCounts(*(np.array([r[i] for r in rows[unit]], dtype=np.float64)[:, evaluated] for i in range(5)), residue_level=residue_level)
         for unit in counters
