@@ -3,7 +3,8 @@ matches, and per residue its top features (``interplm features``; DataFrames for
 
 Proteins rank features by their maximum activation over the protein (InterPLM's normalised scale: 1 is
 the feature's maximum on the SAE's training residues), ties by the mean. A feature's concept is its best
-match in the pipeline's feature database (:func:`concept_of`, the one place the database is asked).
+match in the pipeline's feature database (``best_concepts``: chosen on validation, above the floor; its
+test F1 is shown, worded by :func:`~interplm_plugins.core.database.concept_label`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,8 @@ from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.sequences import ProteinRecord, clean_sequence, read_fasta
 
 PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
-                   "peak_residue", "concept", "concept_f1")  # fmt: skip
+                   "peak_residue", "concept", "concept_f1", "concept_label")  # fmt: skip
 RESIDUE_COLUMNS = ("protein", "position", "aa", "rank", "feature", "activation", "concept")
-
-
-def concept_of(database, feature: int) -> tuple[str | None, float | None]:
-    """``(concept, F1)`` of ``feature``'s best concept match in ``database``, or ``(None, None)``."""
-    if database is None:
-        return None, None
-    matches = database.concepts_for_feature(int(feature), k=1)
-    return (matches[0].concept, float(matches[0].f1)) if matches else (None, None)
 
 
 def read_queries(text: str | os.PathLike) -> list[ProteinRecord]:
@@ -76,25 +69,26 @@ def _top_features(acts: np.ndarray, k: int) -> np.ndarray:
 
 def sequence_features(pipeline: Pipeline, records: Iterable[ProteinRecord], top: int = 10, residue_top: int = 5) -> FeatureReport:
     """Top ``top`` features per protein and top ``residue_top`` per residue (only features that fire)."""
+    from interplm_plugins.core.database import concept_label
+
     database = pipeline.database
-    concepts: dict[int, tuple[str | None, float | None]] = {}
-
-    def concept(feature: int) -> tuple[str | None, float | None]:
-        if feature not in concepts:
-            concepts[feature] = concept_of(database, feature)
-        return concepts[feature]
-
     protein_rows, residue_rows = [], []
     for record in records:
         acts = pipeline.activations(record.sequence, record=record.id)
-        for rank, f in enumerate(_top_features(acts, top), start=1):
-            peak = int(acts[:, f].argmax())
-            protein_rows.append((record.id, rank, int(f), float(acts[peak, f]), float(acts[:, f].mean()), int((acts[:, f] > 0).sum()),
-                                 peak + 1, record.sequence[peak], *concept(int(f))))  # fmt: skip
+        tops = _top_features(acts, top)
         order = np.argsort(-acts, axis=1, kind="stable")[:, :residue_top]
+        wanted = sorted({int(f) for f in tops} | {int(f) for f in order[np.take_along_axis(acts, order, axis=1) > 0]})
+        best = database.best_concepts(wanted) if database is not None else {}  # one query per protein
+        for rank, f in enumerate(tops, start=1):
+            peak, match = int(acts[:, f].argmax()), best.get(int(f))
+            protein_rows.append((record.id, rank, int(f), float(acts[peak, f]), float(acts[:, f].mean()), int((acts[:, f] > 0).sum()),
+                                 peak + 1, record.sequence[peak], match.concept if match else None, match.f1 if match else None,
+                                 concept_label(match)))  # fmt: skip
         for position, features in enumerate(order):
             for rank, f in enumerate(features[acts[position, features] > 0], start=1):
-                residue_rows.append((record.id, position + 1, record.sequence[position], rank, int(f), float(acts[position, f]), concept(int(f))[0]))
+                match = best.get(int(f))
+                residue_rows.append((record.id, position + 1, record.sequence[position], rank, int(f), float(acts[position, f]),
+                                     match.concept if match else None))  # fmt: skip
     return FeatureReport(pd.DataFrame(protein_rows, columns=PROTEIN_COLUMNS), pd.DataFrame(residue_rows, columns=RESIDUE_COLUMNS))
 
 
@@ -127,7 +121,6 @@ def format_report(report: FeatureReport, sequences: Sequence[ProteinRecord]) -> 
         lines.append(f"{record.id} ({len(record.sequence)} residues): {len(rows)} features")
         lines.append(f"  {'rank':>4} {'feature':>7} {'max':>6} {'mean':>6} {'active':>6} {'peak':>7}  concept")
         for row in rows.itertuples(index=False):
-            concept = f"{row.concept} (F1 {row.concept_f1:.2f})" if isinstance(row.concept, str) else "-"
             lines.append(f"  {row.rank:>4} {row.feature:>7} {row.max_activation:6.3f} {row.mean_activation:6.3f} "
-                         f"{row.active_residues:>6} {row.peak_residue}{row.peak_position:<6}  {concept}")  # fmt: skip
+                         f"{row.active_residues:>6} {row.peak_residue}{row.peak_position:<6}  {row.concept_label}")  # fmt: skip
     return "\n".join(lines)
