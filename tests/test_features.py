@@ -74,3 +74,12 @@ def test_a_sequence_on_the_command_line_and_a_bad_one(tiny_pipeline, tiny_esm2_p
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "sequence" in error[0]
     assert not list(tmp_path.glob("x*"))
+
+
+def test_a_sequence_longer_than_a_file_name_is_a_sequence(capsys):
+    """A 300-residue query is read as a sequence (it once reached the file system and failed: names stop at 255 bytes)."""
+    from interplm_plugins.cli import main
+
+    sequence = "MKTAYIAKQRQISFVKSHFSRQLEERLGLI" * 10
+    assert main(["-q", "features", sequence, "--top", "2"]) == 0
+    assert "query (300 residues): 2 features" in capsys.readouterr().out

@@ -26,12 +26,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.features import format_report, read_queries, sequence_features, write_report
+    from interplm_plugins.core.features import format_report, sequence_features, write_report
+    from interplm_plugins.core.references import read_references
     from interplm_plugins.errors import InterPLMError
 
     if args.top < 1 or args.residue_top < 1:
         raise InterPLMError("--top and --residue-top must be at least 1")
-    records = read_queries(args.query)  # before the model loads: a bad query fails fast
+    records = read_references(args.query, "query")  # before the model loads: a bad query fails fast
     pipeline = load_pipeline_from_args(args)
     report = sequence_features(pipeline, records, top=args.top, residue_top=args.residue_top)
     print(format_report(report, records))

@@ -19,19 +19,11 @@ import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline
-from interplm_plugins.core.sequences import ProteinRecord, clean_sequence, read_fasta
+from interplm_plugins.core.sequences import ProteinRecord
 
 PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
                    "peak_residue", "concept", "concept_f1", "concept_label")  # fmt: skip
 RESIDUE_COLUMNS = ("protein", "position", "aa", "rank", "feature", "activation", "concept")
-
-
-def read_queries(text: str | os.PathLike) -> list[ProteinRecord]:
-    """The proteins of a FASTA file, or one protein (``query``) given as its sequence."""
-    path = Path(os.path.expanduser(str(text)))
-    if path.is_file():
-        return read_fasta(path)
-    return [ProteinRecord("query", clean_sequence(str(text), record="sequence"))]
 
 
 @dataclass
