@@ -152,3 +152,20 @@ def test_pymol_export_matches_the_command_line(tiny_pipeline, pipeline_args, tmp
     protein = {k: max(v) for k, v in cli_b.items() if not k[3] and len(v) == 1}
     assert len(protein) == len(ours) and any(v > 0 for v in protein.values())
     assert {k: max(v) for k, v in session_b.items() if k in protein} == pytest.approx(protein, abs=0.011)
+
+
+def test_export_aligns_each_chain_to_the_reference_it_matches(tiny_pipeline, pipeline_args, shared_data, tmp_path, capsys):
+    """--uniprot with one record per protein: each chain takes the record it matches; none matching is one line."""
+    from interplm_plugins.core.sequences import read_fasta
+
+    protease = read_structure(HPV)[0].sequence
+    calmodulin = read_fasta(shared_data / "sequences" / "swissprot_train.fasta")[0].sequence
+    references = tmp_path / "refs.fasta"
+    references.write_text(f">OTHER\n{calmodulin}\n>PR\n{protease}\n")
+    assert main(["export", str(HPV), "--feature", "3", "--out", str(tmp_path / "out"), "--uniprot", str(references), "--format", "tsv", *pipeline_args]) == 0
+    assert "chain A = PR, chain B = PR" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "out" / "1hpv.interplm.tsv", sep="\t")
+    assert (table["position"] > 0).all()  # every residue landed on the reference
+    (tmp_path / "other.fasta").write_text(f">OTHER\n{calmodulin}\n")
+    assert main(["export", str(HPV), "--feature", "3", "--out", str(tmp_path / "none"), "--uniprot", str(tmp_path / "other.fasta"), *pipeline_args]) == 2
+    assert "does not match the reference" in capsys.readouterr().err and not (tmp_path / "none" / "1hpv.interplm.tsv").exists()

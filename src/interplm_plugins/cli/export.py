@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--feature", type=int, nargs="+", required=True, help="SAE feature indices")
     p.add_argument("--out", required=True, help="folder to write into (created if missing)")
     p.add_argument("--chain", help="export only this chain")
-    p.add_argument("--uniprot", help="full-length sequence (FASTA with one record, or the sequence) to embed; the chains are aligned to it")
+    p.add_argument("--uniprot", help="full-length sequence(s) to embed: the sequence, or a FASTA file with one record per protein "
+                                     "of a complex; each chain is aligned to the record it matches, the others get no values")  # fmt: skip
     p.add_argument("--format", default="tsv,pdb,defattr", help="comma-separated subset of tsv,pdb,defattr (default all three)")
     add_pipeline_options(p, database=False)
     p.set_defaults(run=run)
@@ -30,12 +31,15 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from interplm_plugins.core.export import export_structure
-    from interplm_plugins.core.sequences import read_reference_sequence
+    from interplm_plugins.core.references import read_references
 
     pipeline = load_pipeline_from_args(args)
-    reference = read_reference_sequence(args.uniprot, "--uniprot") if args.uniprot else None
+    references = read_references(args.uniprot, "--uniprot") if args.uniprot else None
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     for structure in args.structures:
-        for path in export_structure(pipeline, structure, args.feature, args.out, reference=reference, chain=args.chain, formats=formats):
+        written, matched = export_structure(pipeline, structure, args.feature, args.out, references=references, chain=args.chain, formats=formats)
+        if matched:
+            print(f"{structure}: {matched}")
+        for path in written:
             print(path)
     return 0

@@ -36,22 +36,18 @@ def add_parser(subparsers) -> None:
 
 
 def _structure_scans(args: argparse.Namespace, pipeline, path: Path) -> list[pd.DataFrame]:
-    from interplm_plugins.core.activations import chain_activations
     from interplm_plugins.core.mutate import scan_chain, select_labels
-    from interplm_plugins.core.references import check_matches, match_chain, matched_activations, read_references
+    from interplm_plugins.core.references import chains_with_references, read_references
     from interplm_plugins.core.structure import read_structure
 
     chains = [c for c in read_structure(path) if args.chain is None or c.chain_id == args.chain]
     if not chains:
         raise InterPLMError(f"no protein chain {args.chain!r}", file=path)
     selected = [select_labels([r.label for r in c.residues], args.positions, record=f"chain {c.chain_id}") for c in chains]
-    if args.uniprot:
-        references = read_references(args.uniprot, "--uniprot")
-        matches = [match_chain(c, references, s) for c, s in zip(chains, selected)]
-        print(f"{path}: {check_matches(matches, source=path)}")
-        acts = [matched_activations(pipeline, c, m) for c, m in zip(chains, matches)]
-    else:
-        acts = [chain_activations(pipeline, c, source=str(path)) for c in chains]
+    references = read_references(args.uniprot, "--uniprot") if args.uniprot else None
+    acts, matched = chains_with_references(pipeline, chains, references, path, selected)
+    if matched:
+        print(f"{path}: {matched}")
     progress = progress_enabled(args)
     return [scan_chain(pipeline, a, args.feature, s, args.to, progress=progress) for a, s in zip(acts, selected) if (a.positions >= 0).any()]
 

@@ -26,8 +26,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
+from interplm_plugins.core.activations import ChainActivations, Pipeline
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.references import chains_with_references
+from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.core.structure import read_structure
 from interplm_plugins.errors import InterPLMError
 
@@ -41,14 +43,18 @@ def attribute_name(feature: int) -> str:
     return f"{ATTRIBUTE_PREFIX}{int(feature)}"
 
 
-def structure_activations(pipeline: Pipeline, path: str | os.PathLike, reference: str | None = None, chain: str | None = None) -> list[ChainActivations]:
-    """Activations of every protein chain of a structure file (or of ``chain`` only)."""
+def structure_activations(
+    pipeline: Pipeline, path: str | os.PathLike, references: Sequence[ProteinRecord] | None = None, chain: str | None = None
+) -> tuple[list[ChainActivations], str | None]:
+    """Activations of every protein chain of a structure file (or of ``chain`` only), each chain aligned to
+    the reference it matches (:func:`~interplm_plugins.core.references.chains_with_references`), and the
+    line saying which matched (None without references)."""
     chains = read_structure(path)
     if chain is not None:
         chains = [c for c in chains if c.chain_id == chain]
         if not chains:
             raise InterPLMError(f"no protein chain {chain!r}", file=path)
-    return [chain_activations(pipeline, c, reference=reference, source=str(path)) for c in chains]
+    return chains_with_references(pipeline, chains, references, path)
 
 
 def activation_table(named_chains: Iterable[tuple[str, ChainActivations]], features: Sequence[int]) -> pd.DataFrame:
@@ -122,9 +128,12 @@ def write_bfactor_structure(source: str | os.PathLike, table: pd.DataFrame, colu
 
 
 def export_structure(pipeline: Pipeline, structure: str | os.PathLike, features: Sequence[int], out_dir: str | os.PathLike,
-                     reference: str | None = None, chain: str | None = None, formats: Sequence[str] = FORMATS) -> list[Path]:
+                     references: Sequence[ProteinRecord] | None = None, chain: str | None = None,
+                     formats: Sequence[str] = FORMATS) -> tuple[list[Path], str | None]:
     """Write ``<stem>.interplm.tsv``, ``<stem>.interplm_<N>.pdb`` (``.cif`` for mmCIF input) per feature and
-    ``<stem>.interplm.defattr`` into ``out_dir``; returns the paths written."""
+    ``<stem>.interplm.defattr`` into ``out_dir``. With ``references`` (one per protein of a complex) each
+    chain is aligned to the one it matches; the others get no values. Returns the paths written and the
+    line saying which chain matched which reference (None without references)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise InterPLMError(f"unknown export format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
@@ -132,7 +141,8 @@ def export_structure(pipeline: Pipeline, structure: str | os.PathLike, features:
     if not features:
         raise InterPLMError("name at least one feature to export")
     structure = Path(structure)
-    table = activation_table(((structure.name, acts) for acts in structure_activations(pipeline, structure, reference, chain)), features)
+    chains, matched = structure_activations(pipeline, structure, references, chain)
+    table = activation_table(((structure.name, acts) for acts in chains), features)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = structure.name.removesuffix(".gz").rsplit(".", 1)[0]
@@ -144,4 +154,4 @@ def export_structure(pipeline: Pipeline, structure: str | os.PathLike, features:
         written += [write_bfactor_structure(structure, table, c, out_dir / f"{stem}.{c}{suffix}") for c in feature_columns(table)]
     if "defattr" in formats:
         written.append(write_defattr(table, out_dir / f"{stem}.interplm.defattr", title=structure.name))
-    return written
+    return written, matched

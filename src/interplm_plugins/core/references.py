@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline
+from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
 from interplm_plugins.core.sequences import ProteinRecord, read_fasta, read_reference_sequence
 from interplm_plugins.core.structure import StructureChain, alignment_quality, reference_mapping
 from interplm_plugins.errors import InterPLMError
@@ -96,3 +96,20 @@ def check_matches(matches: Sequence[ReferenceMatch], source: str | os.PathLike |
     if not any(m.ok for m in matches):
         raise InterPLMError("structure sequence does not match the reference: " + "; ".join(m.reason() for m in matches), file=source)
     return ", ".join(f"chain {m.chain_id} = {m.reference.id}" if m.ok else f"chain {m.chain_id} matches no reference (grey)" for m in matches)
+
+
+def chains_with_references(
+    pipeline: Pipeline, chains: Sequence[StructureChain], references: Sequence[ProteinRecord] | None, source: str | os.PathLike,
+    selected: Sequence[Sequence[int] | None] | None = None,
+) -> tuple[list[ChainActivations], str | None]:
+    """Each chain's activations and the line saying which chain matched which reference.
+
+    Without ``references`` a chain's own sequence is embedded (and the line is None); with them each
+    chain is aligned to the record it matches best over its ``selected`` residues, and a chain that
+    matches none gets no values (an error only when no chain matches).
+    """
+    if not references:
+        return [chain_activations(pipeline, c, source=str(source)) for c in chains], None
+    matches = [match_chain(c, references, s) for c, s in zip(chains, selected or [None] * len(chains))]
+    line = check_matches(matches, source=source)
+    return [matched_activations(pipeline, c, m) for c, m in zip(chains, matches)], line
