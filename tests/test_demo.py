@@ -136,6 +136,11 @@ def test_readme_concept_numbers_are_the_recomputed_ones(recomputed_summary):
     readme = (REPO / "README.md").read_text()
     assert f"95 % interval of the difference is {low:+g} to {high:+g}" in readme
     assert f"finds more concepts at 0.5 in {boot[0.5]['share_sae_ahead']:.0%}" in readme.replace(" %", "%")
+    words = " ".join(readme.split())
+    assert f"in each half**: {recomputed_summary['concepts_evaluated']} of {recomputed_summary['concepts_in_vocabulary']}." in words
+    assert f"all **{recomputed_summary['valid_proteins'] + recomputed_summary['test_proteins']}** annotated Swiss-Prot entries" in words
+    db = load_pipeline().database
+    assert f'"no concept match" ({len(db.best_concepts(range(db.num_features)))} of the {db.num_features:,} features have one)' in words
 
 
 def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(shared_data, tmp_path):
@@ -156,6 +161,9 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(shared_data, 
         assert row in card, row
     assert (f"fraction of variance explained {fve}, L0 {l0} features per residue, {dead.replace('%', ' %')} dead, "
             f"masked-LM loss recovered **{fidelity}**") in readme  # fmt: skip
+    proteins, residues = quality["num_proteins_evaluated"], quality["num_residues_evaluated"]
+    assert f"the {proteins} held-out Swiss-Prot proteins ({residues:,} residues)" in readme
+    assert f"Measured on the {residues:,} residues of {proteins} held-out Swiss-Prot proteins" in card
 
 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
