@@ -30,17 +30,75 @@ from esm.model.esm2 import ESM2
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-from interplm_plugins.core.sequences import protein_split, read_fasta
+from interplm_plugins.core.homology import SequenceClusters, stable_hash, cluster_sequences
+from interplm_plugins.core.sequences import ProteinRecord, read_fasta
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def load_sequences(data_dir: Path) -> tuple[list[str], list[str]]:
-    train, held_out = [], []
-    for fasta in sorted(data_dir.glob("*.fasta")):
-        for rec in read_fasta(fasta):
-            (train if protein_split(rec.id) == "train" else held_out).append(rec.sequence)
-    return train, held_out
+#: Identity and coverage of the PLM's held-out line: UniRef50's 50%, as ESM-2's validation clusters.
+PLM_MIN_SEQ_ID, PLM_COVERAGE = 0.5, 0.8
+#: Share of the clusters (by a hash of the representative) held out as never-seen clusters.
+UNSEEN_CLUSTER_FRACTION = 0.01
+#: Held-out proteins scored per set (the first by a hash of their id): enough for a perplexity to 2 decimals.
+EVAL_PROTEINS = 1000
+
+
+def corpus_records(data_dir: Path) -> list[ProteinRecord]:
+    """Every protein of ``sequences/corpus/*.fasta.gz``, the Swiss-Prot FASTA files and the annotated entries, one record per distinct sequence."""
+    from interplm_plugins.core.uniprot import read_uniprot
+
+    # Annotated entries first: where the corpus holds the same sequence under another id, the
+    # accession the concept halves name is the one kept.
+    records: list[ProteinRecord] = []
+    more = data_dir / "uniprot" / "more"
+    for entries in (data_dir / "uniprot" / "swissprot_train.dat.gz", *sorted(more.glob("*.dat.gz")), *sorted(more.glob("*.json.gz"))):
+        records += [ProteinRecord(e.accession, e.sequence) for e in read_uniprot(entries)]
+    for fasta in [*sorted((data_dir / "sequences").glob("*.fasta")), *sorted((data_dir / "sequences" / "corpus").glob("*.fasta.gz"))]:
+        records += read_fasta(fasta)
+    seen_seq: dict[str, str] = {}
+    seen_id: set[str] = set()
+    unique: list[ProteinRecord] = []
+    for rec in records:
+        if rec.sequence in seen_seq or rec.id in seen_id:
+            continue
+        seen_seq[rec.sequence] = rec.id
+        seen_id.add(rec.id)
+        unique.append(rec)
+    return unique
+
+
+def split_by_clusters(records: list[ProteinRecord], test_half: set[str], work: Path) -> dict[str, str]:
+    """Protein id -> ``train``, ``unseen_clusters`` or ``swissprot_test``, by whole MMseqs2 clusters at 50% identity.
+
+    A cluster holding a protein of the concept evaluation's test half (``concept_halves.tsv``) is
+    held out whole, so no test protein and no close homolog of one is trained on; 1% of the other
+    clusters are held out as clusters the model never saw. The clustering is cached in ``work``.
+    """
+    cache = work / "clusters_50.tsv"
+    if cache.exists():
+        clusters = SequenceClusters.load(cache)
+    else:
+        t = time.time()
+        clusters = cluster_sequences(records, min_seq_id=PLM_MIN_SEQ_ID, coverage=PLM_COVERAGE, linear=True)
+        clusters.save(cache)
+        print(f"clustered {len(records)} proteins into {len(clusters.members())} clusters in {time.time() - t:.0f} s ({clusters.method})", flush=True)
+    split: dict[str, str] = {}
+    for rep, members in clusters.members().items():
+        if any(m in test_half for m in members):
+            name = "swissprot_test"
+        elif stable_hash(f"plm-unseen\0{rep}") / 2**64 < UNSEEN_CLUSTER_FRACTION:
+            name = "unseen_clusters"
+        else:
+            name = "train"
+        split.update(dict.fromkeys(members, name))
+    return split
+
+
+def eval_set(records: list[ProteinRecord], split: dict[str, str], name: str, only: set[str] | None = None) -> list[ProteinRecord]:
+    """Up to :data:`EVAL_PROTEINS` proteins of one held-out set (of ``only`` among them, if given), the first by a hash of their id."""
+    chosen = sorted((r for r in records if split[r.id] == name and (only is None or r.id in only)), key=lambda r: stable_hash(r.id))
+    return chosen[:EVAL_PROTEINS]
 
 
 def mask_tokens(tokens: torch.Tensor, alphabet: Alphabet, gen: torch.Generator, rate: float = 0.15):
@@ -97,8 +155,10 @@ def unigram_perplexity(train: list[str], held_out: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("../shared/data/sequences"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder (sequences/corpus, sequences, uniprot)")
     p.add_argument("--out", type=Path, default=Path("src/interplm_plugins/data/demo"))
+    p.add_argument("--halves", type=Path, default=Path("src/interplm_plugins/data/demo/concept_halves.tsv"),
+                   help="the concept evaluation's halves: clusters of its test half are never trained on")
     p.add_argument("--name", default="esm2_t4_3M_interplm_demo")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--dim", type=int, default=256)
@@ -110,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: matmuls under torch.autocast(bfloat16), fp32 master weights and loss (AVX-512 bf16 CPUs, GPUs)")
     p.add_argument("--device", default="cpu", help="cpu (the recipe's budget) or cuda, for recipe studies on a GPU")
     p.add_argument("--eval-every", type=int, default=0, help="also log held-out perplexity every N steps (0: only at the end)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop early (and say so) past this")
@@ -120,8 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
     alphabet = Alphabet.from_architecture("ESM-1b")
-    train, held_out = load_sequences(args.data)
-    print(f"training proteins {len(train)} ({sum(map(len, train))} residues), held out {len(held_out)}", flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    records = corpus_records(args.data)
+    halves = dict(line.split("\t") for line in args.halves.read_text().splitlines()[1:] if line)
+    test_half = {pid for pid, half in halves.items() if half == "test"}
+    split = split_by_clusters(records, test_half, args.work)
+    train = [r.sequence for r in records if split[r.id] == "train"]
+    # Scored: never-seen clusters, and exactly the concept test half (not its cluster mates).
+    eval_sets = {"unseen_clusters": eval_set(records, split, "unseen_clusters"),
+                 "swissprot_test": eval_set(records, split, "swissprot_test", only=test_half)}
+    counts = {name: sum(1 for v in split.values() if v == name) for name in ("train", "unseen_clusters", "swissprot_test")}
+    print(f"proteins {counts} ({sum(map(len, train)):,} training residues); scored: "
+          + ", ".join(f"{k} {len(v)}" for k, v in eval_sets.items()), flush=True)
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     device = torch.device(args.device)
     model = new_esm2(args.layers, args.dim, args.heads, seed=args.seed).to(device).train()
@@ -156,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             batch.append(s)
         toks = encode(batch, alphabet)
         corrupted, targets = (t.to(device) for t in mask_tokens(toks, alphabet, gen))
-        logits = model(corrupted)["logits"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        with autocast:
+            logits = model(corrupted)["logits"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} elapsed {el/60:.2f} min", flush=True)
             log.append({"step": step, "loss": round(loss.item(), 4)})
         if args.eval_every and step % args.eval_every == args.eval_every - 1:
-            ppl_now = held_out_perplexity(model, alphabet, held_out, crop=1022)
-            print(f"step {step + 1} held-out perplexity {ppl_now:.3f}", flush=True)
-            log.append({"step": step + 1, "held_out_perplexity": round(ppl_now, 3)})
+            ppl_now = held_out_perplexity(model, alphabet, [r.sequence for r in eval_sets["unseen_clusters"]], crop=1022)
+            print(f"step {step + 1} unseen-cluster perplexity {ppl_now:.3f}", flush=True)
+            log.append({"step": step + 1, "unseen_clusters_perplexity": round(ppl_now, 3)})
         if step % 250 == 249:
             with atomic_path(state_file) as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -179,19 +253,30 @@ def main(argv: list[str] | None = None) -> int:
             break
     steps_done = step + 1
 
-    ppl = held_out_perplexity(model, alphabet, held_out, crop=1022)
-    uni = unigram_perplexity(train, held_out)
-    print(f"held-out masked-LM perplexity {ppl:.2f} (unigram baseline {uni:.2f})", flush=True)
+    held_out = {}
+    for name, recs in eval_sets.items():
+        seqs = [r.sequence for r in recs]
+        held_out[name] = {"proteins": len(seqs), "residues": sum(map(len, seqs)),
+                          "perplexity": round(held_out_perplexity(model, alphabet, seqs, crop=1022), 3),
+                          "unigram_perplexity": round(unigram_perplexity(train, seqs), 3)}
+        print(f"{name}: masked-LM perplexity {held_out[name]['perplexity']:.2f} (unigram baseline {held_out[name]['unigram_perplexity']:.2f})", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = save_esm2_checkpoint(model.cpu(), args.out / f"{args.name}.pt")
+    # The scored proteins ship, so tests/test_demo.py recomputes both perplexities from the checkpoint.
+    write_text_atomic(args.out / f"{args.name}_held_out.tsv",
+                      "protein_id\tset\n" + "".join(f"{r.id}\t{name}\n" for name, recs in eval_sets.items() for r in recs))
     metrics = {
         "name": args.name, "architecture": "fair-esm ESM2", "layers": args.layers, "embed_dim": args.dim,
         "attention_heads": args.heads, "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps_done, "batch": args.batch, "crop": args.crop, "lr": args.lr, "seed": args.seed,
+        "precision": args.precision, "device": args.device, "threads": args.threads,
         "training_proteins": len(train), "training_residues": sum(map(len, train)),
-        "held_out_proteins": len(held_out), "held_out_perplexity": round(ppl, 3),
-        "unigram_perplexity": round(uni, 3), "train_minutes": round((time.time() - t0) / 60, 1),
-        "data": "../shared/data/sequences (swissprot_train.fasta, mmseqs2_examples_QUERY_500.fasta), train split",
+        "training_tokens_seen": steps_done * args.batch * args.crop,
+        "held_out_clusters_proteins": counts["unseen_clusters"], "held_out_swissprot_test_proteins": counts["swissprot_test"],
+        "split": f"MMseqs2 easy-linclust clusters at {PLM_MIN_SEQ_ID:g} identity, {PLM_COVERAGE:g} coverage; clusters with a "
+                 f"concept test-half protein and {UNSEEN_CLUSTER_FRACTION:.0%} of the others held out whole",
+        "held_out": held_out, "train_minutes": round((time.time() - t0) / 60, 1),
+        "data": "../shared/data: sequences/corpus/*.fasta.gz, sequences/*.fasta, uniprot annotated entries; one record per distinct sequence",
         "loss_log": log,
     }
     write_text_atomic(args.out / f"{args.name}.json", json.dumps(metrics, indent=1))

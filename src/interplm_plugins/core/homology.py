@@ -152,8 +152,13 @@ def cluster_sequences(
     coverage: float = DEFAULT_COVERAGE,
     threads: int | None = None,
     mmseqs: str | None = None,
+    linear: bool = False,
 ) -> SequenceClusters:
     """Cluster by sequence identity with MMseqs2 (`mmseqs easy-cluster`, found on PATH or given), else the pure-Python fallback (a warning says so).
+
+    ``linear=True`` runs ``mmseqs easy-linclust`` instead: linear in the number of sequences (about a
+    minute for 100,000 proteins on 2 cores, where easy-cluster needs an hour at 30%), at the cost of
+    missing more remote homologs; fit for 50% identity (UniRef50-style) on large sets, not for 30%.
 
     ``mmseqs`` is the executable (``None``: ``mmseqs`` on PATH; ``""``: use the fallback without a
     warning). ``threads`` defaults to the machine's CPUs. Duplicate ids, bad sequences (see
@@ -173,7 +178,7 @@ def cluster_sequences(
         return _cluster_python(records, min_seq_id, coverage)
     if shutil.which(mmseqs) is None:
         raise InterPLMError("not an executable mmseqs", file=mmseqs)
-    return _cluster_mmseqs(records, min_seq_id, coverage, threads or os.cpu_count() or 1, mmseqs)
+    return _cluster_mmseqs(records, min_seq_id, coverage, threads or os.cpu_count() or 1, mmseqs, linear)
 
 
 def _checked_records(records: Sequence[ProteinRecord], min_seq_id: float, coverage: float) -> list[ProteinRecord]:
@@ -192,17 +197,18 @@ def _checked_records(records: Sequence[ProteinRecord], min_seq_id: float, covera
 
 
 def _cluster_mmseqs(
-    records: Sequence[ProteinRecord], min_seq_id: float, coverage: float, threads: int, mmseqs: str
+    records: Sequence[ProteinRecord], min_seq_id: float, coverage: float, threads: int, mmseqs: str, linear: bool = False
 ) -> SequenceClusters:
-    """``mmseqs easy-cluster`` in a temporary folder, proteins renamed ``p0, p1, ...`` (MMseqs2 keeps a header's first word only)."""
+    """``mmseqs easy-cluster`` (or ``easy-linclust``) in a temporary folder, proteins renamed ``p0, p1, ...`` (MMseqs2 keeps a header's first word only)."""
     options = ["--min-seq-id", f"{min_seq_id:g}", "-c", f"{coverage:g}", "--cov-mode", "0"]
-    method = f"mmseqs2 {_run(mmseqs, ['version']).strip()} easy-cluster {' '.join(options)}"
+    module = "easy-linclust" if linear else "easy-cluster"
+    method = f"mmseqs2 {_run(mmseqs, ['version']).strip()} {module} {' '.join(options)}"
     if not records:
         return SequenceClusters({}, method, min_seq_id, coverage)
     with tempfile.TemporaryDirectory(prefix="interplm_mmseqs_") as tmp:
         folder = Path(tmp)
         write_fasta([ProteinRecord(f"p{i}", rec.sequence) for i, rec in enumerate(records)], folder / "in.fasta")
-        args = ["easy-cluster", str(folder / "in.fasta"), str(folder / "clu"), str(folder / "work")]
+        args = [module, str(folder / "in.fasta"), str(folder / "clu"), str(folder / "work")]
         _run(mmseqs, args + options + ["--threads", str(int(threads)), "-v", "1"])
         rep_index = _read_mmseqs_clusters(folder / "clu_cluster.tsv", len(records))
     ids = [rec.id for rec in records]
@@ -355,7 +361,7 @@ def _cluster_python(
     return SequenceClusters({ids[i]: ids[rep_index[i]] for i in range(len(ids))}, method, min_seq_id, coverage)
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
     """64 bits of SHA-1: the same on every machine and run, unlike ``hash()``."""
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
 
@@ -377,7 +383,7 @@ def assign_clusters_to_splits(clusters: SequenceClusters, fractions: Mapping[str
     total = sum(len(m) for m in members.values())
     targets = [w / sum(weights) * total for w in weights]
     assigned = [0] * len(names)
-    order = sorted(members, key=lambda rep: (-len(members[rep]), _stable_hash(f"{salt}\0{rep}"), rep))
+    order = sorted(members, key=lambda rep: (-len(members[rep]), stable_hash(f"{salt}\0{rep}"), rep))
     split_of: dict[str, str] = {}
     for rep in order:
         j = max(range(len(names)), key=lambda k: (targets[k] - assigned[k], -k))
