@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from interplm_plugins.core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # batches' activations reuse freed pages instead of faulting new ones in (core/allocator.py)
     if args.quiet:
         import os
 
