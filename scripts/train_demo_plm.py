@@ -3,24 +3,33 @@
 
 Real ESM-2 weights cannot be downloaded on this project's machines, and a randomly initialised
 network holds no biology, so the embedded default is a small ``esm.model.esm2.ESM2`` trained with
-ESM's masked-LM objective (15% of residues; 80% <mask>, 10% random, 10% unchanged) on the training
-split of ../shared/data/sequences. It is saved in fair-esm's own checkpoint format (fp16 weights,
-``cfg.model`` an ``argparse.Namespace``) so ``esm.pretrained.load_model_and_alphabet_local`` loads it.
+ESM's masked-LM objective (15% of residues; 80% <mask>, 10% random, 10% unchanged). It is saved in
+fair-esm's own checkpoint format (fp16 weights, ``cfg.model`` an ``argparse.Namespace``) so
+``esm.pretrained.load_model_and_alphabet_local`` loads it.
 
-Held-out masked-LM perplexity (valid+test proteins, fixed masks) is reported next to the
-unigram baseline (amino-acid frequencies of the training set).
+Data: the 111,579 proteins of ``../shared/data/sequences/corpus`` plus the Swiss-Prot FASTA files
+and annotated entries, one record per distinct sequence, clustered by MMseqs2 linclust at 50%
+identity (UniRef50's line, as ESM-2's validation clusters). Held out whole: every cluster holding a
+protein of the concept evaluation's test half (``concept_halves.tsv``), so neither the test proteins
+nor their close homologs are trained on, and 1% of the other clusters. Reported: masked-LM
+perplexity (``core.evaluate.masked_lm_loss``, 15% masked, seed 0) of the saved checkpoint on up to
+1,000 never-seen-cluster proteins and on the concept test half, each beside the unigram baseline
+(training amino-acid frequencies); the scored proteins go to ``<name>_held_out.tsv`` so
+``tests/test_demo.py`` recomputes both. Resumable: rerun the same command after an interruption.
 
-    python scripts/train_demo_plm.py --data ../shared/data/sequences --out src/interplm_plugins/data/demo
+    python scripts/train_demo_plm.py --precision bf16 --steps 2800 --out src/interplm_plugins/data/demo
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,6 +37,7 @@ import torch.nn.functional as F
 from esm.data import Alphabet
 from esm.model.esm2 import ESM2
 
+from interplm_plugins.core.allocator import keep_freed_memory
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
 from interplm_plugins.core.homology import SequenceClusters, stable_hash, cluster_sequences
@@ -139,18 +149,47 @@ def held_out_perplexity(model: ESM2, alphabet: Alphabet, seqs: list[str], crop: 
     return math.exp(total / count)
 
 
-def unigram_perplexity(train: list[str], held_out: list[str]) -> float:
-    counts = {a: 1 for a in STANDARD + "XUOBZ"}
-    for s in train:
-        for a in s:
-            counts[a] = counts.get(a, 1) + 1
+def amino_acid_counts(train: list[str]) -> dict[str, int]:
+    """Letter counts of the training sequences, add-one smoothed over the 25 letters ESM reads."""
+    counts = Counter(dict.fromkeys(STANDARD + "XUOBZ", 1))
+    for seq in train:
+        counts.update(seq)
+    return dict(sorted(counts.items()))
+
+
+def unigram_perplexity(counts: dict[str, int], held_out: list[str]) -> float:
+    """Perplexity of held-out residues under the training amino-acid frequencies (the no-context baseline)."""
     n = sum(counts.values())
-    nll, m = 0.0, 0
-    for s in held_out:
-        for a in s:
-            nll -= math.log(counts.get(a, 1) / n)
-            m += 1
-    return math.exp(nll / m)
+    nll = sum(-math.log(counts.get(a, 1) / n) for seq in held_out for a in seq)
+    return math.exp(nll / sum(map(len, held_out)))
+
+
+def plm_split(data: Path, halves: Path, work: Path) -> tuple[list[ProteinRecord], dict[str, str], dict[str, list[ProteinRecord]]]:
+    """The corpus, each protein's PLM split (see :func:`split_by_clusters`) and the scored held-out sets."""
+    records = corpus_records(data)
+    rows = [line.split("\t") for line in halves.read_text().splitlines()[1:] if line]
+    test_half = {pid for pid, half in rows if half == "test"}
+    split = split_by_clusters(records, test_half, work)
+    # Scored: never-seen clusters, and exactly the concept test half (not its cluster mates).
+    eval_sets = {"unseen_clusters": eval_set(records, split, "unseen_clusters"),
+                 "swissprot_test": eval_set(records, split, "swissprot_test", only=test_half)}
+    return records, split, eval_sets
+
+
+def measure_held_out(checkpoint: Path, eval_sets: dict[str, list[ProteinRecord]], counts: dict[str, int]) -> dict[str, dict]:
+    """Masked-LM perplexity of the saved checkpoint on each held-out set (core.evaluate.masked_lm_loss, seed 0), with the unigram baseline."""
+    from interplm_plugins.core.evaluate import masked_lm_loss
+    from interplm_plugins.core.plm import load_plm
+
+    plm = load_plm(checkpoint)
+    held_out = {}
+    for name, recs in eval_sets.items():
+        nll, masked = masked_lm_loss(plm, recs, seed=0)
+        held_out[name] = {"proteins": len(recs), "residues": sum(len(r.sequence) for r in recs), "masked_residues": masked,
+                          "perplexity": round(math.exp(nll), 3),
+                          "unigram_perplexity": round(unigram_perplexity(counts, [r.sequence[:1022] for r in recs]), 3)}
+        print(f"{name}: masked-LM perplexity {held_out[name]['perplexity']:.2f} (unigram baseline {held_out[name]['unigram_perplexity']:.2f})", flush=True)
+    return held_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,23 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (the recipe's budget) or cuda, for recipe studies on a GPU")
     p.add_argument("--eval-every", type=int, default=0, help="also log held-out perplexity every N steps (0: only at the end)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop early (and say so) past this")
+    p.add_argument("--measure-only", action="store_true", help="only measure the saved checkpoint's held-out perplexities again")
     p.add_argument("--work", type=Path, default=Path("runs/demo_plm"), help="resumable training state")
     args = p.parse_args(argv)
 
+    keep_freed_memory()  # 2x on CPU: without it every step faults its activations' pages in afresh
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
     alphabet = Alphabet.from_architecture("ESM-1b")
     args.work.mkdir(parents=True, exist_ok=True)
-    records = corpus_records(args.data)
-    halves = dict(line.split("\t") for line in args.halves.read_text().splitlines()[1:] if line)
-    test_half = {pid for pid, half in halves.items() if half == "test"}
-    split = split_by_clusters(records, test_half, args.work)
+    records, split, eval_sets = plm_split(args.data, args.halves, args.work)
     train = [r.sequence for r in records if split[r.id] == "train"]
-    # Scored: never-seen clusters, and exactly the concept test half (not its cluster mates).
-    eval_sets = {"unseen_clusters": eval_set(records, split, "unseen_clusters"),
-                 "swissprot_test": eval_set(records, split, "swissprot_test", only=test_half)}
     counts = {name: sum(1 for v in split.values() if v == name) for name in ("train", "unseen_clusters", "swissprot_test")}
+    if args.measure_only:
+        info_file = args.out / f"{args.name}.json"
+        info = json.loads(info_file.read_text())
+        info["training_amino_acid_counts"] = info.get("training_amino_acid_counts") or amino_acid_counts(train)
+        info["held_out"] = measure_held_out(args.out / f"{args.name}.pt", eval_sets, info["training_amino_acid_counts"])
+        write_text_atomic(info_file, json.dumps(info, indent=1))
+        return 0
     print(f"proteins {counts} ({sum(map(len, train)):,} training residues); scored: "
           + ", ".join(f"{k} {len(v)}" for k, v in eval_sets.items()), flush=True)
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -202,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     lr_at = lambda s: args.lr * min(1.0, (s + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     gen = torch.Generator().manual_seed(args.seed)
     rng = random.Random(args.seed)
-    weights = [len(s) for s in train]
+    # Proteins drawn in proportion to their length (cumulative weights built once: 111k proteins).
+    cum_weights = list(itertools.accumulate(len(s) for s in train))
     start_step = 0
     args.work.mkdir(parents=True, exist_ok=True)
     state_file = args.work / "state.pt"
@@ -222,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         batch = []
-        for s in rng.choices(train, weights=weights, k=args.batch):
+        for s in rng.choices(train, cum_weights=cum_weights, k=args.batch):
             if len(s) > args.crop:
                 off = rng.randrange(len(s) - args.crop + 1)
                 s = s[off : off + args.crop]
@@ -253,15 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             break
     steps_done = step + 1
 
-    held_out = {}
-    for name, recs in eval_sets.items():
-        seqs = [r.sequence for r in recs]
-        held_out[name] = {"proteins": len(seqs), "residues": sum(map(len, seqs)),
-                          "perplexity": round(held_out_perplexity(model, alphabet, seqs, crop=1022), 3),
-                          "unigram_perplexity": round(unigram_perplexity(train, seqs), 3)}
-        print(f"{name}: masked-LM perplexity {held_out[name]['perplexity']:.2f} (unigram baseline {held_out[name]['unigram_perplexity']:.2f})", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = save_esm2_checkpoint(model.cpu(), args.out / f"{args.name}.pt")
+    aa_counts = amino_acid_counts(train)
+    held_out = measure_held_out(path, eval_sets, aa_counts)
     # The scored proteins ship, so tests/test_demo.py recomputes both perplexities from the checkpoint.
     write_text_atomic(args.out / f"{args.name}_held_out.tsv",
                       "protein_id\tset\n" + "".join(f"{r.id}\t{name}\n" for name, recs in eval_sets.items() for r in recs))
@@ -275,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_clusters_proteins": counts["unseen_clusters"], "held_out_swissprot_test_proteins": counts["swissprot_test"],
         "split": f"MMseqs2 easy-linclust clusters at {PLM_MIN_SEQ_ID:g} identity, {PLM_COVERAGE:g} coverage; clusters with a "
                  f"concept test-half protein and {UNSEEN_CLUSTER_FRACTION:.0%} of the others held out whole",
-        "held_out": held_out, "train_minutes": round((time.time() - t0) / 60, 1),
+        "training_amino_acid_counts": aa_counts, "held_out": held_out, "train_minutes": round((time.time() - t0) / 60, 1),
         "data": "../shared/data: sequences/corpus/*.fasta.gz, sequences/*.fasta, uniprot annotated entries; one record per distinct sequence",
         "loss_log": log,
     }

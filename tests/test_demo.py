@@ -40,10 +40,39 @@ def test_fair_esm_own_loader_reads_the_demo_checkpoint():
         torch.testing.assert_close(model.eval()(toks)["logits"], ours.model(toks)["logits"])
 
 
-def test_demo_model_predicts_masked_residues_better_than_frequencies():
-    """The shipped metrics: held-out masked-LM perplexity below the unigram baseline."""
+def _train_demo_plm():
+    """scripts/train_demo_plm.py as a module: the tests read the held-out proteins with its own reader."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo_plm", REPO / "scripts" / "train_demo_plm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shared_data):
+    """Masked-LM perplexity of the shipped checkpoint on its two held-out sets (listed beside it) equals the model
+    card's, and beats the unigram baseline of the training amino-acid frequencies."""
+    from interplm_plugins.core.evaluate import masked_lm_loss
+
+    trainer = _train_demo_plm()
     metrics = json.loads((DEMO_DIR / "esm2_t4_3M_interplm_demo.json").read_text())
-    assert metrics["held_out_perplexity"] < metrics["unigram_perplexity"] - 1.0
+    listed: dict[str, list[str]] = {}
+    for line in (DEMO_DIR / "esm2_t4_3M_interplm_demo_held_out.tsv").read_text().splitlines()[1:]:
+        pid, name = line.split("\t")
+        listed.setdefault(name, []).append(pid)
+    assert set(listed) == {"unseen_clusters", "swissprot_test"}
+    halves = dict(line.split("\t") for line in (DEMO_DIR / "concept_halves.tsv").read_text().splitlines()[1:])
+    assert set(listed["swissprot_test"]) == {pid for pid, half in halves.items() if half == "test"}
+    sequences = {r.id: r for r in trainer.corpus_records(shared_data)}
+    plm = load_plm("demo")
+    card = (DEMO_DIR / "MODEL_CARD.md").read_text()
+    for name, label in (("unseen_clusters", "never-seen clusters"), ("swissprot_test", "concept test half (Swiss-Prot)")):
+        records = [sequences[pid] for pid in listed[name]]
+        nll, _ = masked_lm_loss(plm, records, seed=0)
+        unigram = trainer.unigram_perplexity(metrics["training_amino_acid_counts"], [r.sequence[:1022] for r in records])
+        assert np.exp(nll) < unigram - 1.0, name
+        assert f"| {label} | {len(records):,} | {np.exp(nll):.2f} | {unigram:.2f} |" in card
 
 
 def _annotated_files(shared: Path) -> list[Path]:
@@ -143,14 +172,14 @@ def test_readme_concept_numbers_are_the_recomputed_ones(recomputed_summary):
     assert f'"no concept match" ({len(db.best_concepts(range(db.num_features)))} of the {db.num_features:,} features have one)' in words
 
 
-def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(shared_data, tmp_path):
-    """FVE, L0, dead fraction and loss recovered on held-out Swiss-Prot proteins, from the shipped PLM and SAE alone,
-    equal what the model card and README state."""
+def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, tmp_path):
+    """FVE, L0, dead fraction and loss recovered on the concept test half (in neither the PLM's nor the SAE's training
+    data), from the shipped PLM and SAE alone, equal what the model card and README state."""
     from interplm_plugins.core.evaluate import held_out_quality
     from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import protein_split, read_fasta
+    from interplm_plugins.core.sequences import ProteinRecord
 
-    held_out = [r for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta") if protein_split(r.id) == "test"]
+    held_out = [ProteinRecord(pid, seq) for pid, seq in demo_halves.labels("test").sequences.items()]
     quality = held_out_quality(load_plm("demo"), load_sae(DEMO_SAE), held_out, tmp_path / "emb")
     card = (DEMO_DIR / "MODEL_CARD.md").read_text()
     readme = (REPO / "README.md").read_text()
@@ -163,7 +192,7 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(shared_data, 
             f"masked-LM loss recovered **{fidelity}**") in readme  # fmt: skip
     proteins, residues = quality["num_proteins_evaluated"], quality["num_residues_evaluated"]
     assert f"the {proteins} held-out Swiss-Prot proteins ({residues:,} residues)" in readme
-    assert f"Measured on the {residues:,} residues of {proteins} held-out Swiss-Prot proteins" in card
+    assert f"Measured on the {residues:,} residues of the {proteins} proteins of the concept test half" in card
 
 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
