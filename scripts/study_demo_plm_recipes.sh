@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Recipe study for the demo PLM (docs/demo_plm_recipes.md): does a different learning rate, batch,
 # longer training or a larger ESM-2 shape move held-out perplexity? Seven runs of
-# scripts/train_demo_plm.py side by side on one GPU (it runs on CPU too, about 7 hours in a row).
+# scripts/train_demo_plm.py side by side on one GPU (it runs on CPU too, about 7 hours in a row). It ran
+# (2026-11-26) on the previous 872-protein data; train_demo_plm.py now reads the corpus under DATA.
 #   bash scripts/study_demo_plm_recipes.sh [DATA_DIR] [LONG_MINUTES] [DEVICE]
 set -u
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/sequences}; L=${2:-6}; DEV=${3:-cuda}
+DATA=${1:-../shared/data}; L=${2:-6}; DEV=${3:-cuda}
 W=${STUDY_DIR:-runs/plm_recipes}; mkdir -p "$W"
 T="python3 scripts/train_demo_plm.py --data $DATA --device $DEV --threads 2"
 # The long runs get as many steps as fit in LONG_MINUTES: time 1,000 steps of each shape first,

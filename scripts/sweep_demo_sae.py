@@ -5,7 +5,7 @@ Run after ``scripts/train_demo_plm.py`` and before ``scripts/build_demo.py --sae
 
     python scripts/sweep_demo_sae.py --data ../shared/data
 
-Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the same 3,000 steps of
+Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the same 2,500 steps of
 1,024 residues, warm-up 300, seed 0) on one embedding store: layer embeddings of proteins of the
 PLM's own training split (never a concept-evaluation test protein or a 50%-identity homolog of one)
 and normalised with ``interplm normalize``. Each is then scored as ``interplm report`` scores it,
@@ -67,7 +67,7 @@ CONFIGS = [
     SweepConfig("relu-l2-2048-a", 2, "relu", 2048, "l1_x_norm", 0.12),
 ]
 LAYERS = sorted({c.layer for c in CONFIGS})
-STEPS, BATCH, WARMUP = 3000, 1024, 300
+STEPS, BATCH, WARMUP = 2500, 1024, 300
 
 
 def embedding_scale(store_dir: Path) -> dict[str, float]:

@@ -50,7 +50,7 @@ def _train_demo_plm():
     return module
 
 
-def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shared_data):
+def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shared_data, tmp_path):
     """Masked-LM perplexity of the shipped checkpoint on its two held-out sets (listed beside it) equals the model
     card's, and beats the unigram baseline of the training amino-acid frequencies."""
     from interplm_plugins.core.evaluate import masked_lm_loss
@@ -64,15 +64,28 @@ def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shar
     assert set(listed) == {"unseen_clusters", "swissprot_test"}
     halves = dict(line.split("\t") for line in (DEMO_DIR / "concept_halves.tsv").read_text().splitlines()[1:])
     assert set(listed["swissprot_test"]) == {pid for pid, half in halves.items() if half == "test"}
-    sequences = {r.id: r for r in trainer.corpus_records(shared_data)}
+    # The split is made again (MMseqs2 linclust of the corpus, ~15 s): it gives the listed proteins and the card's counts.
+    records, split, eval_sets = trainer.plm_split(shared_data, DEMO_DIR / "concept_halves.tsv", tmp_path)
+    assert {name: [r.id for r in recs] for name, recs in eval_sets.items()} == listed
+    train = [r.sequence for r in records if split[r.id] == "train"]
+    assert trainer.amino_acid_counts(train) == metrics["training_amino_acid_counts"]
+    card_words = " ".join((DEMO_DIR / "MODEL_CARD.md").read_text().split())
+    assert f"on {len(train):,} real proteins ({sum(map(len, train)):,} residues:" in card_words
+    sequences = {r.id: r for r in records}
     plm = load_plm("demo")
     card = (DEMO_DIR / "MODEL_CARD.md").read_text()
+    measured = {}
     for name, label in (("unseen_clusters", "never-seen clusters"), ("swissprot_test", "concept test half (Swiss-Prot)")):
         records = [sequences[pid] for pid in listed[name]]
         nll, _ = masked_lm_loss(plm, records, seed=0)
         unigram = trainer.unigram_perplexity(metrics["training_amino_acid_counts"], [r.sequence[:1022] for r in records])
         assert np.exp(nll) < unigram - 1.0, name
         assert f"| {label} | {len(records):,} | {np.exp(nll):.2f} | {unigram:.2f} |" in card
+        measured[name] = (len(records), np.exp(nll), unigram)
+    (n_u, ppl_u, uni_u), (n_t, ppl_t, uni_t) = measured["unseen_clusters"], measured["swissprot_test"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"masked-LM perplexity **{ppl_u:.2f}** on {n_u:,} proteins of never-seen clusters and **{ppl_t:.2f}** on the {n_t} "
+            f"proteins of the concept test half (amino-acid frequencies: {uni_u:.2f} and {uni_t:.2f})") in readme  # fmt: skip
 
 
 def _annotated_files(shared: Path) -> list[Path]:
