@@ -5,7 +5,7 @@ Run after ``scripts/train_demo_plm.py`` and before ``scripts/build_demo.py --sae
 
     python scripts/sweep_demo_sae.py --data ../shared/data
 
-Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the same 2,500 steps of
+Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the same 2,000 steps of
 1,024 residues, warm-up 300, seed 0) on one embedding store: layer embeddings of proteins of the
 PLM's own training split (never a concept-evaluation test protein or a 50%-identity homolog of one)
 and normalised with ``interplm normalize``. Each is then scored as ``interplm report`` scores it,
@@ -59,7 +59,6 @@ class SweepConfig:
 
 CONFIGS = [
     SweepConfig("relu-l3-2048-a", 3, "relu", 2048, "l1_x_norm", 0.12),
-    SweepConfig("relu-l3-2048-b", 3, "relu", 2048, "l1_x_norm", 0.24),
     SweepConfig("topk-l3-2048-k32", 3, "topk", 2048, "k", 32),
     SweepConfig("matryoshka-l3-2048-k32", 3, "matryoshka", 2048, "k", 32),
     SweepConfig("jumprelu-l3-2048", 3, "jumprelu", 2048, "l0_x_variance", 0.002),
@@ -67,7 +66,7 @@ CONFIGS = [
     SweepConfig("relu-l2-2048-a", 2, "relu", 2048, "l1_x_norm", 0.12),
 ]
 LAYERS = sorted({c.layer for c in CONFIGS})
-STEPS, BATCH, WARMUP = 2500, 1024, 300
+STEPS, BATCH, WARMUP = 2000, 1024, 300
 
 
 def embedding_scale(store_dir: Path) -> dict[str, float]:
@@ -101,7 +100,7 @@ def score(config: SweepConfig, sae_path: Path, halves, eligibility, stores: dict
     def embeddings(records):
         for rec in records:
             store = opened["valid"] if rec.id in opened["valid"] else opened["test"]
-            yield rec.id, np.asarray(store.get(rec.id), dtype=np.float32)
+            yield rec.id, np.array(store.get(rec.id), dtype=np.float32)  # a writable copy of the memory map
 
     comparison = compare_units(halves, embeddings, lambda emb: encode_features(sae, emb), sae.d_hidden, sae.d_in, eligibility)
     quality = evaluate_sae(sae, opened["valid"], max_residues=None)
@@ -120,6 +119,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "sweep")
     p.add_argument("--plm-work", type=Path, default=REPO / "runs" / "demo_plm", help="train_demo_plm.py's --work (its cached clusters)")
     p.add_argument("--proteins", type=int, default=4000, help="PLM-training proteins the SAEs are trained on")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"training steps of every configuration (default {STEPS})")
     p.add_argument("--only", nargs="*", help="names of CONFIGS to run (default: all)")
     args = p.parse_args()
     work, model = args.work, str(DEMO / f"{DEMO_MODEL_NAME}.pt")
@@ -147,7 +147,7 @@ def main() -> int:
     scales = {layer: embedding_scale(work / "emb_train" / f"layer_{layer}") for layer in LAYERS}
     results["scales"] = {str(k): v for k, v in scales.items()}
     results["sae_training"] = {"proteins": len(sae_train), "residues": sum(len(r.sequence) for r in sae_train),
-                               "steps": STEPS, "batch": BATCH, "warmup": WARMUP}  # fmt: skip
+                               "steps": args.steps, "batch": BATCH, "warmup": WARMUP}  # fmt: skip
     for config in CONFIGS:
         if config.name in done or (args.only and config.name not in args.only):
             continue
@@ -155,7 +155,7 @@ def main() -> int:
         out = work / "sae" / config.name
         store = work / "emb_train" / f"layer_{config.layer}"
         step("-q", "train", str(store), "--out", str(out), "--kind", config.kind, "--width", str(config.width),
-             *train_options(config, scales[config.layer]), "--steps", str(STEPS), "--batch-size", str(BATCH),
+             *train_options(config, scales[config.layer]), "--steps", str(args.steps), "--batch-size", str(BATCH),
              "--warmup", str(WARMUP), "--lr", f"{config.lr:g}")  # fmt: skip
         step("-q", "normalize", str(out / "sae.safetensors"), "--store", str(store), "--out", str(out / "normalized.safetensors"))
         stores = {half: work / f"emb_{half}" / f"layer_{config.layer}" for half in ("valid", "test")}
