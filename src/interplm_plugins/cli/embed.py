@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interplm_plugins.cli._common import add_model_option, add_precision_option, progress_enabled
+from interplm_plugins.cli._common import add_model_option, add_precision_option, precision_from_args, progress_enabled
 
 
 def add_parser(subparsers) -> None:
@@ -36,13 +36,14 @@ def run(args) -> int:
     from interplm_plugins.core.plm import load_plm
     from interplm_plugins.core.sequences import protein_split, read_fasta
 
+    precision = precision_from_args(args)
     records = read_fasta(args.fasta)
     if args.split:
         records = [r for r in records if protein_split(r.id) == args.split]
     from interplm_plugins.core import distributed
 
     options = dict(toks_per_batch=args.toks_per_batch, shard_residues=args.shard_residues, dtype=args.dtype,
-                   resume=not args.no_resume, progress=progress_enabled(args), precision=args.precision)  # fmt: skip
+                   resume=not args.no_resume, progress=progress_enabled(args), precision=precision)  # fmt: skip
     if distributed.is_distributed():  # launched by torchrun: the proteins are shared among the processes
         with distributed.process_group() as env:
             plm = load_plm(args.model, device=distributed.default_device(env))
