@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed"]
+BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -82,6 +82,20 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             rows.append(("torchrun", f"{r['processes']} processes x {r['threads_each']} threads vs 1 x {d['rows'][0]['threads_each']}",
                          (f"embed {r['embed_speedup']:.2f}x, " if r.get("embed_speedup") else "") +
                          f"train {r['train_speedup']:.2f}x; max weight diff {d['check'].get('max_abs_weight_diff', 0):.1e}", "equal results"))  # fmt: skip
+    if "precision" in results:
+        pr = results["precision"]
+        for r in pr["embedding"]:
+            rows.append(("bf16 compute", f"embedding, {r['model']}: residues/s bf16 vs fp32",
+                         f"{_fmt(r['bf16_res_per_s'])} vs {_fmt(r['fp32_res_per_s'])} = **{r['speedup']:.2f}x**", ">= 1.8x"))  # fmt: skip
+        for r in pr["training"]:
+            rows.append(("bf16 compute", f"SAE training {r['sae']}, batch {r['batch_size']}: tokens/s bf16 vs fp32",
+                         f"{_fmt(r['bf16_tokens_per_s'])} vs {_fmt(r['fp32_tokens_per_s'])} = **{r['speedup']:.2f}x**", ">= 1.5x"))  # fmt: skip
+        e, c = pr["error"], pr["concepts"]
+        rows.append(("bf16 compute", f"embedded default, {e['proteins']} proteins: SAE activations bf16 vs fp32",
+                     f"max abs error {_fmt(e['activation_max_abs_error'])}, mean relative {_fmt(e['activation_mean_relative_error'])}; "
+                     f"active features per residue Jaccard {e['active_set_jaccard_mean']:.3f} (worst {e['active_set_jaccard_min']:.2f})", ""))  # fmt: skip
+        rows.append(("bf16 compute", f"test F1 of the {c['chosen_matches']} matches the demo database chose, bf16 vs fp32",
+                     f"max change **{c['max_abs_f1_change']:.4f}**, {c['matches_changed_over_tolerance']} over 0.01", "<= 0.01"))  # fmt: skip
     return rows
 
 

@@ -17,6 +17,29 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision_option(parser: argparse.ArgumentParser, what: str = "the ESM-2 forward pass (the SAE encode stays float32)") -> None:
+    """--precision {fp32,bf16}: the compute precision of ``what`` (never the stored one: that is ``embed --dtype``).
+
+    Checked by :func:`precision_from_args` (a bad value is the one-line error of every other bad
+    input, not argparse's usage text)."""
+    from interplm_plugins.core.precision import DEFAULT_PRECISION, PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        metavar="{" + ",".join(PRECISIONS) + "}",
+        default=DEFAULT_PRECISION,
+        help=f"compute precision of {what} (default {DEFAULT_PRECISION}): bf16 runs the matrix products in bfloat16 with float32 "
+        "accumulation, float32 where it matters (docs/PRECISION.md); not the stored precision (that is `interplm embed --dtype`)",
+    )
+
+
+def precision_from_args(args: argparse.Namespace) -> str:
+    """The checked --precision of a command that has it (``"fp32"`` for one that has not)."""
+    from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
+
+    return check_precision(getattr(args, "precision", None) or DEFAULT_PRECISION)
+
+
 def add_sae_kind_option(parser: argparse.ArgumentParser) -> None:
     from interplm_plugins.core.sae_kinds import KINDS
 
@@ -52,18 +75,24 @@ def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True,
 
 
 def load_pipeline_from_args(args: argparse.Namespace, require_normalized: bool = True):
-    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.activations.load_pipeline``)."""
+    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.activations.load_pipeline``),
+    in the compute precision of --precision where the command has it (:func:`add_precision_option`)."""
+    import dataclasses
+
     from interplm_plugins.core.activations import current_pipeline, load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
     database = getattr(args, "db", None)
     store = getattr(args, "normalize_with", None)
+    precision = precision_from_args(args)  # before any model loads
     defaults = model is None and args.sae is None and database is None and args.layer is None and args.sae_kind is None and store is None
     if defaults:
-        return current_pipeline()  # the session's (the embedded default), loaded once per process
+        pipeline = current_pipeline()  # the session's (the embedded default), loaded once per process
+        # The same model and SAE in another compute precision (its own cache keys: see Pipeline.identity).
+        return pipeline if pipeline.precision == precision else dataclasses.replace(pipeline, precision=precision)
     return load_pipeline(
         model=model, sae=args.sae, database=database, layer=args.layer, sae_kind=args.sae_kind, allow_mismatch=args.allow_mismatch,
-        require_normalized=require_normalized, normalize_store=store,
+        require_normalized=require_normalized, normalize_store=store, precision=precision,
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
+from interplm_plugins.cli._common import add_pipeline_options, add_precision_option, load_pipeline_from_args
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES
 from interplm_plugins.errors import InterPLMError
 
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=int, default=600, help="image height in pixels, legend included (default 600)")
     p.add_argument("--no-legend", action="store_true", help="picture only, no legend strip")
     add_pipeline_options(p)
+    add_precision_option(p)
     p.set_defaults(run=run)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interplm_plugins.cli._common import add_model_option, progress_enabled
+from interplm_plugins.cli._common import add_model_option, add_precision_option, precision_from_args, progress_enabled
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layer", type=int, action="append", required=True, help="layer to store (repeat for several)")
     p.add_argument("--toks-per-batch", type=int, default=4096, help="token budget per forward pass (default 4096)")
     p.add_argument("--shard-residues", type=int, default=200_000, help="residues per shard file (default 200000)")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored precision (default float32)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="stored precision of the embeddings (default float32); the compute precision is --precision")
+    add_precision_option(p, "the ESM-2 forward pass")
     p.add_argument("--split", choices=("train", "valid", "test"), help="embed only proteins of this split")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the store exists")
     p.set_defaults(run=run)
@@ -34,13 +36,14 @@ def run(args) -> int:
     from interplm_plugins.core.plm import load_plm
     from interplm_plugins.core.sequences import protein_split, read_fasta
 
+    precision = precision_from_args(args)
     records = read_fasta(args.fasta)
     if args.split:
         records = [r for r in records if protein_split(r.id) == args.split]
     from interplm_plugins.core import distributed
 
     options = dict(toks_per_batch=args.toks_per_batch, shard_residues=args.shard_residues, dtype=args.dtype,
-                   resume=not args.no_resume, progress=progress_enabled(args))  # fmt: skip
+                   resume=not args.no_resume, progress=progress_enabled(args), precision=precision)  # fmt: skip
     if distributed.is_distributed():  # launched by torchrun: the proteins are shared among the processes
         with distributed.process_group() as env:
             plm = load_plm(args.model, device=distributed.default_device(env))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from interplm_plugins.cli._common import add_pipeline_options, load_pipeline_from_args
+from interplm_plugins.cli._common import add_pipeline_options, add_precision_option, load_pipeline_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--residue-top", type=int, default=5, help="features per residue in the residue table (default 5)")
     p.add_argument("--out", help="prefix of the TSV and JSON files to write")
     add_pipeline_options(p)
+    add_precision_option(p)
     p.set_defaults(run=run)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interplm_plugins.cli._common import progress_enabled
+from interplm_plugins.cli._common import add_precision_option, precision_from_args, progress_enabled
 from interplm_plugins.core.sae_kinds import KINDS
 
 
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-dead-remedy", action="store_true", help="no resampling / auxiliary loss for dead features")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0)
+    add_precision_option(p, "the SAE's matrix products (weights, optimiser state, loss and the saved SAE stay float32)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in OUT")
     p.set_defaults(run=run)
 
@@ -46,6 +47,7 @@ def run(args) -> int:
     from interplm_plugins.core.sae_matryoshka import default_prefixes
     from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae
 
+    precision = precision_from_args(args)
     store = EmbeddingStore(args.store)
     width = args.width or store.dim * args.expansion
     prefixes = None
@@ -58,7 +60,7 @@ def run(args) -> int:
     )  # fmt: skip
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-        dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed, precision=precision,
     )  # fmt: skip
     from interplm_plugins.core import distributed
 
@@ -71,5 +73,5 @@ def run(args) -> int:
                 return 0
     else:
         sae = train_sae(store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args))
-    print(f"trained {sae.kind} SAE {sae.d_in} -> {sae.d_hidden} on layer {sae.config.plm_layer}: {args.out}/{SAE_NAME}")
+    print(f"trained {sae.kind} SAE {sae.d_in} -> {sae.d_hidden} on layer {sae.config.plm_layer} ({precision} compute): {args.out}/{SAE_NAME}")
     return 0

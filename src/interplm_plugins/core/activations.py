@@ -7,6 +7,11 @@ optionally, the feature database built with them. ``Pipeline.activations(sequenc
 the PLM's identity, the layer and the SAE's hash, so recolouring a structure by another feature
 is a lookup, and PyMOL, napari and the CLI share the same results.
 
+A pipeline's ``precision`` (``"fp32"``, the default, or ``"bf16"``) is the compute precision of
+its PLM forward pass (:mod:`~interplm_plugins.core.precision`); the SAE encode after it stays
+float32 (one product per protein, cheap next to the PLM), so activations are float32 SAE outputs
+of bf16-computed embeddings. bf16 results are cached under their own keys.
+
 ``current_pipeline()`` is the session's pipeline (the embedded demo unless ``use_pipeline`` chose
 another): the PyMOL commands and the napari widgets both read it.
 """
@@ -28,6 +33,7 @@ import torch
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.plm import PLM, load_plm
+from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits, sae_hash
 from interplm_plugins.core.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.structure import StructureChain, align_to_reference
@@ -49,19 +55,25 @@ def default_cache_dir() -> Path:
 
 @torch.no_grad()
 def encode_features(sae: SparseAutoencoder, embeddings: np.ndarray) -> np.ndarray:
-    """SAE feature activations ``[L, F]`` (float32) of ``[L, D]`` embeddings, in inference mode."""
+    """SAE feature activations ``[L, F]`` (float32) of ``[L, D]`` embeddings, in inference mode.
+
+    Always float32, whatever precision computed the embeddings: the encode is one small product
+    per protein, and its activations are what thresholds and colours compare.
+    """
     sae.eval()
     return sae.encode(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))).numpy()
 
 
 def iter_feature_activations(
-    plm: PLM, sae: SparseAutoencoder, layer: int, records: Iterable[ProteinRecord], toks_per_batch: int = 4096, progress: bool = False
+    plm: PLM, sae: SparseAutoencoder, layer: int, records: Iterable[ProteinRecord], toks_per_batch: int = 4096, progress: bool = False,
+    precision: str = DEFAULT_PRECISION,
 ) -> Iterator[tuple[ProteinRecord, np.ndarray]]:
-    """``(record, [L, F] activations)`` for each record (in embedding order, not input order)."""
+    """``(record, [L, F] activations)`` for each record (in embedding order, not input order);
+    ``precision``: the PLM's compute precision (the SAE encode is float32)."""
     check_fits(sae, plm, layer)
     records = list(records)
     by_id = {r.id: r for r in records}
-    for pid, reps in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, progress=progress):
+    for pid, reps in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, progress=progress, precision=precision):
         yield by_id[pid], encode_features(sae, reps[layer])
 
 
@@ -114,7 +126,8 @@ class ActivationCache:
 
 @dataclass
 class Pipeline:
-    """An ESM-2 model, an SAE on one of its layers, and optionally their feature database."""
+    """An ESM-2 model, an SAE on one of its layers, and optionally their feature database;
+    ``precision``: the compute precision of the PLM forward pass (see the module docstring)."""
 
     plm: PLM
     sae: SparseAutoencoder
@@ -122,8 +135,10 @@ class Pipeline:
     database_path: Path | None = None
     sae_source: str = ""
     cache: ActivationCache = field(default_factory=lambda: ActivationCache(default_cache_dir() / "activations"))
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         check_fits(self.sae, self.plm, self.layer)
         self._database = None
 
@@ -137,8 +152,9 @@ class Pipeline:
 
     @property
     def identity(self) -> str:
-        """Names the exact model, layer and SAE (cache keys, provenance)."""
-        return f"{self.plm.identity}|L{self.layer}|{self.sae_hash}"
+        """Names the exact model, layer and SAE, and the compute precision unless it is fp32 (cache keys)."""
+        identity = f"{self.plm.identity}|L{self.layer}|{self.sae_hash}"
+        return identity if self.precision == DEFAULT_PRECISION else f"{identity}|{self.precision}"
 
     def _key(self, sequence: str) -> str:
         return hashlib.sha256(f"{self.identity}|{sequence}".encode()).hexdigest()[:32]
@@ -150,7 +166,7 @@ class Pipeline:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        (_, reps), = embed_sequences(self.plm, [ProteinRecord(record or "query", sequence)], [self.layer])
+        (_, reps), = embed_sequences(self.plm, [ProteinRecord(record or "query", sequence)], [self.layer], precision=self.precision)
         acts = encode_features(self.sae, reps[self.layer])
         self.cache.put(key, acts)
         return acts
@@ -182,7 +198,7 @@ class Pipeline:
 
 def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike | None = None, database: str | os.PathLike | None = None,
                   layer: int | None = None, *, sae_kind: str | None = None, allow_mismatch: bool = False, require_normalized: bool = True,
-                  normalize_store: str | os.PathLike | None = None) -> Pipeline:
+                  normalize_store: str | os.PathLike | None = None, precision: str = DEFAULT_PRECISION) -> Pipeline:
     """Build a :class:`Pipeline`; each part left ``None`` is the embedded demo's.
 
     ``layer`` defaults to the layer the SAE records it was trained on; ``sae_kind`` overrides how
@@ -190,9 +206,12 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     against each other (:mod:`~interplm_plugins.core.provenance`): the SAE against the PLM, the
     database against the SAE and PLM; a mismatch is an error unless ``allow_mismatch``. With
     ``require_normalized`` (thresholds and colours need it) an un-normalised SAE is an error, or is
-    normalised over the embedding store ``normalize_store`` when one is given.
+    normalised over the embedding store ``normalize_store`` when one is given. ``precision``: the
+    PLM's compute precision (``"fp32"`` or ``"bf16"``; see the module docstring).
     """
     from interplm_plugins.core import provenance
+
+    check_precision(precision)
     from interplm_plugins.core.hub import load_sae_spec
 
     if sae is None and not DEMO_SAE.exists():
@@ -212,7 +231,8 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
         database = DEMO_DATABASE
     if database:
         provenance.check_database_file_matches_sae(database, sae_model, plm=plm, layer=int(layer), allow_mismatch=allow_mismatch)
-    return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source)
+    return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source,
+                    precision=precision)  # fmt: skip
 
 
 _session_lock = threading.Lock()

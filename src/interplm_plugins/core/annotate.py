@@ -53,7 +53,7 @@ def build_database(
                 raise InterPLMError("sequence differs from the one in the concept annotations", record=protein.id)
         counter = HalvesCounter(halves, pipeline.num_features, thresholds)
     def stream() -> Iterator[tuple[ProteinRecord, np.ndarray]]:
-        for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch):
+        for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records, toks_per_batch, precision=pipeline.precision):
             if counter is not None:
                 counter.add(record.id, sparse.csr_matrix(acts))  # SAE activations are >= 0: zeros drop out
             yield record, acts

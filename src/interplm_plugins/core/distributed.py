@@ -55,10 +55,12 @@ from interplm_plugins.core.embed import (
     STORE_FORMAT,
     STORE_INDEX,
     EmbeddingStore,
+    check_resumable,
     checked_store_request,
     embed_to_store,
     store_path_for_layer,
 )
+from interplm_plugins.core.precision import DEFAULT_PRECISION
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.core.train import (
     CHECKPOINT_NAME,
@@ -337,13 +339,7 @@ def _existing_shards(path: Path, metadata: dict, own_prefixes: tuple[str, ...]) 
     if not (path / STORE_INDEX).is_file():
         return []
     existing = EmbeddingStore(path)
-    for key in ("plm_identity", "layer", "dim", "dtype"):
-        if existing.metadata.get(key) != metadata.get(key):
-            raise InterPLMError(
-                f"store was made with {key}={existing.metadata.get(key)!r}, not {metadata.get(key)!r}; "
-                "use another output folder or --no-resume",
-                file=path,
-            )
+    check_resumable(existing, metadata)
     return [s for s in existing._shards if not s["file"].startswith(own_prefixes)]
 
 
@@ -397,7 +393,8 @@ def embed_to_store_distributed(
     error = None
     try:
         for layer, path in stores.items():
-            metadata = {"plm_identity": plm.identity, "layer": layer, "dim": plm.embed_dim, "dtype": dtype}
+            metadata = {"plm_identity": plm.identity, "layer": layer, "dim": plm.embed_dim, "dtype": dtype,
+                        "compute_precision": embed_options.get("precision", DEFAULT_PRECISION)}  # fmt: skip
             base[layer] = _existing_shards(path, metadata, own_prefixes) if resume else []
     except InterPLMError as exc:
         error = exc

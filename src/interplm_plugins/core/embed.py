@@ -15,6 +15,11 @@ An :class:`EmbeddingStore` is a folder::
 
 ``store.json`` is rewritten atomically after each shard, so an interrupted ``embed_to_store``
 resumes with the proteins it had not finished, and a reader never sees a shard without its index.
+
+``precision="bf16"`` runs the forward pass under bfloat16 autocast (matrix products in bf16, the
+residual stream, layer norms and softmax in float32; :mod:`~interplm_plugins.core.precision`);
+outputs are float32 either way, and the store's ``dtype`` (float32 or float16) is what is kept on
+disk. The store records its ``compute_precision``; a store is only resumed in the same one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.plm import PLM
+from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision, compute_precision
 from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
 
@@ -110,8 +116,10 @@ def _block_forward(layer, x: torch.Tensor, keep: torch.Tensor | None) -> torch.T
     weight, bias = _fused_attention_weights(attn)
     qkv = torch.nn.functional.linear(layer.self_attn_layer_norm(x), weight, bias)  # (B, T, 3E)
     rotation = _rotation(attn, length, x)
-    q = torch.view_as_real(torch.view_as_complex(qkv[..., :dim].unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
-    k = torch.view_as_real(torch.view_as_complex(qkv[..., dim : 2 * dim].unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
+    # The rotation is complex float32 (there is no complex bfloat16): under bf16 autocast q and k
+    # are rotated in float32 (``.float()`` is a no-op otherwise) and attention casts them back.
+    q = torch.view_as_real(torch.view_as_complex(qkv[..., :dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
+    k = torch.view_as_real(torch.view_as_complex(qkv[..., dim : 2 * dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
     v = qkv[..., 2 * dim :].unflatten(-1, (heads, head_dim))
     out = torch.nn.functional.scaled_dot_product_attention(
         q.flatten(-2).transpose(1, 2), k.flatten(-2).transpose(1, 2), v.transpose(1, 2), attn_mask=keep, scale=1.0
@@ -215,12 +223,16 @@ def embed_sequences(
     window: int = MAX_WINDOW,
     overlap: int = 256,
     progress: bool = False,
+    precision: str = DEFAULT_PRECISION,
 ) -> Iterator[tuple[str, dict[int, np.ndarray]]]:
     """Yield ``(protein id, {layer: float32 [length, dim]})`` for each record, BOS/EOS removed.
 
     Proteins are processed in length order (so padding is small) and yielded as soon as all
     their windows are done; the order of the output is therefore not the input order.
+    ``precision``: the forward pass's compute precision (``"fp32"``, or ``"bf16"``; see the module
+    docstring); the arrays yielded are float32 either way.
     """
+    check_precision(precision)
     layer_list = [layers] if isinstance(layers, int) else list(layers)
     if not layer_list:
         raise InterPLMError("no layer requested")
@@ -243,7 +255,8 @@ def embed_sequences(
         for batch in _token_batches(pieces, toks_per_batch):
             data = [(str(p.index), records[p.index].sequence[p.start : p.end]) for p in batch]
             _, _, tokens = converter(data)
-            reps = forward_layers(plm, tokens.to(device), layer_list)
+            with compute_precision(precision, device):  # (only around the forward pass: never across the yield)
+                reps = forward_layers(plm, tokens.to(device), layer_list)
             for row, piece in enumerate(batch):
                 n = piece.end - piece.start
                 got = {layer: reps[layer][row, 1 : n + 1].float().cpu().numpy() for layer in layer_list}
@@ -424,6 +437,19 @@ def _check_shard_entry(shard, s: int, index_file: Path) -> None:
         raise InterPLMError(f"{where}: its proteins' lengths add up to {sum(lengths)}, not its {rows!r} rows", file=index_file)
 
 
+#: Store metadata a resumed embedding must share with the store (with the value a store that
+#: predates the key has): the rest of the store was computed with these.
+RESUME_KEYS: dict[str, object] = {"plm_identity": None, "layer": None, "dim": None, "dtype": None, "compute_precision": DEFAULT_PRECISION}
+
+
+def check_resumable(existing: EmbeddingStore, metadata: dict) -> None:
+    """Raise unless ``existing`` was made as ``metadata`` says (:data:`RESUME_KEYS`), so that adding to it mixes nothing."""
+    for key, default in RESUME_KEYS.items():
+        was, now = existing.metadata.get(key, default), metadata.get(key, default)
+        if was != now:
+            raise InterPLMError(f"store was made with {key}={was!r}, not {now!r}; use another output folder or --no-resume", file=existing.path)
+
+
 class _StoreWriter:
     """Appends proteins to a store folder shard by shard; ``store.json`` is the commit point."""
 
@@ -433,13 +459,7 @@ class _StoreWriter:
         index_file = path / STORE_INDEX
         if index_file.exists() and resume:
             existing = EmbeddingStore(path)
-            for key in ("plm_identity", "layer", "dim", "dtype"):
-                if existing.metadata.get(key) != metadata.get(key):
-                    raise InterPLMError(
-                        f"store was made with {key}={existing.metadata.get(key)!r}, not {metadata.get(key)!r}; "
-                        "use another output folder or --overwrite",
-                        file=path,
-                    )
+            check_resumable(existing, metadata)
             self.shards = existing._shards
         else:
             if path.exists():
@@ -505,23 +525,27 @@ def embed_to_store(
     dtype: str = "float32",
     resume: bool = True,
     progress: bool = False,
+    precision: str = DEFAULT_PRECISION,
     **embed_options,
 ) -> dict[int, EmbeddingStore]:
     """Embed ``records`` into one store per layer (see :func:`store_path_for_layer`); resumable.
 
-    Proteins already in an existing store of the same PLM, layer and dtype are skipped (unless
-    ``resume`` is false, which starts afresh).
+    Proteins already in an existing store of the same PLM, layer, dtype and compute precision are
+    skipped (unless ``resume`` is false, which starts afresh). ``dtype`` is the stored precision,
+    ``precision`` the compute precision of the forward pass (:func:`embed_sequences`).
     """
     if dtype not in ("float32", "float16"):
         raise InterPLMError(f"store dtype must be float32 or float16, not {dtype}")
+    check_precision(precision)
     layer_list = checked_store_request(plm, records, layers)
     writers = {}
     for layer in layer_list:
-        meta = {"plm": plm.name, "plm_identity": plm.identity, "plm_source": plm.source, "layer": layer, "dim": plm.embed_dim, "dtype": dtype}
+        meta = {"plm": plm.name, "plm_identity": plm.identity, "plm_source": plm.source, "layer": layer, "dim": plm.embed_dim, "dtype": dtype,
+                "compute_precision": precision}  # fmt: skip
         writers[layer] = _StoreWriter(store_path_for_layer(out_dir, layer, layer_list), meta, shard_residues, resume)
     done = set.intersection(*(w.done for w in writers.values()))
     todo = [r for r in records if r.id not in done]
-    for pid, arrays in embed_sequences(plm, todo, layer_list, toks_per_batch=toks_per_batch, progress=progress, **embed_options):
+    for pid, arrays in embed_sequences(plm, todo, layer_list, toks_per_batch=toks_per_batch, progress=progress, precision=precision, **embed_options):
         for layer, writer in writers.items():
             if pid not in writer.done:
                 writer.add(pid, arrays[layer])

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from interplm_plugins.core.activations import ActivationCache, ChainActivations, Pipeline, default_cache_dir, encode_features
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.embed import MAX_WINDOW, embed_sequences, forward_layers
+from interplm_plugins.core.precision import compute_precision
 from interplm_plugins.core.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS, parse_resi
 from interplm_plugins.errors import InterPLMError
@@ -75,7 +76,7 @@ def _embed_features(pipeline: Pipeline, sequence: str, position: int | None = No
     variants = [sequence] if position is None else [sequence[:position] + a + sequence[position + 1 :] for a in letters]
     if len(sequence) > MAX_WINDOW:
         records = [ProteinRecord(str(i), s) for i, s in enumerate(variants)]
-        by_id = {pid: reps[pipeline.layer] for pid, reps in embed_sequences(pipeline.plm, records, [pipeline.layer])}
+        by_id = {pid: reps[pipeline.layer] for pid, reps in embed_sequences(pipeline.plm, records, [pipeline.layer], precision=pipeline.precision)}
         return [encode_features(pipeline.sae, by_id[str(i)]) for i in range(len(records))]
     alphabet = pipeline.plm.alphabet
     _, _, tokens = alphabet.get_batch_converter()([("wild", sequence)])
@@ -83,7 +84,7 @@ def _embed_features(pipeline: Pipeline, sequence: str, position: int | None = No
     if position is not None:  # token 0 is <cls>: residue i is token i + 1
         tokens[:, position + 1] = torch.tensor([alphabet.get_idx(a) for a in letters])
     device = next(pipeline.plm.model.parameters()).device
-    with torch.inference_mode():
+    with torch.inference_mode(), compute_precision(pipeline.precision, device):
         reps = forward_layers(pipeline.plm, tokens.to(device), [pipeline.layer])[pipeline.layer][:, 1 : len(sequence) + 1]
     return [encode_features(pipeline.sae, rep.float().cpu().numpy()) for rep in reps]
 

@@ -256,7 +256,7 @@ def compare_with_neurons(
     layer = pipeline.layer
 
     def embeddings(subset: Sequence[ProteinRecord]) -> Iterator[tuple[str, np.ndarray]]:
-        for pid, reps in embed_sequences(pipeline.plm, list(subset), [layer], toks_per_batch=toks_per_batch):
+        for pid, reps in embed_sequences(pipeline.plm, list(subset), [layer], toks_per_batch=toks_per_batch, precision=pipeline.precision):
             yield pid, reps[layer]
 
     return compare_units(

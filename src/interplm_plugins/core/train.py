@@ -34,6 +34,14 @@ uninterrupted run bit for bit (on the same machine and thread count).
 
 The model/optimizer construction (:func:`make_training_state`) and the update
 (:func:`train_step`) are separate from the loop so that a distributed (DDP) driver can wrap them.
+
+Compute precision (``TrainConfig.precision``, ``interplm train --precision``): ``"fp32"`` (the
+default) or ``"bf16"``, bfloat16 matrix products with float32 master weights, Adam state,
+reconstruction error and loss; the saved SAE is float32 either way
+(:mod:`~interplm_plugins.core.precision` says what runs in which). The ReLU SAE's hand-written
+products are cast explicitly (:func:`relu_loss_and_grads`); the other kinds run their forward pass
+under autocast and backpropagate outside it. The precision is part of the training settings, so
+the checkpoint records it and a run resumes only in the precision it started in.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision, compute_precision, matmul_dtype
 from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
 from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
@@ -84,8 +93,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
+    #: Compute precision of the SAE's matrix products: "fp32" or "bf16" (see the module docstring).
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         positive = ("steps", "batch_size", "resample_every", "dead_after_tokens", "checkpoint_every", "log_every")
         for name in positive:
             value = getattr(self, name)
@@ -331,7 +343,7 @@ def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], like: tor
 
 @torch.no_grad()
 def relu_loss_and_grads(
-    sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: float, workspace: dict | None = None
+    sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: float, workspace: dict | None = None, precision: str = DEFAULT_PRECISION
 ) -> dict[str, torch.Tensor]:
     """The ReLU SAE's loss and its exact gradients, written out by hand; sets each parameter's ``.grad``.
 
@@ -341,31 +353,43 @@ def relu_loss_and_grads(
     folded into the matrix products as an extra row or column of ones, and the ``[B, d_hidden]``
     scratch tensors reused from ``workspace`` between steps. Returns 0-d ``loss``, ``mse``, ``l1``,
     ``l0`` (mean active features per row) and ``f_sum`` ``[d_hidden]`` (activations summed over rows).
+
+    ``precision="bf16"``: the five matrix products take bfloat16 operands (float32 accumulation in
+    the kernels), and ``f`` and its gradient ``[n, d_hidden]`` are held in bfloat16; the
+    reconstruction error, the loss, the decoder norms and every gradient written to ``.grad`` are
+    in the parameters' dtype. (autocast does not apply to products with ``out=``, so the casts are
+    written out; with ``"fp32"`` they are no-ops and the arithmetic is exactly the float32 one.)
     """
     n, d_hidden = len(x), sae.d_hidden
     d_in = x.shape[1]
+    low = matmul_dtype(precision, x)  # the products' dtype: x's own for fp32
     w_enc, b_enc, w_dec, b_pre = sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, sae.bias
     ones = x.new_ones(n, 1)
     centred = torch.cat([x - b_pre, ones], dim=1)  # [n, d_in + 1]
     encoder = torch.cat([w_enc, b_enc[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
-    f = torch.mm(centred, encoder.t(), out=_buffer(workspace, "f", (n, d_hidden), x)).relu_()
+    centred_low = centred.to(low)
+    f = torch.mm(centred_low, encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low)).relu_()
     active = torch.gt(f, 0, out=_buffer(workspace, "mask", (n, d_hidden), x, torch.bool))
     l0 = torch.count_nonzero(active).to(x.dtype) / n  # (counting a bool tensor is many times faster)
-    error = torch.addmm(b_pre, f, w_dec.t()).sub_(x)  # x_hat - x
+    if low == x.dtype:
+        error = torch.addmm(b_pre, f, w_dec.t()).sub_(x)  # x_hat - x
+    else:  # the product in bf16, the bias and the error in x's dtype
+        error = torch.mm(f, w_dec.t().to(low)).to(x.dtype).add_(b_pre).sub_(x)
     mse = error.pow(2).sum() / n
     grad_out = torch.cat([error.mul_(2.0 / n), ones], dim=1)  # [d loss / d x_hat, 1]
+    grad_out_low = grad_out.to(low)
     # The decoder's gradient and, in the row of ones, f summed over the batch.
-    product = torch.mm(grad_out.t(), f, out=_buffer(workspace, "decoder_product", (d_in + 1, d_hidden), x))
+    product = torch.mm(grad_out_low.t(), f, out=_buffer(workspace, "decoder_product", (d_in + 1, d_hidden), x, low)).to(x.dtype)
     grad_w_dec, f_sum = product[:-1], product[-1]
     norms = w_dec.norm(dim=0)
     l1 = f_sum.dot(norms) / n
     grad_w_dec.addcmul_(w_dec, (f_sum * (l1_coefficient / n) / norms.clamp_min(torch.finfo(norms.dtype).tiny))[None, :])
     # d loss / d f (the L1 term enters through the row of ones), then back through the ReLU in place.
     decoder = torch.cat([w_dec, norms[None, :] * (l1_coefficient / n)], out=_buffer(workspace, "decoder", (d_in + 1, d_hidden), x))
-    grad_pre = torch.mm(grad_out, decoder, out=_buffer(workspace, "grad", (n, d_hidden), x))
+    grad_pre = torch.mm(grad_out_low, decoder.to(low), out=_buffer(workspace, "grad", (n, d_hidden), x, low))
     torch.ops.aten.threshold_backward.grad_input(grad_pre, f, 0.0, grad_input=grad_pre)
     # The encoder's gradient and, in the column of ones, the encoder bias gradient.
-    product = torch.mm(grad_pre.t(), centred, out=_buffer(workspace, "encoder_product", (d_hidden, d_in + 1), x))
+    product = torch.mm(grad_pre.t(), centred_low, out=_buffer(workspace, "encoder_product", (d_hidden, d_in + 1), x, low)).to(x.dtype)
     grad_w_enc, grad_b_enc = product[:, :-1], product[:, -1]
     grad_b_pre = grad_out[:, :-1].sum(dim=0) - grad_b_enc @ w_enc
     for param, grad in ((w_enc, grad_w_enc), (b_enc, grad_b_enc), (w_dec, grad_w_dec), (b_pre, grad_b_pre)):
@@ -397,9 +421,28 @@ def _sparse_loss_and_backward(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor, extra: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss of a TopK, BatchTopK, Matryoshka or JumpReLU SAE on ``x``, backpropagated (autograd);
-    returns the detached ``(loss, mse, l0, activations)`` and adds extra metrics to ``extra``."""
+    returns the detached ``(loss, mse, l0, activations)`` and adds extra metrics to ``extra``.
+
+    The forward pass runs in ``config.precision`` (bf16: the encoder and decoder products under
+    autocast; pre-activations cast to float32 before the selection; the error against the float32
+    ``x`` and the loss in float32), the backward pass outside the autocast block, as autocast asks.
+    """
+    with compute_precision(state.config.precision, x):
+        loss, mse, f, extra_terms = _sparse_loss(state, x, sync, dead)
+    extra.update(extra_terms)
+    loss.backward()
+    f = f.detach()
+    l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
+    return loss.detach(), mse.detach(), l0, f
+
+
+def _sparse_loss(
+    state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward pass of :func:`_sparse_loss_and_backward`: ``(loss, mse, activations, extra metrics)``."""
     sae, config, step = state.sae, state.config, state.step
-    pre = sae.pre_activations(x)
+    extra: dict[str, torch.Tensor] = {}
+    pre = sae.pre_activations(x).to(x.dtype)  # (a bf16 product's output: selection and thresholds in float32)
     l0_estimate = None
     if sae.kind == "jumprelu":
         if step == 0:
@@ -421,10 +464,7 @@ def _sparse_loss_and_backward(
         aux = auxk_loss(sae, pre, (x - x_hat).detach(), dead, config.auxk_k or max(1, sae.d_in // 2), sync)
         loss = loss + config.auxk_alpha * aux
         extra["auxk"] = aux.detach()
-    loss.backward()
-    f = f.detach()
-    l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
-    return loss.detach(), mse.detach(), l0, f
+    return loss, mse, f, extra
 
 
 def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = None) -> dict[str, float]:
@@ -450,7 +490,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
 
     extra: dict[str, torch.Tensor] = {}
     if sae.kind == "relu":
-        parts = relu_loss_and_grads(sae, x, sae.config.l1_coefficient * l1_scale(config, step), state.workspace)
+        parts = relu_loss_and_grads(sae, x, sae.config.l1_coefficient * l1_scale(config, step), state.workspace, config.precision)
         loss, mse, l0 = parts["loss"], parts["mse"], parts["l0"]
         fired = parts["f_sum"] > 0
         extra["l1"] = parts["l1"]
@@ -520,9 +560,12 @@ def _load_checkpoint(path: Path, sae_config: SAEConfig, config: TrainConfig, sto
     for key, value in sae_config.to_dict().items():
         if saved_sae.get(key) != value:
             differences.append(f"{key}: {saved_sae.get(key)!r} -> {value!r}")
+    # A setting a checkpoint predates was its default then (precision: fp32).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     for key, value in config.to_dict().items():
-        if key not in RESUMABLE_CHANGES and payload["train_config"].get(key) != value:
-            differences.append(f"{key}: {payload['train_config'].get(key)!r} -> {value!r}")
+        saved = payload["train_config"].get(key, defaults.get(key))
+        if key not in RESUMABLE_CHANGES and saved != value:
+            differences.append(f"{key}: {saved!r} -> {value!r}")
     for key, value in store_id.items():
         if payload["store"].get(key) != value:
             differences.append(f"store {key}: {payload['store'].get(key)!r} -> {value!r}")

@@ -1,0 +1,313 @@
+"""Compute precision: bf16 against our fp32, in speed and in what users read, on the embedded default.
+
+Everything runs in this process on real proteins (``../shared/data/sequences/swissprot_train.fasta``,
+the first ``--proteins`` of <= 1,022 residues) and the embedded default: the demo ESM-2 (4 x 256),
+its SAE on layer 3 and its shipped feature database (``data/demo/features.sqlite``).
+
+Speed (the two precisions alternate, so a busy machine slows both alike):
+
+- embedding, residues/s: ``embed_sequences`` in fp32 and in bf16 on the same proteins, best of
+  ``--repeats``; also on the ESM-2 8M and 35M architectures (random weights: speed depends on the
+  shapes only). Target: bf16 >= 1.8x fp32.
+- SAE training, tokens/s: ``train_step`` in fp32 and in bf16 on the same batches of the demo's
+  layer-3 embeddings, steps interleaved, median step time; ReLU (hand-written products) and TopK
+  (autograd under autocast). Target: bf16 >= 1.5x fp32.
+
+Error where users feel it (the embedded default, fp32 as the reference):
+
+- SAE activations: max absolute error and mean relative error (per protein ``|a_bf16 - a_fp32| /
+  |a_fp32|``, Frobenius norms, averaged over proteins); the embeddings' relative error too;
+- active features per residue: Jaccard index of the sets of features with activation > 0, mean
+  over residues and the worst residue;
+- concept F1: the features the database chose (each feature's best concept, as every surface
+  shows it, and each evaluated concept's best feature), each at its stored threshold, scored on
+  the test half of the demo's concept halves (``data/demo/concept_halves.tsv`` over the annotated
+  entries of ``../shared/data/uniprot``, as ``scripts/build_demo.py`` made them) from fp32 and from
+  bf16 activations, with the project's counting (``ConceptMatchCounter``, ``ConceptCounts.metrics``:
+  the selection F1 the database stores). The fp32 recount is checked against the database's stored
+  test F1; the verdict line says whether bf16 changes any of them by more than 0.01. The
+  validation choice itself is redone in bf16 too, and the share of concepts whose chosen feature
+  stays the same is reported.
+
+``--quick``: a handful of proteins, a few steps, the first test proteins only (no check against
+the database, whose F1 is over the whole test half).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+MODELS = {"8M": (6, 320, 20), "35M": (12, 480, 20)}
+F1_TOLERANCE = 0.01
+EMBED_TARGET, TRAIN_TARGET = 1.8, 1.5
+
+
+def swissprot_records(data: Path, count: int, max_length: int = 1022):
+    from interplm_plugins.core.sequences import read_fasta
+
+    return [r for r in read_fasta(data / "sequences" / "swissprot_train.fasta") if len(r.sequence) <= max_length][:count]
+
+
+def annotated_files(data: Path) -> list[Path]:
+    """What scripts/build_demo.py builds the demo's concepts from: the 727 training entries, then uniprot/more/."""
+    more = data / "uniprot" / "more"
+    return [data / "uniprot" / "swissprot_train.dat.gz", *sorted(more.glob("*.dat.gz")), *sorted(more.glob("*.json.gz"))]
+
+
+def demo_halves(data: Path):
+    """The demo's concept halves: labels rebuilt from the real entries, halves from the shipped file (as tests/test_demo.py)."""
+    from interplm_plugins.core.activations import DEMO_DIR
+    from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
+    from interplm_plugins.core.uniprot import read_uniprot_files
+
+    entries, _ = read_uniprot_files(annotated_files(data))
+    labels = build_concept_labels(entries)
+    halves = read_halves(DEMO_DIR / "concept_halves.tsv", labels.sequences)
+    return ConceptHalves.from_splits(ConceptLabels(labels.concepts, labels.sequences, {p: labels.matrix(p) for p in labels.proteins}, halves))
+
+
+# ------------------------------------------------------------------------------------ speed
+
+
+def random_plm(name: str, work: Path):
+    """A fair-esm ESM-2 of one of :data:`MODELS`' shapes with random weights, loaded as users load one."""
+    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+
+    layers, dim, heads = MODELS[name]
+    return load_plm(save_esm2_checkpoint(new_esm2(layers, dim, heads, seed=0), work / f"esm2_t{layers}_{name}_random.pt"))
+
+
+def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
+    from interplm_plugins.core.embed import embed_sequences
+
+    layer = max(1, plm.num_layers - 1)
+    residues = sum(len(r.sequence) for r in records)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in embed_sequences(plm, records[:2], [layer], precision="bf16"):  # warm both paths up (untimed)
+        pass
+    for _ in embed_sequences(plm, records[:2], [layer]):
+        pass
+    for repeat in range(repeats):
+        for precision in ("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32"):
+            start = time.perf_counter()
+            for _ in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, precision=precision):
+                pass
+            times[precision].append(time.perf_counter() - start)
+    fp32_s, bf16_s = min(times["fp32"]), min(times["bf16"])
+    return {"layer": layer, "fp32_res_per_s": residues / fp32_s, "bf16_res_per_s": residues / bf16_s, "speedup": fp32_s / bf16_s,
+            "fp32_runs_s": times["fp32"], "bf16_runs_s": times["bf16"]}  # fmt: skip
+
+
+def training_speed(store, kind: str, width: int, batch_size: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    from interplm_plugins.core.sae import SAEConfig
+    from interplm_plugins.core.train import TrainConfig, make_training_state, train_step
+
+    total = steps + warmup
+    batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(batch_size, seed=0))]
+    sparsity = {"relu": {"l1_coefficient": 10.0}}.get(kind, {"k": 32})  # (the demo SAE's L1 for these norm-80 embeddings)
+    config = SAEConfig(d_in=store.dim, d_hidden=width, kind=kind, **sparsity)
+    states = {p: make_training_state(config, TrainConfig(steps=total + 1, batch_size=batch_size, warmup_steps=max(1, total // 10),
+                                                          checkpoint_every=10**6, log_every=10**6, precision=p))
+              for p in ("fp32", "bf16")}  # fmt: skip
+    times: dict[str, list[float]] = {p: [] for p in states}
+    last: dict[str, dict] = {}
+    for step, x in enumerate(batches):
+        for precision in ("fp32", "bf16") if step % 2 == 0 else ("bf16", "fp32"):
+            start = time.perf_counter()
+            last[precision] = train_step(states[precision], x)
+            if step >= warmup:
+                times[precision].append(time.perf_counter() - start)
+    rate = {p: batch_size / _common.median(t) for p, t in times.items()}
+    return {"sae": f"{kind} {store.dim}->{width}", "batch_size": batch_size, "fp32_tokens_per_s": rate["fp32"], "bf16_tokens_per_s": rate["bf16"],
+            "speedup": rate["bf16"] / rate["fp32"], "fp32_mse_last": last["fp32"]["mse"], "bf16_mse_last": last["bf16"]["mse"],
+            "step_times_s": times}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ error
+
+
+def activation_error(pipelines: dict, records) -> dict:
+    """Max abs and mean relative error of bf16 activations and embeddings, and the Jaccard of active sets per residue."""
+    from interplm_plugins.core.activations import encode_features
+    from interplm_plugins.core.embed import embed_sequences
+
+    fp32 = pipelines["fp32"]
+    emb = {p: dict(embed_sequences(fp32.plm, records, [fp32.layer], precision=p)) for p in pipelines}
+    max_abs, rel, emb_rel, jaccards, l0 = 0.0, [], [], [], []
+    for record in records:
+        e32, e16 = emb["fp32"][record.id][fp32.layer], emb["bf16"][record.id][fp32.layer]
+        a32, a16 = encode_features(fp32.sae, e32), encode_features(fp32.sae, e16)
+        max_abs = max(max_abs, float(np.abs(a32 - a16).max()))
+        rel.append(float(np.linalg.norm(a32 - a16) / max(np.linalg.norm(a32), 1e-12)))
+        emb_rel.append(float(np.linalg.norm(e32 - e16) / max(np.linalg.norm(e32), 1e-12)))
+        on32, on16 = a32 > 0, a16 > 0
+        jaccards.append((on32 & on16).sum(axis=1) / np.maximum((on32 | on16).sum(axis=1), 1))
+        l0.append(on32.sum(axis=1))
+    jaccard = np.concatenate(jaccards)
+    result = {
+        "proteins": len(records), "residues": int(len(jaccard)),
+        "activation_max_abs_error": max_abs, "activation_mean_relative_error": float(np.mean(rel)),
+        "activation_worst_protein_relative_error": float(np.max(rel)),
+        "embedding_mean_relative_error": float(np.mean(emb_rel)),
+        "active_set_jaccard_mean": float(jaccard.mean()), "active_set_jaccard_min": float(jaccard.min()),
+        "residues_with_identical_active_set": float((jaccard == 1.0).mean()),
+        "fp32_mean_active_features": float(np.concatenate(l0).mean()),
+    }  # fmt: skip
+    return result
+
+
+def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, recount_validation: bool) -> dict:
+    """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
+    from scipy import sparse
+
+    from interplm_plugins.core.activations import iter_feature_activations
+    from interplm_plugins.core.concept_counts import THRESHOLDS, ConceptMatchCounter
+    from interplm_plugins.core.concept_selection import choose_on_validation
+    from interplm_plugins.core.sequences import ProteinRecord
+
+    fp32 = pipelines["fp32"]
+    db = fp32.database
+    thresholds = tuple(float(t) for t in db.provenance.get("thresholds", THRESHOLDS))
+    names = [c.name for c in halves.concepts]
+    index = {name: i for i, name in enumerate(names)}
+    chosen = {}
+    for match in db.best_concepts(range(db.num_features)).values():  # each feature's concept, as every surface shows it
+        chosen[(match.concept, match.feature, match.threshold)] = ("feature's best concept", match.f1)
+    evaluated = [n for n in db.concept_names() if (db.concept_summary(n) or {}).get("evaluated")]
+    for name in evaluated:  # each evaluated concept's best feature, chosen on validation
+        for match in db.features_for_concept(name, k=1, min_valid_f1=0.0):
+            key = (match.concept, match.feature, match.threshold)
+            chosen[key] = ("concept's best feature" if key not in chosen else "both", match.f1)
+    missing = sorted({c for c, _, _ in chosen if c not in index})
+    if missing:
+        raise AssertionError(f"{len(missing)} database concepts are not in the rebuilt halves (first: {missing[0]}): the halves differ from the build's")
+
+    halves_used = ("test", "valid") if recount_validation else ("test",)
+    records = {h: [ProteinRecord(p, s) for p, s in halves.labels(h).sequences.items()] for h in halves_used}
+    if max_test_proteins is not None:
+        records = {h: r[:max_test_proteins] for h, r in records.items()}
+    counts = {}
+    for precision, pipeline in pipelines.items():
+        for half, recs in records.items():
+            counter = ConceptMatchCounter(halves.labels(half), pipeline.num_features, thresholds)
+            for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, recs, precision=precision):
+                counter.add(record.id, sparse.csr_matrix(acts))
+            counts[precision, half] = counter.result()
+    f1 = {p: counts[p, "test"].metrics()["selection_f1"] for p in pipelines}
+    rows = []
+    for (concept, feature, threshold), (why, stored) in sorted(chosen.items()):
+        at = (index[concept], feature, thresholds.index(float(threshold)))
+        rows.append({"concept": concept, "feature": feature, "threshold": threshold, "chosen_as": why, "database_test_f1": stored,
+                     "fp32_test_f1": float(f1["fp32"][at]), "bf16_test_f1": float(f1["bf16"][at])})  # fmt: skip
+    change = np.array([abs(r["bf16_test_f1"] - r["fp32_test_f1"]) for r in rows])
+    recount = np.array([abs(r["fp32_test_f1"] - r["database_test_f1"]) for r in rows])
+    worst = rows[int(change.argmax())] if rows else {}
+    out = {
+        "test_proteins_counted": len(records["test"]), "test_proteins_in_half": len(halves.test.proteins),
+        "chosen_matches": len(rows), "concepts_evaluated": len(evaluated),
+        "max_abs_f1_change": float(change.max()) if rows else 0.0, "mean_abs_f1_change": float(change.mean()) if rows else 0.0,
+        "matches_changed_over_tolerance": int((change > F1_TOLERANCE).sum()),
+        "worst_match": worst, "fp32_recount_vs_database_max_abs_diff": float(recount.max()) if rows else 0.0,
+        "matches": rows,
+    }  # fmt: skip
+    if recount_validation:  # would the choice itself change? (the rule of the database build: rank 0 on validation)
+        picks = {p: choose_on_validation(counts[p, "valid"]) for p in pipelines}
+        concepts = [index[n] for n in evaluated]
+        same = [(picks["fp32"][0][c], picks["fp32"][1][c]) == (picks["bf16"][0][c], picks["bf16"][1][c]) for c in concepts]
+        out["evaluated_concepts_with_the_same_choice"] = float(np.mean(same)) if same else 1.0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--proteins", type=int, default=300, help="real Swiss-Prot proteins of <= 1,022 residues (default 300)")
+    p.add_argument("--models", default="demo,8M,35M", help="comma-separated: demo (the embedded default), 8M, 35M (default all)")
+    p.add_argument("--repeats", type=int, default=2, help="embedding runs per precision, alternating; the best is kept (default 2)")
+    p.add_argument("--toks-per-batch", type=int, default=4096)
+    p.add_argument("--train", default="relu:2048,relu:10240,topk:10240", help="SAEs to time, kind:width (default relu:2048,relu:10240,topk:10240)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per precision (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    p.add_argument("--test-proteins", type=int, default=0, help="count only the first N test proteins (default 0: the whole test half)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.proteins, args.repeats, args.models = min(args.proteins, 8), 1, "demo"
+        args.train, args.batch_size, args.steps, args.warmup, args.test_proteins = "relu:512,topk:512", 256, 3, 1, args.test_proteins or 30
+
+    import torch
+
+    from interplm_plugins.core.activations import load_pipeline
+    from interplm_plugins.core.embed import embed_to_store
+    from interplm_plugins.core.precision import bf16_is_fast
+
+    start = time.perf_counter()
+    records = swissprot_records(args.data, args.proteins)
+    residues = sum(len(r.sequence) for r in records)
+    fp32 = load_pipeline()
+    pipelines = {"fp32": fp32, "bf16": dataclasses.replace(fp32, precision="bf16")}
+    print(f"{len(records)} Swiss-Prot proteins, {residues} residues; embedded default {fp32.plm.name} layer {fp32.layer}, "
+          f"SAE {fp32.num_features} features; bf16 matrix units on this CPU: {bf16_is_fast('cpu')}")  # fmt: skip
+
+    embed_rows, train_rows = [], []
+    with _common.Workdir(args.workdir) as work:
+        for name in args.models.split(","):
+            plm = fp32.plm if name == "demo" else random_plm(name, work)
+            row = embedding_speed(plm, records, args.repeats, args.toks_per_batch)
+            embed_rows.append({"model": "embedded default (4x256)" if name == "demo" else f"ESM-2 {name} ({MODELS[name][0]}x{MODELS[name][1]})", **row})
+        error = activation_error(pipelines, records)
+        store = embed_to_store(fp32.plm, records, fp32.layer, work / "store", shard_residues=50_000)[fp32.layer]
+        for spec in args.train.split(","):
+            kind, width = spec.split(":")
+            train_rows.append(training_speed(store, kind, int(width), args.batch_size, args.steps, args.warmup))
+
+    halves = demo_halves(args.data)
+    concepts = concept_f1_change(pipelines, halves, args.test_proteins or None, recount_validation=not args.quick)
+
+    _common.print_table("Embedding throughput (residues/s, in process, best of the runs)", embed_rows,
+                        ["model", "layer", "fp32_res_per_s", "bf16_res_per_s", "speedup"])  # fmt: skip
+    _common.print_table(f"SAE training throughput (tokens/s, median of {args.steps} interleaved steps)", train_rows,
+                        ["sae", "batch_size", "fp32_tokens_per_s", "bf16_tokens_per_s", "speedup", "fp32_mse_last", "bf16_mse_last"])  # fmt: skip
+    error_rows = [{"measure": k, "value": v} for k, v in error.items() if k not in ("proteins", "residues")]
+    _common.print_table(f"bf16 against fp32 on the embedded default ({error['proteins']} proteins, {error['residues']} residues)",
+                        error_rows, ["measure", "value"])  # fmt: skip
+    concept_rows = [{"measure": k, "value": v} for k, v in concepts.items() if k not in ("matches", "worst_match")]
+    _common.print_table(f"Concept F1 (test half) of the {concepts['chosen_matches']} matches the database chose, bf16 vs fp32", concept_rows,
+                        ["measure", "value"])  # fmt: skip
+    worst = concepts["worst_match"]
+    if worst:
+        print(f"largest change: {worst['concept']} / feature {worst['feature']} at {worst['threshold']:g}: "
+              f"F1 {worst['fp32_test_f1']:.4f} (fp32) -> {worst['bf16_test_f1']:.4f} (bf16)")  # fmt: skip
+    if not args.quick and concepts["fp32_recount_vs_database_max_abs_diff"] > 1e-6:
+        print(f"warning: the fp32 recount differs from the database's stored test F1 by up to {concepts['fp32_recount_vs_database_max_abs_diff']:.2g}")
+    changed = concepts["max_abs_f1_change"] > F1_TOLERANCE
+    subset = f" (on the first {concepts['test_proteins_counted']} of {concepts['test_proteins_in_half']} test proteins: --quick)" if args.quick else ""
+    verdict = (f"verdict: bf16 CHANGES a conclusion: {concepts['matches_changed_over_tolerance']} of {concepts['chosen_matches']} chosen matches "
+               f"move by more than {F1_TOLERANCE} in test F1 (max {concepts['max_abs_f1_change']:.4f}){subset}"
+               if changed else
+               f"verdict: bf16 changes no conclusion: test F1 of all {concepts['chosen_matches']} chosen matches within {F1_TOLERANCE} "
+               f"(max change {concepts['max_abs_f1_change']:.4f}){subset}")  # fmt: skip
+    speed = (f"speed: embedding {min(r['speedup'] for r in embed_rows):.2f}-{max(r['speedup'] for r in embed_rows):.2f}x (target >= {EMBED_TARGET}x), "
+             f"training {min(r['speedup'] for r in train_rows):.2f}-{max(r['speedup'] for r in train_rows):.2f}x (target >= {TRAIN_TARGET}x)"
+             f"{'; --quick: timings not meaningful' if args.quick else ''}")  # fmt: skip
+    print(f"\n{speed}\n{verdict}")
+    _common.write_result(args, "precision", {
+        "target": f"bf16 >= {EMBED_TARGET}x fp32 embedding, >= {TRAIN_TARGET}x training; concept F1 change <= {F1_TOLERANCE}",
+        "bf16_matrix_units": bool(bf16_is_fast("cpu")), "proteins": len(records), "residues": residues, "torch_threads": torch.get_num_threads(),
+        "rows": embed_rows + train_rows, "embedding": embed_rows, "training": train_rows, "error": error, "concepts": concepts,
+        "changes_a_conclusion": bool(changed), "verdict": verdict, "speed": speed, "seconds": time.perf_counter() - start,
+    })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
