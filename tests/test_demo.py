@@ -22,7 +22,7 @@ def test_embedded_files_are_shipped_and_small():
              DEMO_SAE.with_suffix(".json"), DEMO_DATABASE, DEMO_DIR / "MODEL_CARD.md"]  # fmt: skip
     for f in files:
         assert f.is_file(), f
-    assert sum(f.stat().st_size for f in files) < 25 * 2**20
+    assert sum(f.stat().st_size for f in files) < 40 * 2**20  # the package limit of the embedded default
     card = (DEMO_DIR / "MODEL_CARD.md").read_text()
     assert "not ESM-2" in card and "perplexity" in card
 
@@ -205,7 +205,7 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, 
             f"masked-LM loss recovered **{fidelity}**") in readme  # fmt: skip
     proteins, residues = quality["num_proteins_evaluated"], quality["num_residues_evaluated"]
     assert f"the {proteins} proteins of the concept test half ({residues:,} residues)" in " ".join(readme.split())
-    assert f"Measured on the {residues:,} residues of the {proteins} proteins of the concept test half" in card
+    assert f"Measured on the {residues:,} residues of the {proteins} proteins of the concept test half" in " ".join(card.split())
 
 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
