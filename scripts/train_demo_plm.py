@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from esm.data import Alphabet
-from esm.model.esm2 import ESM2
 
 from interplm_plugins.core.allocator import keep_freed_memory
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+from interplm_plugins.core.evaluate import masked_lm_loss
+from interplm_plugins.core.plm import PLM, new_esm2, save_esm2_checkpoint
 from interplm_plugins.core.homology import SequenceClusters, stable_hash, cluster_sequences
 from interplm_plugins.core.sequences import ProteinRecord, read_fasta
 
@@ -131,24 +131,6 @@ def encode(batch: list[str], alphabet: Alphabet) -> torch.Tensor:
     return toks
 
 
-@torch.no_grad()
-def held_out_perplexity(model: ESM2, alphabet: Alphabet, seqs: list[str], crop: int) -> float:
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(1234)
-    total, count = 0.0, 0
-    seqs = sorted((s[:crop] for s in seqs), key=len)
-    for i in range(0, len(seqs), 16):
-        toks = encode(seqs[i : i + 16], alphabet)
-        corrupted, targets = (t.to(device) for t in mask_tokens(toks, alphabet, gen))
-        logits = model(corrupted)["logits"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum", ignore_index=-100)
-        total += loss.item()
-        count += int((targets != -100).sum())
-    model.train()
-    return math.exp(total / count)
-
-
 def amino_acid_counts(train: list[str]) -> dict[str, int]:
     """Letter counts of the training sequences, add-one smoothed over the 25 letters ESM reads."""
     counts = Counter(dict.fromkeys(STANDARD + "XUOBZ", 1))
@@ -178,7 +160,6 @@ def plm_split(data: Path, halves: Path, work: Path) -> tuple[list[ProteinRecord]
 
 def measure_held_out(checkpoint: Path, eval_sets: dict[str, list[ProteinRecord]], counts: dict[str, int]) -> dict[str, dict]:
     """Masked-LM perplexity of the saved checkpoint on each held-out set (core.evaluate.masked_lm_loss, seed 0), with the unigram baseline."""
-    from interplm_plugins.core.evaluate import masked_lm_loss
     from interplm_plugins.core.plm import load_plm
 
     plm = load_plm(checkpoint)
@@ -284,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} elapsed {el/60:.2f} min", flush=True)
             log.append({"step": step, "loss": round(loss.item(), 4)})
         if args.eval_every and step % args.eval_every == args.eval_every - 1:
-            ppl_now = held_out_perplexity(model, alphabet, [r.sequence for r in eval_sets["unseen_clusters"]], crop=1022)
+            # The same measure as the final one (core.evaluate.masked_lm_loss), on the training weights.
+            nll, _ = masked_lm_loss(PLM(model, alphabet, args.name, str(state_file), "training"), eval_sets["unseen_clusters"], seed=0)
+            model.train()  # masked_lm_loss leaves the model in eval mode
+            ppl_now = math.exp(nll)
             print(f"step {step + 1} unseen-cluster perplexity {ppl_now:.3f}", flush=True)
             log.append({"step": step + 1, "unseen_clusters_perplexity": round(ppl_now, 3)})
         if step % 250 == 249:
