@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 PROGRAM = """
 import resource, sys, torch
 from interplm_plugins.core.allocator import keep_freed_memory
@@ -28,10 +26,13 @@ def _faults(mode: str, **env: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator is the one tuned")
 def test_kept_memory_is_reused_without_page_faults():
-    _, default = _faults("default")
+    """On glibc (this project's Linux machines) the setting applies and page faults drop; elsewhere it says it did not apply."""
     applied, kept = _faults("keep")
+    if not sys.platform.startswith("linux"):
+        assert applied == "False"
+        return
+    _, default = _faults("default")
     assert applied == "True"
     assert default > 40 * 16_000 * 0.9  # each 64 MiB block faulted in afresh: ~16,000 pages a time
     assert kept < default / 3  # measured: 82,000-131,000 against 655,000
