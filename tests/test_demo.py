@@ -112,10 +112,31 @@ def shipped_report():
 
 
 @pytest.fixture(scope="module")
-def recomputed_summary(demo_halves):
+def recomputed_comparison(demo_halves):
     from interplm_plugins.core.report import compare_with_neurons
 
-    return compare_with_neurons(load_pipeline(), demo_halves).summary()
+    return compare_with_neurons(load_pipeline(), demo_halves)
+
+
+@pytest.fixture(scope="module")
+def recomputed_summary(recomputed_comparison):
+    return recomputed_comparison.summary()
+
+
+def test_readme_words_on_the_concepts_found_are_the_recomputed_ones(recomputed_comparison, recomputed_summary):
+    """The README's paragraph on what holds: counts, the neurons' F1 on the SAE's concepts, the share of tied resamples."""
+    joined = recomputed_comparison.joined()
+    found = joined[joined["sae_test_f1"] > 0.5]  # sorted by the SAE's test F1
+    at = {c["f1_cutoff"]: c for c in recomputed_summary["concepts_found_by_cutoff"]}
+    boot = {b["f1_cutoff"]: b for b in recomputed_summary["bootstrap_over_test_proteins"]["sae_minus_neurons_concepts_found"]}
+    words = " ".join((REPO / "README.md").read_text().split())
+    assert f"At InterPLM's F1 > 0.5 the SAE finds {len(found)} concepts" in words
+    assert f"against {at[0.5]['neurons']} for single neurons" in words
+    assert "the neurons' best F1 on the same concepts: " + ", ".join(f"{f:.2f}" for f in found["neuron_test_f1"]) + ")" in words
+    assert f"and as many in {boot[0.5]['share_tied']:.0%}".replace("%", " %") in words
+    assert f"At F1 > 0.3 the two are close ({at[0.3]['sae']} against {at[0.3]['neurons']})" in words
+    assert (f"better on {recomputed_summary['concepts_where_sae_beats_neurons']} concepts, the neurons' on "
+            f"{recomputed_summary['concepts_where_neurons_beat_sae']}") in words  # fmt: skip
 
 
 def test_demo_database_matches_its_sae_and_evaluates_the_reports_concepts(shipped_report):
