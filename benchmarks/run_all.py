@@ -39,6 +39,13 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         for r in results["embed"]["rows"]:
             rows.append(("embedding", f"{r['model']}, layer {r['layer']}: residues/s ours vs esm-extract",
                          f"{_fmt(r['ours_res_per_s'])} vs {_fmt(r['esm_extract_res_per_s'])} = **{r['speedup']:.2f}x** (max diff {r['max_abs_diff']:.1e})", ">= 2x"))  # fmt: skip
+        for r in results["embed"].get("engines", []):
+            rows.append(("embedding engines", f"{r['model']}, last layer, in-process: residues/s ours fp32 vs esm.cpp fp32 (its fastest mode)",
+                         f"{_fmt(r['ours_fp32'])} vs {_fmt(r['esm_cpp_fp32'])} = **{r['fp32_vs_esm_cpp_fp32']:.2f}x** (max diff {r['max_abs_diff_esm_cpp']:.1e}); "
+                         f"transformers eager {_fmt(r['transformers'])}", ">= 2x"))  # fmt: skip
+            rows.append(("embedding engines", f"... ours bf16 / ours fp32 vs esm.cpp's fastest ({r['esm_cpp_best_mode'].removeprefix('esm.cpp ')})",
+                         f"{_fmt(r['ours_bf16'])} / {_fmt(r['ours_fp32'])} vs {_fmt(r['esm_cpp_best'])} = **{r['bf16_vs_esm_cpp_best']:.2f}x** / "
+                         f"**{r['fp32_vs_esm_cpp_best']:.2f}x**", ">= 1.5x (path with unchanged conclusions)"))  # fmt: skip
     if "train" in results:
         t = results["train"]
         by = {r["trainer"]: r for r in t["rows"]}

@@ -90,6 +90,9 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 extras="all"
 [ "$want_test" = 1 ] && extras="all,test"
 pip_install -e ".[${extras}]"
+# esm.cpp, the embedding benchmark's C++ peer (its smoke run is in the tests): without its dependencies,
+# because its metadata asks for numpy < 2 (its wheel runs with numpy 2) and pip would downgrade numpy.
+[ "$want_test" = 1 ] && pip_install --no-deps "esm-cpp==0.2.1"
 "$PY" -c "import interplm_plugins, esm, torch; print('interplm-plugins', interplm_plugins.__version__, '| torch', torch.__version__)"
 if [ "$mode" = venv ]; then
     echo "install: installed into $VENV; use it with: source $VENV/bin/activate (then pymol, napari, interplm find the plugins)"

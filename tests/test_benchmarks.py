@@ -26,6 +26,9 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     for name, doc in results.items():
         assert doc["mode"] == "quick" and doc["rows"] and doc["machine"]["cores"] >= 1, name
     assert all(row["max_abs_diff"] < 1e-3 for row in results["embed"]["rows"])
+    engines = results["embed"]["engine_details"]["8M"]  # esm.cpp and transformers on the same weights as ours
+    assert engines["agreement"]["max_abs_esm_cpp_fp32_vs_ours_fp32"] < 1e-3 and engines["agreement"]["max_abs_transformers_vs_ours_fp32"] < 1e-3
+    assert {"ours fp32", "ours bf16", "transformers eager fp32"} <= set(engines["residues_per_s"]) and engines["esm_cpp_best_mode"].startswith("esm.cpp")
     assert [row["counts"] for row in results["concepts"]["rows"][1:]] == ["identical", "identical"]
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
