@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision"]
+BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision", "scaling"]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -103,6 +103,44 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"active features per residue Jaccard {e['active_set_jaccard_mean']:.3f} (worst {e['active_set_jaccard_min']:.2f})", ""))  # fmt: skip
         rows.append(("bf16 compute", f"test F1 of the {c['chosen_matches']} matches the demo database chose, bf16 vs fp32",
                      f"max change **{c['max_abs_f1_change']:.4f}**, {c['matches_changed_over_tolerance']} over 0.01", "<= 0.01"))  # fmt: skip
+    if "scaling" in results:
+        rows += scaling_rows(results["scaling"])
+    return rows
+
+
+def scaling_rows(sc: dict) -> list[tuple[str, str, str, str]]:
+    """The cost curves in a few lines: each curve's largest point (the PNG has them all)."""
+    def curve(name: str) -> list[dict]:
+        return [r for r in sc["rows"] if r["curve"] == name]
+
+    rows = []
+    by_length = curve("embed vs length")
+    for model in dict.fromkeys(r["model"] for r in by_length):
+        pts = sorted((r for r in by_length if r["model"] == model), key=lambda r: r["length"])
+        rates = " / ".join(f"{_fmt(r['residues_per_s'])} at {r['length']:,}" for r in pts if r is pts[0] or r["length"] == 1022 or r is pts[-1])
+        rows.append(("cost curves", f"embedding vs length, {model} (layer {pts[0]['layer']}), ~{sc['residues_per_length']:,} residues per length: residues/s",
+                     f"{rates}; peak memory above the loaded model {_fmt(pts[-1]['extra_rss_mib'])} MiB at {pts[-1]['length']:,}", ""))  # fmt: skip
+    if curve("embed vs proteins"):
+        big = curve("embed vs proteins")[-1]
+        rows.append(("cost curves", f"embedding {big['proteins']:,} corpus proteins ({big['residues']:,} residues), embedded default",
+                     f"{_fmt(big['seconds'])} s ({_fmt(big['residues_per_s'])} residues/s)", ""))  # fmt: skip
+    if curve("count_matches vs residues"):
+        big = curve("count_matches vs residues")[-1]
+        rows.append(("cost curves", f"`count_matches`, {big['residues']:,} annotated residues x {big['features']:,} features x {big['concepts']} concepts",
+                     f"{_fmt(big['seconds'])} s ({_fmt(1e6 * big['s_per_residue'])} s per million residues), numpy peak {_fmt(big['peak_alloc_mib'])} MiB", ""))  # fmt: skip
+    if curve("build-db vs proteins"):
+        big = curve("build-db vs proteins")[-1]
+        rows.append(("cost curves", f"`build_database` (build-db) on {big['proteins']} annotated proteins ({big['residues']:,} residues)",
+                     f"{_fmt(big['seconds'])} s, database {_fmt(big['database_mib'])} MiB", ""))  # fmt: skip
+    whole = [r for r in curve("interplm embed (corpus)") if r["proteins"] == sc["corpus"]["proteins"]]
+    if whole:
+        r = whole[-1]
+        rows.append(("cost curves", f"`interplm embed --dtype float16`, whole corpus ({r['proteins']:,} proteins, {r['residues'] / 1e6:.1f} M residues)",
+                     f"**{r['kind']}**: {_fmt(r['seconds'] / 60)} min, store {_fmt(r['store_gib'])} GiB, peak RSS {_fmt(r['peak_rss_mib'] / 1024)} GiB", ""))  # fmt: skip
+    if curve("mutation scan vs positions"):
+        big = curve("mutation scan vs positions")[-1]
+        rows.append(("cost curves", f"mutation scan, cold, {big['positions']} positions x 19 of a {big['length']}-residue protein",
+                     f"{_fmt(big['seconds'])} s ({_fmt(big['s_per_position'])} s per position)", ""))  # fmt: skip
     return rows
 
 

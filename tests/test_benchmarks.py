@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, shared_data):
-    names = ["embed", "concepts", "memory", "distributed"]
+    names = ["embed", "concepts", "memory", "distributed", "scaling"]
     if importlib.util.find_spec("dictionary_learning") is not None:  # the optional peer of the training benchmark
         names.append("train")
     if importlib.util.find_spec("pymol") is not None:
         names.append("pymol")
     cmd = [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--results-dir", str(tmp_path), "--only", ",".join(names)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
     for name, doc in results.items():
@@ -32,6 +32,17 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert [row["counts"] for row in results["concepts"]["rows"][1:]] == ["identical", "identical"]
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
+    scaling, rows = results["scaling"], results["scaling"]["rows"]
+    assert Path(scaling["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len({row["curve"] for row in rows}) == 6
+    by_length = [row for row in rows if row["curve"] == "embed vs length"]
+    assert all(row["residues"] == row["length"] * row["proteins"] and row["peak_rss_mib"] > row["baseline_rss_mib"] > 0 for row in by_length)
+    assert {row["model"] for row in by_length} == {"demo 4x256", "ESM-2 8M 6x320"} and max(row["windows"] for row in by_length) > 1  # past 1,022
+    corpus = [row for row in rows if row["curve"] == "interplm embed (corpus)"]
+    measured = [row for row in corpus if row["kind"] == "measured"]
+    assert len(measured) == 2 and 0 < measured[0]["store_bytes"] < measured[1]["store_bytes"] < corpus[-1]["store_bytes"]
+    assert corpus[-1]["kind"].startswith("extrapolated") and corpus[-1]["proteins"] == scaling["corpus"]["proteins"] > 100_000
+    assert all(row["mutants"] == 19 * row["positions"] for row in rows if row["curve"] == "mutation scan vs positions")
     if "pymol" in results:
         assert results["pymol"]["residues"] == 732
         assert results["pymol"]["sessions"][0]["max_bfactor"] <= 1.0  # activations replaced the pLDDT b-factors
