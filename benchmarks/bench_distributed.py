@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         args.proteins, args.d_hidden, args.batch_size, args.steps = 6, 128, 256, 5
 
     from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.inputs.sequences import write_fasta
     from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
     from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import write_fasta
 
     rows, check = [], {}
     with _common.Workdir(args.workdir) as work:

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.proteins, args.repeats, args.models = min(args.proteins, 6), 1, "8M"
 
+    from interplm_plugins.core.inputs.sequences import write_fasta
     from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sequences import write_fasta
 
     rows, details = [], {}
     with _common.Workdir(args.workdir) as work:

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     with _common.Workdir(args.workdir) as work:
         os.environ["INTERPLM_CACHE_DIR"] = str(work / "cache")
         from interplm_plugins.core.activations import load_pipeline
+        from interplm_plugins.core.inputs.sequences import read_fasta
         from interplm_plugins.core.mutate import AMINO_ACIDS, mutation_scan
-        from interplm_plugins.core.sequences import read_fasta
 
         pipeline = load_pipeline()
         record = next(r for r in read_fasta(args.data / "sequences" / "swissprot_train.fasta") if len(r.sequence) == LENGTH) \

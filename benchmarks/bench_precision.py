@@ -51,7 +51,7 @@ EMBED_TARGET, TRAIN_TARGET = 1.8, 1.5
 
 
 def swissprot_records(data: Path, count: int, max_length: int = 1022):
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     return [r for r in read_fasta(data / "sequences" / "swissprot_train.fasta") if len(r.sequence) <= max_length][:count]
 
@@ -66,7 +66,7 @@ def demo_halves(data: Path):
     """The demo's concept halves: labels rebuilt from the real entries, halves from the shipped file (as tests/test_demo.py)."""
     from interplm_plugins.core.activations import DEMO_DIR
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
 
     entries, _ = read_uniprot_files(annotated_files(data))
     labels = build_concept_labels(entries)
@@ -173,7 +173,7 @@ def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, re
     from interplm_plugins.core.activations import iter_feature_activations
     from interplm_plugins.core.concept_counts import THRESHOLDS, ConceptMatchCounter
     from interplm_plugins.core.concept_selection import choose_on_validation
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
 
     fp32 = pipelines["fp32"]
     db = fp32.database

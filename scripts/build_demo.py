@@ -26,8 +26,8 @@ from pathlib import Path
 
 from interplm_plugins.cli import main as interplm
 from interplm_plugins.core.atomic import write_text_atomic
+from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.plm import DEMO_MODEL_NAME
-from interplm_plugins.core.sequences import ProteinRecord
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "src" / "interplm_plugins" / "data" / "demo"

@@ -39,9 +39,9 @@ from build_demo import DEMO, REPO, annotated_files, concept_step, step  # noqa: 
 from train_demo_plm import plm_split  # noqa: E402
 
 from interplm_plugins.core.atomic import write_text_atomic  # noqa: E402
-from interplm_plugins.core.homology import stable_hash  # noqa: E402
+from interplm_plugins.core.inputs.homology import stable_hash  # noqa: E402
 from interplm_plugins.core.plm import DEMO_MODEL_NAME  # noqa: E402
-from interplm_plugins.core.sequences import ProteinRecord, write_fasta  # noqa: E402
+from interplm_plugins.core.inputs.sequences import ProteinRecord, write_fasta  # noqa: E402
 
 
 @dataclass(frozen=True)

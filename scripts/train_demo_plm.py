@@ -39,9 +39,9 @@ from esm.data import Alphabet
 from interplm_plugins.core.allocator import keep_freed_memory
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.evaluate import masked_lm_loss
+from interplm_plugins.core.inputs.homology import SequenceClusters, cluster_sequences, stable_hash
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 from interplm_plugins.core.plm import PLM, new_esm2, save_esm2_checkpoint
-from interplm_plugins.core.homology import SequenceClusters, stable_hash, cluster_sequences
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -56,7 +56,7 @@ EVAL_PROTEINS = 1000
 
 def corpus_records(data_dir: Path) -> list[ProteinRecord]:
     """Every protein of ``sequences/corpus/*.fasta.gz``, the Swiss-Prot FASTA files and the annotated entries, one record per distinct sequence."""
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     # Annotated entries first: where the corpus holds the same sequence under another id, the
     # accession the concept halves name is the one kept.

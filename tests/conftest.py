@@ -56,7 +56,7 @@ def swissprot_dat(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def swissprot_entries(swissprot_dat):
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     return read_uniprot(swissprot_dat)
 
@@ -69,9 +69,9 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
     feature fires on part of the residues, as a trained SAE's features do.
     """
     from interplm_plugins.core.embed import embed_to_store
+    from interplm_plugins.core.inputs.sequences import read_fasta
     from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
     from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
-    from interplm_plugins.core.sequences import read_fasta
 
     folder = tmp_path_factory.mktemp("sae")
     store = embed_to_store(tiny_plm, read_fasta(swissprot_fasta)[:30], 2, folder / "emb")[2]
@@ -87,7 +87,7 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_db_records(swissprot_fasta):
     """~150 real Swiss-Prot proteins (valid and test splits included), for small feature databases."""
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     return [r for r in read_fasta(swissprot_fasta) if len(r.sequence) <= 600][:150]
 

@@ -14,8 +14,8 @@ import pytest
 from interplm_plugins.cli import main
 from interplm_plugins.core.database import FeatureDatabase
 from interplm_plugins.core.embed import EmbeddingStore
+from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
 from interplm_plugins.core.sae import load_sae
-from interplm_plugins.core.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_cli_stores_clusters_and_writes_the_plot(planted_sae_path, db_copy, tmp_
 
 
 def test_cli_profiles_cluster_by_coactivation_too(tiny_esm2_path, tiny_sae_path, db_copy, swissprot_fasta, tmp_path, capsys):
-    from interplm_plugins.core.sequences import read_fasta, write_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 
     fasta = write_fasta(read_fasta(swissprot_fasta)[:4], tmp_path / "few.fasta") or tmp_path / "few.fasta"
     code = main(["-q", "cluster", str(db_copy), "--sae", str(tiny_sae_path), "--profiles", str(fasta), "--plm", str(tiny_esm2_path),

@@ -23,7 +23,7 @@ from interplm_plugins.core.database import (
     encode_activations,
     update_feature_database,
 )
-from interplm_plugins.core.sequences import ProteinRecord, protein_split
+from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split
 from interplm_plugins.errors import InterPLMError
 
 # Three proteins, three features; every value is exact in float16.

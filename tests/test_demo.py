@@ -98,7 +98,7 @@ def _annotated_files(shared: Path) -> list[Path]:
 def demo_halves(shared_data):
     """The demo's concept halves, rebuilt from the real entries and the shipped halves (MMseqs2 clusters at build time)."""
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
 
     entries, _ = read_uniprot_files(_annotated_files(shared_data))
     labels = build_concept_labels(entries)
@@ -210,8 +210,8 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, 
     """FVE, L0, dead fraction and loss recovered on the concept test half (in neither the PLM's nor the SAE's training
     data), from the shipped PLM and SAE alone, equal what the model card and README state."""
     from interplm_plugins.core.evaluate import held_out_quality
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
     from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import ProteinRecord
 
     held_out = [ProteinRecord(pid, seq) for pid, seq in demo_halves.labels("test").sequences.items()]
     quality = held_out_quality(load_plm("demo"), load_sae(DEMO_SAE), held_out, tmp_path / "emb")
@@ -232,8 +232,8 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
     """loss_recovered's fidelity equals (CE_zero - CE_sae) / (CE_zero - CE_clean) from three forward passes written out here."""
     from interplm_plugins.core.evaluate import loss_recovered
+    from interplm_plugins.core.inputs.sequences import read_fasta
     from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import read_fasta
 
     sae = load_sae(tiny_sae_path).eval()
     records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) < 300][:4]

@@ -19,8 +19,8 @@ import torch
 from interplm_plugins.cli import main
 from interplm_plugins.core import distributed
 from interplm_plugins.core.embed import EmbeddingStore, embed_to_store
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 from interplm_plugins.core.sae import load_sae
-from interplm_plugins.core.sequences import read_fasta, write_fasta
 
 TRAIN_ARGS = ["--width", "64", "--batch-size", "128", "--warmup", "5", "--l1", "0.01", "--checkpoint-every", "10", "--steps", "200"]
 

@@ -15,7 +15,7 @@ from interplm_plugins.core.embed import (
     forward_layers,
     window_starts,
 )
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 from interplm_plugins.errors import InterPLMError
 
 

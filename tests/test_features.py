@@ -11,7 +11,7 @@ import pytest
 
 from interplm_plugins.cli import main
 from interplm_plugins.core.features import PROTEIN_COLUMNS, protein_features, sequence_features
-from interplm_plugins.core.sequences import read_fasta, write_fasta
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from esm.data import Alphabet
 from hf_models import save_hf_esm2
 
 from interplm_plugins.core.embed import embed_sequences
+from interplm_plugins.core.inputs.sequences import read_fasta
 from interplm_plugins.core.plm import load_plm
-from interplm_plugins.core.sequences import read_fasta
 from interplm_plugins.errors import InterPLMError
 
 

@@ -15,8 +15,8 @@ from hub_server import HubServer
 from interplm_plugins.core.activations import load_pipeline
 from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.hub import resolve_sae_spec
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 from interplm_plugins.core.sae import load_sae, sae_hash
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
 from interplm_plugins.errors import InterPLMError
 
 ESM2_8M = "facebook/esm2_t6_8M_UR50D"

@@ -19,7 +19,7 @@ import pytest
 
 from napari.utils.colormaps import ensure_colormap  # noqa: E402
 
-from interplm_plugins.core.structure import read_structure  # noqa: E402
+from interplm_plugins.core.inputs.structure import read_structure  # noqa: E402
 from interplm_plugins.napari_plugin import _widget  # noqa: E402
 from interplm_plugins.napari_plugin._reader import napari_get_reader  # noqa: E402
 from interplm_plugins.napari_plugin._sample_data import demo_structure_path  # noqa: E402
@@ -303,7 +303,7 @@ def test_mutation_scan_widget_tables_and_colours_the_largest_drop(tiny_pipeline,
 
 
 def test_reference_fasta_with_several_records_matches_each_chain(tiny_pipeline, viewer, demo_layer, qtbot, shared_data, tmp_path):
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     widget = _dock(viewer, _widget.ColorByFeatureWidget)
     chains = demo_layer.metadata["interplm"]["chains"]

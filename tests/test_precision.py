@@ -17,12 +17,12 @@ from interplm_plugins.cli import main
 from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
 from interplm_plugins.core.embed import STORE_INDEX, EmbeddingStore, embed_sequences, embed_to_store
 from interplm_plugins.core.features import _top_features
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.inputs.uniprot import read_uniprot
 from interplm_plugins.core.plm import load_plm
 from interplm_plugins.core.precision import PRECISIONS, check_precision, compute_precision
 from interplm_plugins.core.sae import SAEConfig, load_sae
-from interplm_plugins.core.sequences import read_fasta, write_fasta
 from interplm_plugins.core.train import CHECKPOINT_NAME, LOG_NAME, SAE_NAME, TrainConfig, make_training_state, relu_loss_and_grads, train_sae, train_step
-from interplm_plugins.core.uniprot import read_uniprot
 from interplm_plugins.errors import InterPLMError
 
 DEMO_LAYER = 3  # the layer the demo SAE reads

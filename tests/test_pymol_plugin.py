@@ -16,8 +16,8 @@ import pymol  # noqa: E402  (a test dependency: the [pymol] extra)
 from pymol import CmdException, cmd  # noqa: E402
 
 from interplm_plugins.core.activations import chain_activations, current_pipeline  # noqa: E402
-from interplm_plugins.core.sequences import read_fasta  # noqa: E402
-from interplm_plugins.core.structure import read_structure  # noqa: E402
+from interplm_plugins.core.inputs.sequences import read_fasta  # noqa: E402
+from interplm_plugins.core.inputs.structure import read_structure  # noqa: E402
 from interplm_plugins.pymol_plugin import commands  # noqa: E402
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, NEUTRAL_COLOR, palette_rgb, supports_properties, value_colors  # noqa: E402
 

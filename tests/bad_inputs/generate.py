@@ -49,7 +49,7 @@ def _corrupt_gzip(text: str) -> bytes:
 
 
 def build_text(out: Path, marker: Path) -> None:
-    from interplm_plugins.core.sequences import MAX_SEQUENCE_LENGTH
+    from interplm_plugins.core.inputs.sequences import MAX_SEQUENCE_LENGTH
 
     fasta, uniprot, structure = out / "fasta", out / "uniprot", out / "structure"
     for folder in (fasta, uniprot, structure):

@@ -41,9 +41,9 @@ def _profiles(args: argparse.Namespace, sae):
 
     from interplm_plugins.core.activations import iter_feature_activations
     from interplm_plugins.core.clusters import activation_profiles
+    from interplm_plugins.core.inputs.sequences import read_fasta
     from interplm_plugins.core.plm import load_plm
     from interplm_plugins.core.provenance import check_sae_matches_plm
-    from interplm_plugins.core.sequences import read_fasta
 
     plm = load_plm(args.plm or "demo")
     layer = sae.config.plm_layer if sae.config.plm_layer is not None else plm.num_layers

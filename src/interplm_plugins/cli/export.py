@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from interplm_plugins.core.export import export_structure
-    from interplm_plugins.core.references import read_references
+    from interplm_plugins.core.inputs.references import read_references
 
     pipeline = load_pipeline_from_args(args)
     references = read_references(args.uniprot, "--uniprot") if args.uniprot else None

@@ -36,9 +36,9 @@ def add_parser(subparsers) -> None:
 
 
 def _structure_scans(args: argparse.Namespace, pipeline, path: Path) -> list[pd.DataFrame]:
+    from interplm_plugins.core.inputs.references import chains_with_references, read_references
+    from interplm_plugins.core.inputs.structure import read_structure
     from interplm_plugins.core.mutate import scan_chain, select_labels
-    from interplm_plugins.core.references import chains_with_references, read_references
-    from interplm_plugins.core.structure import read_structure
 
     chains = [c for c in read_structure(path) if args.chain is None or c.chain_id == args.chain]
     if not chains:
@@ -53,8 +53,8 @@ def _structure_scans(args: argparse.Namespace, pipeline, path: Path) -> list[pd.
 
 
 def _fasta_scan(args: argparse.Namespace, pipeline, path: Path) -> pd.DataFrame:
+    from interplm_plugins.core.inputs.sequences import read_fasta
     from interplm_plugins.core.mutate import mutation_scan, select_labels
-    from interplm_plugins.core.sequences import read_fasta
 
     records = read_fasta(path)
     if args.record is None and len(records) != 1:

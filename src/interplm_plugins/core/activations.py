@@ -32,11 +32,11 @@ import torch
 
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.embed import embed_sequences
+from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
+from interplm_plugins.core.inputs.structure import StructureChain, align_to_reference
 from interplm_plugins.core.plm import PLM, load_plm
 from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits, sae_hash
-from interplm_plugins.core.sequences import ProteinRecord, clean_sequence
-from interplm_plugins.core.structure import StructureChain, align_to_reference
 from interplm_plugins.errors import InterPLMError
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"

@@ -23,7 +23,7 @@ from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter
 from interplm_plugins.core.concept_labels import ConceptHalves
 from interplm_plugins.core.concept_selection import Eligibility, concept_vocabulary, feature_concept_table
 from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
-from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
 
 

@@ -47,11 +47,11 @@ import pandas as pd
 from scipy import sparse
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.uniprot import UniProtEntry
+from interplm_plugins.core.inputs.uniprot import UniProtEntry
 from interplm_plugins.errors import InterPLMError
 
 if TYPE_CHECKING:
-    from interplm_plugins.core.homology import SequenceClusters
+    from interplm_plugins.core.inputs.homology import SequenceClusters
 
 DEFAULT_MIN_INSTANCES = 10
 DEFAULT_MIN_PROTEINS = 3
@@ -517,7 +517,7 @@ def build_concept_labels(
 
 def split_into_halves(labels: ConceptLabels, clusters: "SequenceClusters", salt: str = "concept-halves") -> ConceptLabels:
     """``labels`` with validation/test halves of whole sequence clusters, half the proteins each."""
-    from interplm_plugins.core.homology import assign_clusters_to_splits
+    from interplm_plugins.core.inputs.homology import assign_clusters_to_splits
 
     halves = assign_clusters_to_splits(clusters, {"valid": 0.5, "test": 0.5}, salt=salt)
     missing = [pid for pid in labels.proteins if pid not in halves]

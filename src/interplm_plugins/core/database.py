@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from interplm_plugins import __version__
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.sequences import protein_split
+from interplm_plugins.core.inputs.sequences import protein_split
 from interplm_plugins.errors import InterPLMError
 
 SCHEMA_VERSION = 2

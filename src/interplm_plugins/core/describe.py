@@ -402,7 +402,7 @@ def examples_from_database(
 
 def annotations_from_uniprot(path: str | os.PathLike) -> dict[str, list[tuple[int, int, str]]]:
     """Swiss-Prot features by accession, as ``(start, end, "type: description")``, from a UniProt file."""
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     out: dict[str, list[tuple[int, int, str]]] = {}
     for entry in read_uniprot(path):

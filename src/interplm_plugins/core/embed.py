@@ -36,9 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
+from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.plm import PLM
 from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision, compute_precision
-from interplm_plugins.core.sequences import ProteinRecord
 from interplm_plugins.errors import InterPLMError
 
 STORE_FORMAT = "interplm-plugins-embedding-store/1"

@@ -1,7 +1,7 @@
 """Per-residue SAE activations for any viewer: a TSV table, a PDB/mmCIF with them in the B-factor column,
 and a ChimeraX attribute-assignment file (``.defattr``).
 
-The table has one row per protein residue of each chain (:func:`~interplm_plugins.core.structure.read_structure`'s
+The table has one row per protein residue of each chain (:func:`~interplm_plugins.core.inputs.structure.read_structure`'s
 rules) and one column ``interplm_<N>`` per feature; a residue that maps to no embedded position (``--uniprot``
 alignment gaps) has an empty value. In the PDB/mmCIF copy every atom of a residue carries the residue's
 activation as its B-factor; atoms with no value (ligands, water, unaligned residues) get 0. The ``.defattr``
@@ -28,9 +28,9 @@ import pandas as pd
 
 from interplm_plugins.core.activations import ChainActivations, Pipeline
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.references import chains_with_references
-from interplm_plugins.core.sequences import ProteinRecord
-from interplm_plugins.core.structure import read_structure
+from interplm_plugins.core.inputs.references import chains_with_references
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.errors import InterPLMError
 
 ATTRIBUTE_PREFIX = "interplm_"
@@ -47,7 +47,7 @@ def structure_activations(
     pipeline: Pipeline, path: str | os.PathLike, references: Sequence[ProteinRecord] | None = None, chain: str | None = None
 ) -> tuple[list[ChainActivations], str | None]:
     """Activations of every protein chain of a structure file (or of ``chain`` only), each chain aligned to
-    the reference it matches (:func:`~interplm_plugins.core.references.chains_with_references`), and the
+    the reference it matches (:func:`~interplm_plugins.core.inputs.references.chains_with_references`), and the
     line saying which matched (None without references)."""
     chains = read_structure(path)
     if chain is not None:
@@ -101,7 +101,7 @@ def write_defattr(table: pd.DataFrame, path: str | os.PathLike, title: str = "")
 
 def _structure_text(path: Path) -> tuple[str, bool]:
     """The file's text and whether it is mmCIF (by content, as :func:`read_structure` decides)."""
-    from interplm_plugins.core.structure import _is_mmcif, _read_text
+    from interplm_plugins.core.inputs.structure import _is_mmcif, _read_text
 
     text = _read_text(path)
     return text, _is_mmcif(text)

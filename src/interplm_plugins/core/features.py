@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline
-from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.core.inputs.sequences import ProteinRecord
 
 PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
                    "peak_residue", "concept", "concept_f1", "concept_label")  # fmt: skip

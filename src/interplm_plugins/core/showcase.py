@@ -16,7 +16,7 @@ import numpy as np
 
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 from interplm_plugins.core.concept_labels import build_concept_labels
-from interplm_plugins.core.uniprot import UniProtEntry
+from interplm_plugins.core.inputs.uniprot import UniProtEntry
 
 
 @dataclass

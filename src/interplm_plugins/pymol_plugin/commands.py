@@ -20,13 +20,13 @@ from pymol import CmdException, cmd
 from pymol.shortcut import Shortcut
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline, loaded_pipeline, use_pipeline
-from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
-from interplm_plugins.errors import InterPLMError
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
+from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
+from interplm_plugins.core.inputs.references import read_references
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS
 from interplm_plugins.core.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
-from interplm_plugins.core.references import read_references
-from interplm_plugins.core.sequences import ProteinRecord
-from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS
+from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
 
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from interplm_plugins.core.sequences import clean_sequence
+from interplm_plugins.core.inputs.sequences import clean_sequence
 from interplm_plugins.errors import InterPLMError
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.sequences import PROTEIN_LETTERS, ProteinRecord, clean_sequence, write_fasta
+from interplm_plugins.core.inputs.sequences import PROTEIN_LETTERS, ProteinRecord, clean_sequence, write_fasta
 from interplm_plugins.errors import InterPLMError
 
 #: Identity at which proteins count as homologs: below ~30% pairwise identity homology is no longer evident.
@@ -162,7 +162,7 @@ def cluster_sequences(
 
     ``mmseqs`` is the executable (``None``: ``mmseqs`` on PATH; ``""``: use the fallback without a
     warning). ``threads`` defaults to the machine's CPUs. Duplicate ids, bad sequences (see
-    :func:`~interplm_plugins.core.sequences.clean_sequence`) and thresholds outside [0, 1] raise
+    :func:`~interplm_plugins.core.inputs.sequences.clean_sequence`) and thresholds outside [0, 1] raise
     :class:`InterPLMError`.
     """
     records = _checked_records(records, min_seq_id, coverage)

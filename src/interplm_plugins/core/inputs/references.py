@@ -2,7 +2,7 @@
 
 A user gives one or several references (``uniprot=`` in PyMOL, ``--uniprot`` on the command line,
 napari's reference field): a sequence, or a FASTA file with one record per protein of a complex.
-Each protein chain is aligned to every reference (:func:`~interplm_plugins.core.structure.reference_mapping`)
+Each protein chain is aligned to every reference (:func:`~interplm_plugins.core.inputs.structure.reference_mapping`)
 and takes the one it matches best; a chain that matches none keeps no values (it is drawn grey),
 and only when no chain matches is it an error. The identity and coverage rules count the
 residues the user selected, so the lysozyme half of a receptor-lysozyme fusion matches lysozyme.
@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta, read_reference_sequence
-from interplm_plugins.core.structure import StructureChain, alignment_quality, reference_mapping
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta, read_reference_sequence
+from interplm_plugins.core.inputs.structure import StructureChain, alignment_quality, reference_mapping
 from interplm_plugins.errors import InterPLMError
 
 #: Least fraction of identical residues among the aligned ones for a chain to match a reference.
