@@ -44,7 +44,7 @@ def _run(cmd: list[str]) -> tuple[float, str]:
 def compare(store_path: Path, extract_dir: Path, layer: int) -> dict[str, float]:
     import torch
 
-    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.plm.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
     worst_abs, scale, compared = 0.0, 0.0, 0
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args.proteins, args.repeats, args.models = min(args.proteins, 6), 1, "8M"
 
     from interplm_plugins.core.inputs.sequences import write_fasta
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     rows, details = [], {}
     with _common.Workdir(args.workdir) as work:

@@ -79,14 +79,15 @@ def demo_halves(data: Path):
 
 def random_plm(name: str, work: Path):
     """A fair-esm ESM-2 of one of :data:`MODELS`' shapes with random weights, loaded as users load one."""
-    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     layers, dim, heads = MODELS[name]
     return load_plm(save_esm2_checkpoint(new_esm2(layers, dim, heads, seed=0), work / f"esm2_t{layers}_{name}_random.pt"))
 
 
 def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
 
     layer = max(1, plm.num_layers - 1)
     residues = sum(len(r.sequence) for r in records)
@@ -139,7 +140,7 @@ def training_speed(store, kind: str, width: int, batch_size: int, steps: int, wa
 def activation_error(pipelines: dict, records) -> dict:
     """Max abs and mean relative error of bf16 activations and embeddings, and the Jaccard of active sets per residue."""
     from interplm_plugins.core.activations import encode_features
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
 
     fp32 = pipelines["fp32"]
     emb = {p: dict(embed_sequences(fp32.plm, records, [fp32.layer], precision=p)) for p in pipelines}
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.precision import bf16_is_fast
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.precision import bf16_is_fast
 
     start = time.perf_counter()
     records = swissprot_records(args.data, args.proteins)

@@ -27,7 +27,7 @@ from pathlib import Path
 from interplm_plugins.cli import main as interplm
 from interplm_plugins.core.atomic import write_text_atomic
 from interplm_plugins.core.inputs.sequences import ProteinRecord
-from interplm_plugins.core.plm import DEMO_MODEL_NAME
+from interplm_plugins.core.plm.model import DEMO_MODEL_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "src" / "interplm_plugins" / "data" / "demo"
@@ -111,7 +111,7 @@ def quality_proteins(concepts: Path) -> list[ProteinRecord]:
 def sae_quality(model: str, concepts: Path) -> dict:
     """Reconstruction, sparsity and loss recovered on the test half (``tests/test_demo.py`` recomputes them)."""
     from interplm_plugins.core.evaluate import held_out_quality
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
     from interplm_plugins.core.sae import load_sae
 
     work = REPO / "runs" / "demo" / "held_out_emb"

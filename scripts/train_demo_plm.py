@@ -41,7 +41,7 @@ from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.evaluate import masked_lm_loss
 from interplm_plugins.core.inputs.homology import SequenceClusters, cluster_sequences, stable_hash
 from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
-from interplm_plugins.core.plm import PLM, new_esm2, save_esm2_checkpoint
+from interplm_plugins.core.plm.model import PLM, new_esm2, save_esm2_checkpoint
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -160,7 +160,7 @@ def plm_split(data: Path, halves: Path, work: Path) -> tuple[list[ProteinRecord]
 
 def measure_held_out(checkpoint: Path, eval_sets: dict[str, list[ProteinRecord]], counts: dict[str, int]) -> dict[str, dict]:
     """Masked-LM perplexity of the saved checkpoint on each held-out set (core.evaluate.masked_lm_loss, seed 0), with the unigram baseline."""
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     plm = load_plm(checkpoint)
     held_out = {}

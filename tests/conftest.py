@@ -31,7 +31,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_esm2_path(tmp_path_factory) -> Path:
     """A real fair-esm ESM-2 checkpoint (2 layers, 32 dims, random weights) in fair-esm's format."""
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     path = tmp_path_factory.mktemp("plm") / "esm2_t2_tiny_test.pt"
     return save_esm2_checkpoint(new_esm2(num_layers=2, embed_dim=32, attention_heads=4, seed=0), path)
@@ -39,7 +39,7 @@ def tiny_esm2_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plm(tiny_esm2_path):
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     return load_plm(tiny_esm2_path)
 
@@ -68,9 +68,9 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
     Its weights are random (training is tested on its own); the encoder bias is set so that each
     feature fires on part of the residues, as a trained SAE's features do.
     """
-    from interplm_plugins.core.embed import embed_to_store
     from interplm_plugins.core.inputs.sequences import read_fasta
     from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
+    from interplm_plugins.core.plm.embed import embed_to_store
     from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
 
     folder = tmp_path_factory.mktemp("sae")

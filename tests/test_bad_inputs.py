@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import EmbeddingStore
 from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta, write_fasta
 from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.core.inputs.uniprot import read_uniprot
-from interplm_plugins.core.plm import load_plm
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.store import EmbeddingStore
 from interplm_plugins.core.sae import load_sae
 from interplm_plugins.errors import InterPLMError
 

@@ -13,8 +13,8 @@ import pytest
 
 from interplm_plugins.cli import main
 from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import EmbeddingStore
 from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
+from interplm_plugins.core.plm.store import EmbeddingStore
 from interplm_plugins.core.sae import load_sae
 
 
@@ -136,7 +136,7 @@ def test_bad_fasta_is_one_line_naming_file_record_and_reason(tmp_path, tiny_esm2
 def test_missing_layer_and_mismatched_sae_are_clear_errors(chain, tmp_path, tiny_esm2_path):
     result = _cli("embed", str(chain / "train.fasta"), "--model", str(tiny_esm2_path), "--layer", "9", "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "layer 9 does not exist" in result.stderr
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     wide = save_esm2_checkpoint(new_esm2(2, 48, 4), tmp_path / "esm2_wide.pt")
     result = _cli("build-db", str(chain / "scan.fasta"), "--model", str(wide), "--sae", str(chain / "sae_norm.safetensors"),

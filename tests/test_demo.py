@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from interplm_plugins.core.activations import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
-from interplm_plugins.core.plm import demo_model_path, load_plm
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.model import demo_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,9 @@ import torch
 
 from interplm_plugins.cli import main
 from interplm_plugins.core import distributed
-from interplm_plugins.core.embed import EmbeddingStore, embed_to_store
 from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.plm.embed import embed_to_store
+from interplm_plugins.core.plm.store import EmbeddingStore
 from interplm_plugins.core.sae import load_sae
 
 TRAIN_ARGS = ["--width", "64", "--batch-size", "128", "--warmup", "5", "--l1", "0.01", "--checkpoint-every", "10", "--steps", "200"]
@@ -46,7 +47,7 @@ def work(tmp_path_factory, tiny_esm2_path, swissprot_fasta):
     folder = tmp_path_factory.mktemp("dist")
     records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) <= 400][:24]
     write_fasta(records, folder / "proteins.fasta")
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     embed_to_store(load_plm(tiny_esm2_path), records, 2, folder / "store", shard_residues=1500)
     return folder
@@ -85,7 +86,7 @@ DRIVER = textwrap.dedent(
     """
     import sys, torch
     from interplm_plugins.core import distributed
-    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.plm.embed import EmbeddingStore
     from interplm_plugins.core.sae import SAEConfig
     from interplm_plugins.core.train import TrainConfig
     from interplm_plugins.errors import InterPLMError

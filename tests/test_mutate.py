@@ -9,8 +9,8 @@ import pytest
 
 from interplm_plugins.core import mutate
 from interplm_plugins.core.activations import encode_features
-from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.errors import InterPLMError
 
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALR"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.embed import embed_to_store
 from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered
 from interplm_plugins.core.inputs.sequences import read_fasta
 from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
+from interplm_plugins.core.plm.embed import embed_to_store
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, sae_hash, save_sae
 from interplm_plugins.core.train import TrainConfig, resampling_allowed, train_sae
 from interplm_plugins.errors import InterPLMError

@@ -154,8 +154,8 @@ def build_sae(out: Path, marker: Path) -> None:
 
 
 def _store(folder: Path, proteins: dict[str, int], dim: int = 8, rows_per_shard: int = 2, **index_changes) -> Path:
-    """A store of ``proteins`` (id -> length) in the format core.embed writes, with ``index_changes`` applied."""
-    from interplm_plugins.core.embed import STORE_FORMAT, STORE_INDEX
+    """A store of ``proteins`` (id -> length) in the format core.plm.embed writes, with ``index_changes`` applied."""
+    from interplm_plugins.core.plm.store import STORE_FORMAT, STORE_INDEX
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def build_plms(out: Path, marker: Path) -> None:
 
     import torch
 
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     good = save_esm2_checkpoint(new_esm2(1, 8, 2, seed=0), out / "esm2_t1_good.pt")

@@ -22,7 +22,7 @@ def add_precision_option(parser: argparse.ArgumentParser, what: str = "the ESM-2
 
     Checked by :func:`precision_from_args` (a bad value is the one-line error of every other bad
     input, not argparse's usage text)."""
-    from interplm_plugins.core.precision import DEFAULT_PRECISION, PRECISIONS
+    from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, PRECISIONS
 
     parser.add_argument(
         "--precision",
@@ -35,7 +35,7 @@ def add_precision_option(parser: argparse.ArgumentParser, what: str = "the ESM-2
 
 def precision_from_args(args: argparse.Namespace) -> str:
     """The checked --precision of a command that has it (``"fp32"`` for one that has not)."""
-    from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
+    from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision
 
     return check_precision(getattr(args, "precision", None) or DEFAULT_PRECISION)
 

@@ -42,7 +42,7 @@ def _profiles(args: argparse.Namespace, sae):
     from interplm_plugins.core.activations import iter_feature_activations
     from interplm_plugins.core.clusters import activation_profiles
     from interplm_plugins.core.inputs.sequences import read_fasta
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
     from interplm_plugins.core.provenance import check_sae_matches_plm
 
     plm = load_plm(args.plm or "demo")

@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.embed import embed_to_store
     from interplm_plugins.core.inputs.sequences import protein_split, read_fasta
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.loading import load_plm
 
     precision = precision_from_args(args)
     records = read_fasta(args.fasta)

@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from interplm_plugins.core.embed import EmbeddingStore
     from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
+    from interplm_plugins.core.plm.store import EmbeddingStore
     from interplm_plugins.core.provenance import check_store_matches_sae
     from interplm_plugins.core.sae import load_sae, save_sae
 

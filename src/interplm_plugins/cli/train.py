@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from interplm_plugins.cli._ranges import parse_ranges
-    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.plm.store import EmbeddingStore
     from interplm_plugins.core.sae import K_KINDS, SAEConfig
     from interplm_plugins.core.sae_matryoshka import default_prefixes
     from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae

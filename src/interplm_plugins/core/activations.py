@@ -8,7 +8,7 @@ the PLM's identity, the layer and the SAE's hash, so recolouring a structure by 
 is a lookup, and PyMOL, napari and the CLI share the same results.
 
 A pipeline's ``precision`` (``"fp32"``, the default, or ``"bf16"``) is the compute precision of
-its PLM forward pass (:mod:`~interplm_plugins.core.precision`); the SAE encode after it stays
+its PLM forward pass (:mod:`~interplm_plugins.core.plm.precision`); the SAE encode after it stays
 float32 (one product per protein, cheap next to the PLM), so activations are float32 SAE outputs
 of bf16-computed embeddings. bf16 results are cached under their own keys.
 
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.inputs.structure import StructureChain, align_to_reference
-from interplm_plugins.core.plm import PLM, load_plm
-from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.model import PLM
+from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits, sae_hash
 from interplm_plugins.errors import InterPLMError
 
@@ -212,18 +213,18 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     from interplm_plugins.core import provenance
 
     check_precision(precision)
-    from interplm_plugins.core.hub import load_sae_spec
+    from interplm_plugins.core.plm.hub import load_sae_spec
 
     if sae is None and not DEMO_SAE.exists():
         raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)
     plm = load_plm(model if model is not None else "demo")
-    # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/hub.py.
+    # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/plm/hub.py.
     sae_model, plm, layer, sae_source = load_sae_spec(str(sae) if sae is not None else DEMO_SAE, plm, layer, kind=sae_kind)
     if layer is None:
         layer = sae_model.config.plm_layer if sae_model.config.plm_layer is not None else plm.num_layers
     provenance.check_sae_matches_plm(sae_model, plm, int(layer), allow_mismatch=allow_mismatch, source=sae_source)
     if require_normalized:
-        from interplm_plugins.core.embed import EmbeddingStore
+        from interplm_plugins.core.plm.store import EmbeddingStore
 
         store = EmbeddingStore(normalize_store) if normalize_store is not None else None
         sae_model = provenance.require_normalized(sae_model, store=store, source=sae_source, allow_mismatch=allow_mismatch)

@@ -51,16 +51,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import write_text_atomic
-from interplm_plugins.core.embed import (
-    STORE_FORMAT,
-    STORE_INDEX,
-    EmbeddingStore,
-    check_resumable,
-    checked_store_request,
-    embed_to_store,
-    store_path_for_layer,
-)
-from interplm_plugins.core.precision import DEFAULT_PRECISION
+from interplm_plugins.core.plm.embed import checked_store_request, embed_to_store, store_path_for_layer
+from interplm_plugins.core.plm.precision import DEFAULT_PRECISION
+from interplm_plugins.core.plm.store import STORE_FORMAT, STORE_INDEX, EmbeddingStore, check_resumable
 from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.core.train import (
     CHECKPOINT_NAME,
@@ -368,7 +361,7 @@ def embed_to_store_distributed(
     progress: bool = False,
     **embed_options,
 ) -> dict[int, EmbeddingStore]:
-    """:func:`~interplm_plugins.core.embed.embed_to_store` with the proteins shared among the job's
+    """:func:`~interplm_plugins.core.plm.embed.embed_to_store` with the proteins shared among the job's
     processes (see the module docstring). Call it on every process; every process returns the stores."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
     out_dir = Path(out_dir)

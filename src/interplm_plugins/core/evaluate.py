@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from interplm_plugins.core.intervene import replace_layer_output
-from interplm_plugins.core.normalize import iter_store_sample
+from interplm_plugins.core.plm.intervene import replace_layer_output
+from interplm_plugins.core.plm.store import iter_store_sample
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits, check_fits_store
 from interplm_plugins.errors import InterPLMError
 
@@ -167,7 +167,7 @@ def held_out_quality(plm, sae: SparseAutoencoder, records: Sequence, work_dir: s
     Both on proteins the SAE never saw, so the model card's quality numbers can be recomputed from
     the shipped PLM and SAE alone.
     """
-    from interplm_plugins.core.embed import embed_to_store
+    from interplm_plugins.core.plm.embed import embed_to_store
 
     store = embed_to_store(plm, list(records), sae.config.plm_layer, work_dir)[sae.config.plm_layer]
     quality = evaluate_sae(sae, store, max_residues=None)

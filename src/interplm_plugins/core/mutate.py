@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from interplm_plugins.core.activations import ActivationCache, ChainActivations, Pipeline, default_cache_dir, encode_features
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.embed import MAX_WINDOW, embed_sequences, forward_layers
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, parse_resi
-from interplm_plugins.core.precision import compute_precision
+from interplm_plugins.core.plm.embed import MAX_WINDOW, embed_sequences, forward_layers
+from interplm_plugins.core.plm.precision import compute_precision
 from interplm_plugins.errors import InterPLMError
 
 #: The 20 standard amino acids, one letter each, in alphabetical order of the letters.
@@ -71,7 +71,7 @@ def _embed_features(pipeline: Pipeline, sequence: str, position: int | None = No
 
     The wild type is tokenised once and each mutant differs in one token (fair-esm's tokenizer
     costs a third of the forward pass otherwise); sequences longer than one window go through
-    :func:`~interplm_plugins.core.embed.embed_sequences`, which stitches windows.
+    :func:`~interplm_plugins.core.plm.embed.embed_sequences`, which stitches windows.
     """
     variants = [sequence] if position is None else [sequence[:position] + a + sequence[position + 1 :] for a in letters]
     if len(sequence) > MAX_WINDOW:

@@ -12,22 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interplm_plugins.core.plm.store import iter_store_sample
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits_store, copy_sae
 from interplm_plugins.errors import InterPLMError
-
-
-def iter_store_sample(store, max_residues: int | None, batch_size: int = 4096, seed: int = 0):
-    """Batches ``[B, D]`` float32 tensors of one shuffled pass over ``store``, at most ``max_residues`` rows."""
-    seen = 0
-    for batch in store.iter_batches(batch_size, seed=seed, epochs=1):
-        if max_residues is not None:
-            batch = batch[: max_residues - seen]
-        if len(batch) == 0:
-            break
-        seen += len(batch)
-        yield torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if max_residues is not None and seen >= max_residues:
-            break
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ so it is an error too unless ``allow_mismatch`` (the CLI's ``--allow-mismatch``)
 into a logged warning. Only what is recorded is compared: InterPLM's published ``ae.pt`` files
 carry no PLM identity, so for them only the width (and the layer, where known) is checked.
 
-The PLM fingerprint is the content hash in :attr:`~interplm_plugins.core.plm.PLM.identity` (size
+The PLM fingerprint is the content hash in :attr:`~interplm_plugins.core.plm.model.PLM.identity` (size
 plus the first and last MiB of the checkpoint file): the same weights under another file name or
 hub name match; other weights of the same shape do not.
 """

@@ -40,8 +40,8 @@ from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter, coun
 from interplm_plugins.core.concept_labels import ConceptHalves, label_totals
 from interplm_plugins.core.concept_metrics import concept_metrics
 from interplm_plugins.core.concept_selection import Eligibility, best_feature_per_concept, choose_on_validation
-from interplm_plugins.core.embed import embed_sequences
 from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.errors import InterPLMError
 
 F1_CUTOFF = 0.5

@@ -409,7 +409,7 @@ def _kind_from_keys(state: dict[str, torch.Tensor], d_hidden: int) -> str:
 
 def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind: str | None) -> SparseAutoencoder:
     """InterPLM's / dictionary_learning's / SAELens' ``ae.pt`` (see :func:`load_sae`)."""
-    from interplm_plugins.core.plm import torch_load_tensor_dict
+    from interplm_plugins.core.plm.weights import torch_load_tensor_dict
 
     state = torch_load_tensor_dict(path, "PyTorch SAE", "an SAE state dict like InterPLM's ae.pt")
     if bool(state.pop("normalize_to_sqrt_d", torch.tensor(False)).item()):
@@ -438,7 +438,7 @@ def _load_interplm_pt(path: Path, plm_name: str | None, layer: int | None, kind:
         state["activation_scale"] = torch.ones(d_hidden)
     rescale = state.pop("activation_rescale_factor", None)
     if plm_name is not None:
-        from interplm_plugins.core.plm import ESM2_MODELS
+        from interplm_plugins.core.plm.model import ESM2_MODELS
 
         if plm_name in ESM2_MODELS and ESM2_MODELS[plm_name][1] != d_in:
             raise InterPLMError(f"SAE of width {d_in} does not fit {plm_name} (dim {ESM2_MODELS[plm_name][1]})", file=path)
@@ -505,7 +505,7 @@ def sae_hash(sae: SparseAutoencoder) -> str:
 
 
 def check_fits(sae: SparseAutoencoder, plm, layer: int) -> None:
-    """Raise unless ``sae`` reads layer ``layer`` of ``plm`` (a :class:`~interplm_plugins.core.plm.PLM`)."""
+    """Raise unless ``sae`` reads layer ``layer`` of ``plm`` (a :class:`~interplm_plugins.core.plm.model.PLM`)."""
     layer = plm.check_layer(layer)
     if sae.d_in != plm.embed_dim:
         raise InterPLMError(f"SAE of width {sae.d_in} does not fit {plm.name} layer {layer} (dim {plm.embed_dim})", file=plm.source)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from interplm_plugins.core.inputs.sequences import clean_sequence
-from interplm_plugins.core.intervene import replace_layer_output
+from interplm_plugins.core.plm.intervene import replace_layer_output
 from interplm_plugins.core.sae import SparseAutoencoder, check_fits
 from interplm_plugins.errors import InterPLMError
 

@@ -38,7 +38,7 @@ The model/optimizer construction (:func:`make_training_state`) and the update
 Compute precision (``TrainConfig.precision``, ``interplm train --precision``): ``"fp32"`` (the
 default) or ``"bf16"``, bfloat16 matrix products with float32 master weights, Adam state,
 reconstruction error and loss; the saved SAE is float32 either way
-(:mod:`~interplm_plugins.core.precision` says what runs in which). The ReLU SAE's hand-written
+(:mod:`~interplm_plugins.core.plm.precision` says what runs in which). The ReLU SAE's hand-written
 products are cast explicitly (:func:`relu_loss_and_grads`); the other kinds run their forward pass
 under autocast and backpropagate outside it. The precision is part of the training settings, so
 the checkpoint records it and a run resumes only in the precision it started in.
@@ -59,7 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision, compute_precision, matmul_dtype
+from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision, compute_precision, matmul_dtype
 from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
 from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
 from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses

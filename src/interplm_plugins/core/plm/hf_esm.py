@@ -1,7 +1,7 @@
 """ESM-2 checkpoints in Hugging Face's format, loaded into fair-esm's ``ESM2`` (the fast forward pass).
 
 A spec is a Hub repo id (``facebook/esm2_t6_8M_UR50D``, optionally ``@revision``), fetched through
-:func:`~interplm_plugins.core.hub.hub_download` (cache, offline mode, ``HF_ENDPOINT``), or a local folder in
+:func:`~interplm_plugins.core.plm.hub.hub_download` (cache, offline mode, ``HF_ENDPOINT``), or a local folder in
 transformers' ``EsmForMaskedLM`` / ``EsmModel`` layout: ``config.json``, ``model.safetensors`` (or
 ``pytorch_model.bin``, read with ``weights_only=True``) and, when present, the tokenizer's ``vocab.txt``.
 
@@ -34,6 +34,9 @@ import torch
 from esm.data import Alphabet
 from esm.model.esm2 import ESM2
 
+from interplm_plugins.core.plm.hub import REPO_ID_PATTERN, hub_download_first
+from interplm_plugins.core.plm.model import PLM
+from interplm_plugins.core.plm.weights import torch_load_tensor_dict
 from interplm_plugins.errors import InterPLMError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -71,8 +74,6 @@ _LEGACY_NORM = re.compile(r"\.(gamma|beta)$")
 
 def is_hf_model_spec(spec: str | os.PathLike) -> bool:
     """True for a local folder with ``config.json`` or a Hub repo id ``owner/name[@rev]`` that is not a local path."""
-    from interplm_plugins.core.hub import REPO_ID_PATTERN
-
     path = Path(str(spec)).expanduser()
     if path.is_dir():
         return (path / CONFIG_FILE).is_file()
@@ -149,8 +150,6 @@ def read_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise InterPLMError(f"not a readable safetensors file ({exc})", file=path) from None
-    from interplm_plugins.core.plm import torch_load_tensor_dict
-
     return torch_load_tensor_dict(path, "PyTorch weights", "a transformers state dict")
 
 
@@ -226,8 +225,6 @@ def hf_model_files(spec: str) -> tuple[Path, Path, Path | None]:
             raise InterPLMError(f"no {' or '.join(WEIGHT_FILES)} in the model folder", file=folder)
         vocab = folder / VOCAB_FILE
         return folder / CONFIG_FILE, weights, vocab if vocab.is_file() else None
-    from interplm_plugins.core.hub import hub_download_first
-
     config = hub_download_first(spec, (CONFIG_FILE,), whole_repo=True)
     weights = hub_download_first(spec, WEIGHT_FILES, whole_repo=True)
     try:
@@ -238,12 +235,10 @@ def hf_model_files(spec: str) -> tuple[Path, Path, Path | None]:
 
 
 def load_hf_esm(spec: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load an ESM-2 in transformers' layout (local folder or Hub repo id) as a :class:`~interplm_plugins.core.plm.PLM`.
+    """Load an ESM-2 in transformers' layout (local folder or Hub repo id) as a :class:`~interplm_plugins.core.plm.model.PLM`.
 
     ``name`` is the repo id (or folder name); ``identity`` is ``<model name>:<weights fingerprint>``.
     """
-    from interplm_plugins.core.plm import PLM
-
     spec = str(spec)
     config_path, weights_path, vocab_path = hf_model_files(spec)
     config = _read_json(config_path)

@@ -194,7 +194,7 @@ def _interprot_filename(path: str, release: SAERelease) -> str:
     short = re.fullmatch(r"l(\d+)_sae(\d+)", path)
     if not short:
         raise InterPLMError("an InterProt SAE is named lLAYER_saeWIDTH (e.g. l24_sae4096) or by its .safetensors file", record=path)
-    from interplm_plugins.core.plm import ESM2_MODELS
+    from interplm_plugins.core.plm.model import ESM2_MODELS
 
     return f"esm2_plm{ESM2_MODELS[release.plm][1]}_l{short.group(1)}_sae{short.group(2)}.safetensors"
 
@@ -237,13 +237,13 @@ def resolve_sae_spec(spec: str, plm=None) -> HubSAE:
 
 
 def check_plm_for_sae(spec: str, trained_on: str | None, plm) -> None:
-    """Raise unless ``plm`` (a :class:`~interplm_plugins.core.plm.PLM`) is ``trained_on``, the fair-esm name
+    """Raise unless ``plm`` (a :class:`~interplm_plugins.core.plm.model.PLM`) is ``trained_on``, the fair-esm name
     of the ESM-2 the SAE ``spec`` was trained on (``None``: unknown, nothing to check).
 
     Compared by architecture (layers and width) and, when the PLM's own name is a known ESM-2 name
     (``esm2_t6_8M_UR50D`` or ``facebook/esm2_t6_8M_UR50D``), by that name.
     """
-    from interplm_plugins.core.plm import ESM2_MODELS
+    from interplm_plugins.core.plm.model import ESM2_MODELS
     from interplm_plugins.core.provenance import plm_name_key
 
     if trained_on is None:

@@ -5,7 +5,7 @@ arithmetic runs in; ``embed --dtype`` is another thing, the precision the embedd
 in. The default is ``fp32`` everywhere, and ``fp32`` runs exactly the code it always ran (the
 context manager below does nothing). ``bf16`` means:
 
-PLM forward pass (:func:`~interplm_plugins.core.embed.embed_sequences`, so every embedding, every
+PLM forward pass (:func:`~interplm_plugins.core.plm.embed.embed_sequences`, so every embedding, every
 :class:`~interplm_plugins.core.activations.Pipeline` and the commands built on them), under
 ``torch.autocast(device, dtype=torch.bfloat16)``:
 
