@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from interplm_plugins.core.inputs.sequences import write_fasta
     from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
     from interplm_plugins.core.plm.store import EmbeddingStore
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sae.files import load_sae
 
     rows, check = [], {}
     with _common.Workdir(args.workdir) as work:

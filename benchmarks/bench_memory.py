@@ -73,8 +73,8 @@ def child(spec: dict) -> dict:
     import torch
 
     from interplm_plugins.core.plm.store import EmbeddingStore
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_sae, train_step
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
     store = EmbeddingStore(spec["store"])
     steps = math.ceil(store.num_residues / spec["batch_size"])

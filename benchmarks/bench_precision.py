@@ -110,8 +110,8 @@ def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
 def training_speed(store, kind: str, width: int, batch_size: int, steps: int, warmup: int) -> dict:
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_step
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_step
 
     total = steps + warmup
     batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(batch_size, seed=0))]
@@ -139,8 +139,8 @@ def training_speed(store, kind: str, width: int, batch_size: int, steps: int, wa
 
 def activation_error(pipelines: dict, records) -> dict:
     """Max abs and mean relative error of bf16 activations and embeddings, and the Jaccard of active sets per residue."""
-    from interplm_plugins.core.activations import encode_features
     from interplm_plugins.core.plm.embed import embed_sequences
+    from interplm_plugins.core.sae.encode import encode_features
 
     fp32 = pipelines["fp32"]
     emb = {p: dict(embed_sequences(fp32.plm, records, [fp32.layer], precision=p)) for p in pipelines}
@@ -171,10 +171,10 @@ def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, re
     """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
     from scipy import sparse
 
-    from interplm_plugins.core.activations import iter_feature_activations
     from interplm_plugins.core.concept_counts import THRESHOLDS, ConceptMatchCounter
     from interplm_plugins.core.concept_selection import choose_on_validation
     from interplm_plugins.core.inputs.sequences import ProteinRecord
+    from interplm_plugins.core.sae.encode import iter_feature_activations
 
     fp32 = pipelines["fp32"]
     db = fp32.database

@@ -41,11 +41,12 @@ def build_pipeline(args, work: Path) -> dict[str, str]:
     from interplm_plugins.core.inputs.homology import cluster_sequences
     from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
     from interplm_plugins.core.inputs.uniprot import read_uniprot
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
     from interplm_plugins.core.plm.embed import embed_to_store
     from interplm_plugins.core.plm.loading import load_plm
     from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+    from interplm_plugins.core.sae.files import save_sae
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 
     model_path = save_esm2_checkpoint(new_esm2(4, 256, 16, seed=0), work / "esm2_t4_demo_shape.pt")
     plm = load_plm(model_path)

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_sae, train_step
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
     StandardTrainer, StandardTrainerAprilUpdate = _dictionary_learning()
     total = args.warmup + args.steps

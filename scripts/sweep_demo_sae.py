@@ -87,11 +87,11 @@ def train_options(config: SweepConfig, scale: dict[str, float]) -> list[str]:
 
 def score(config: SweepConfig, sae_path: Path, halves, eligibility, stores: dict[str, Path]) -> dict:
     """The report's comparison on the halves, the validation-only choice number, and reconstruction on the validation half."""
-    from interplm_plugins.core.activations import encode_features
-    from interplm_plugins.core.evaluate import evaluate_sae
     from interplm_plugins.core.plm.store import EmbeddingStore
     from interplm_plugins.core.report import compare_units
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sae.encode import encode_features
+    from interplm_plugins.core.sae.evaluate import evaluate_sae
+    from interplm_plugins.core.sae.files import load_sae
 
     sae = load_sae(sae_path)
     opened = {half: EmbeddingStore(path) for half, path in stores.items()}

@@ -69,9 +69,10 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
     feature fires on part of the residues, as a trained SAE's features do.
     """
     from interplm_plugins.core.inputs.sequences import read_fasta
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
     from interplm_plugins.core.plm.embed import embed_to_store
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
+    from interplm_plugins.core.sae.files import save_sae
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 
     folder = tmp_path_factory.mktemp("sae")
     store = embed_to_store(tiny_plm, read_fasta(swissprot_fasta)[:30], 2, folder / "emb")[2]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interplm_plugins.core.activations import chain_activations, current_pipeline, encode_features
+from interplm_plugins.core.activations import chain_activations, current_pipeline
 from interplm_plugins.core.database import FeatureDatabase
 from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
 
 

@@ -22,7 +22,7 @@ from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.core.inputs.uniprot import read_uniprot
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.store import EmbeddingStore
-from interplm_plugins.core.sae import load_sae
+from interplm_plugins.core.sae.files import load_sae
 from interplm_plugins.errors import InterPLMError
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"

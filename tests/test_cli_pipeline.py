@@ -15,7 +15,7 @@ from interplm_plugins.cli import main
 from interplm_plugins.core.database import FeatureDatabase
 from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
 from interplm_plugins.core.plm.store import EmbeddingStore
-from interplm_plugins.core.sae import load_sae
+from interplm_plugins.core.sae.files import load_sae
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from interplm_plugins.core.clusters import (
     feature_vectors,
 )
 from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.sae import load_sae, save_sae
+from interplm_plugins.core.sae.files import load_sae, save_sae
 from interplm_plugins.errors import InterPLMError
 
 #: Groups of features given near-identical decoder directions (the first's, plus 1% noise).
@@ -137,7 +137,7 @@ def test_cli_profiles_cluster_by_coactivation_too(tiny_esm2_path, tiny_sae_path,
 
 
 def test_cli_error_when_sae_and_database_differ(tiny_plm, db_copy, tmp_path, capsys):
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     other = save_sae(SparseAutoencoder(SAEConfig(d_in=tiny_plm.embed_dim, d_hidden=16, kind="relu", plm_layer=2)), tmp_path / "other.safetensors")
     assert main(["-q", "cluster", str(db_copy), "--sae", str(other)]) == 2
@@ -147,7 +147,7 @@ def test_cli_error_when_sae_and_database_differ(tiny_plm, db_copy, tmp_path, cap
 
 def test_joined_vectors_mix_cosines_by_weight():
     rng = np.random.default_rng(0)
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_hidden=5, kind="relu"), generator=torch.Generator().manual_seed(0))
     acts = np.maximum(rng.standard_normal((50, 5)), 0)

@@ -54,7 +54,7 @@ def _train_demo_plm():
 def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shared_data, tmp_path):
     """Masked-LM perplexity of the shipped checkpoint on its two held-out sets (listed beside it) equals the model
     card's, and beats the unigram baseline of the training amino-acid frequencies."""
-    from interplm_plugins.core.evaluate import masked_lm_loss
+    from interplm_plugins.core.sae.evaluate import masked_lm_loss
 
     trainer = _train_demo_plm()
     metrics = json.loads((DEMO_DIR / "esm2_t4_3M_interplm_demo.json").read_text())
@@ -210,9 +210,9 @@ def test_readme_concept_numbers_are_the_recomputed_ones(recomputed_summary):
 def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, tmp_path):
     """FVE, L0, dead fraction and loss recovered on the concept test half (in neither the PLM's nor the SAE's training
     data), from the shipped PLM and SAE alone, equal what the model card and README state."""
-    from interplm_plugins.core.evaluate import held_out_quality
     from interplm_plugins.core.inputs.sequences import ProteinRecord
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sae.evaluate import held_out_quality
+    from interplm_plugins.core.sae.files import load_sae
 
     held_out = [ProteinRecord(pid, seq) for pid, seq in demo_halves.labels("test").sequences.items()]
     quality = held_out_quality(load_plm("demo"), load_sae(DEMO_SAE), held_out, tmp_path / "emb")
@@ -232,9 +232,9 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, 
 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
     """loss_recovered's fidelity equals (CE_zero - CE_sae) / (CE_zero - CE_clean) from three forward passes written out here."""
-    from interplm_plugins.core.evaluate import loss_recovered
     from interplm_plugins.core.inputs.sequences import read_fasta
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.sae.evaluate import loss_recovered
+    from interplm_plugins.core.sae.files import load_sae
 
     sae = load_sae(tiny_sae_path).eval()
     records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) < 300][:4]

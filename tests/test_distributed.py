@@ -21,7 +21,7 @@ from interplm_plugins.core import distributed
 from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 from interplm_plugins.core.plm.embed import embed_to_store
 from interplm_plugins.core.plm.store import EmbeddingStore
-from interplm_plugins.core.sae import load_sae
+from interplm_plugins.core.sae.files import load_sae
 
 TRAIN_ARGS = ["--width", "64", "--batch-size", "128", "--warmup", "5", "--l1", "0.01", "--checkpoint-every", "10", "--steps", "200"]
 
@@ -87,8 +87,8 @@ DRIVER = textwrap.dedent(
     import sys, torch
     from interplm_plugins.core import distributed
     from interplm_plugins.core.plm.embed import EmbeddingStore
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig
     from interplm_plugins.errors import InterPLMError
 
     store, out = EmbeddingStore(sys.argv[1]), sys.argv[2]
@@ -110,8 +110,8 @@ DRIVER = textwrap.dedent(
 def test_resampling_and_topk_match_one_process(work, tmp_path):
     """Dead-feature resampling (which sees the whole batch), TopK with AuxK, BatchTopK, JumpReLU and Matryoshka give the
     one-process result, with a batch that does not split evenly; errors reach every process."""
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, train_sae
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, train_sae
 
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)

@@ -140,8 +140,8 @@ def test_store_refuses_other_model(tiny_plm, real_records, tmp_path):
 
 
 def test_training_refuses_an_interrupted_store(tiny_plm, real_records, tmp_path):
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, train_sae
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, train_sae
 
     out = tmp_path / "emb"
     embed_to_store(tiny_plm, real_records[:5], 1, out)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from interplm_plugins.core import mutate
-from interplm_plugins.core.activations import encode_features
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
 
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALR"

@@ -22,8 +22,18 @@ from interplm_plugins.core.plm.embed import embed_sequences, embed_to_store
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.precision import PRECISIONS, check_precision, compute_precision
 from interplm_plugins.core.plm.store import STORE_INDEX, EmbeddingStore
-from interplm_plugins.core.sae import SAEConfig, load_sae
-from interplm_plugins.core.train import CHECKPOINT_NAME, LOG_NAME, SAE_NAME, TrainConfig, make_training_state, relu_loss_and_grads, train_sae, train_step
+from interplm_plugins.core.sae.files import load_sae
+from interplm_plugins.core.sae.model import SAEConfig
+from interplm_plugins.core.sae.train import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    SAE_NAME,
+    TrainConfig,
+    make_training_state,
+    relu_loss_and_grads,
+    train_sae,
+    train_step,
+)
 from interplm_plugins.errors import InterPLMError
 
 DEMO_LAYER = 3  # the layer the demo SAE reads

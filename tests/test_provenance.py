@@ -17,8 +17,9 @@ from interplm_plugins.core.inputs.sequences import clean_sequence, read_fasta, w
 from interplm_plugins.core.plm.embed import embed_to_store
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
-from interplm_plugins.core.provenance import check_sae_matches_plm, plm_fingerprint
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from interplm_plugins.core.sae.files import load_sae, save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.provenance import check_sae_matches_plm, plm_fingerprint
 from interplm_plugins.errors import InterPLMError
 
 

@@ -271,7 +271,7 @@ def test_use_and_info_switch_the_session_pipeline(session, tiny_pipeline, tiny_s
 
 
 def test_use_refuses_a_database_of_another_sae_unless_allowed(session, tiny_pipeline, tiny_sae_path, tiny_db_path, tmp_path, capsys):
-    from interplm_plugins.core.sae import load_sae, save_sae
+    from interplm_plugins.core.sae.files import load_sae, save_sae
 
     other = load_sae(tiny_sae_path)
     other.encoder.bias.data.add_(0.01)  # same width and PLM, another SAE

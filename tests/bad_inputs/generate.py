@@ -74,7 +74,7 @@ def build_text(out: Path, marker: Path) -> None:
 def _sae(d_in: int = 8, d_hidden: int = 16):
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     return SparseAutoencoder(SAEConfig(d_in=d_in, d_hidden=d_hidden), generator=torch.Generator().manual_seed(0)).eval()
 
@@ -90,7 +90,7 @@ def build_sae(out: Path, marker: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from interplm_plugins.core.sae import save_sae
+    from interplm_plugins.core.sae.files import save_sae
 
     out.mkdir(parents=True, exist_ok=True)
     sae = _sae()

@@ -41,7 +41,7 @@ def precision_from_args(args: argparse.Namespace) -> str:
 
 
 def add_sae_kind_option(parser: argparse.ArgumentParser) -> None:
-    from interplm_plugins.core.sae_kinds import KINDS
+    from interplm_plugins.core.sae.kinds import KINDS
 
     parser.add_argument(
         "--sae-kind", choices=KINDS, help="how an InterPLM/dictionary_learning ae.pt encodes (default: from its keys and a config.json beside it)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from interplm_plugins.cli._common import add_precision_option, precision_from_args, progress_enabled
-from interplm_plugins.core.sae_kinds import KINDS
+from interplm_plugins.core.sae.kinds import KINDS
 
 
 def add_parser(subparsers) -> None:
@@ -43,9 +43,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from interplm_plugins.cli._ranges import parse_ranges
     from interplm_plugins.core.plm.store import EmbeddingStore
-    from interplm_plugins.core.sae import K_KINDS, SAEConfig
-    from interplm_plugins.core.sae_matryoshka import default_prefixes
-    from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae
+    from interplm_plugins.core.sae.kinds import K_KINDS
+    from interplm_plugins.core.sae.matryoshka import default_prefixes
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import SAE_NAME, TrainConfig, train_sae
 
     precision = precision_from_args(args)
     store = EmbeddingStore(args.store)

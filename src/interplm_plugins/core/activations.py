@@ -25,10 +25,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
@@ -37,7 +36,9 @@ from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.model import PLM
 from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision
-from interplm_plugins.core.sae import SparseAutoencoder, check_fits, sae_hash
+from interplm_plugins.core.sae.encode import encode_features
+from interplm_plugins.core.sae.files import sae_hash
+from interplm_plugins.core.sae.model import SparseAutoencoder, check_fits
 from interplm_plugins.errors import InterPLMError
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -52,30 +53,6 @@ DEMO_SHOWCASE_ENTRY = DEMO_DIR / "P32633_MTC7_YEAST.txt"
 def default_cache_dir() -> Path:
     """``$INTERPLM_CACHE_DIR`` or ``~/.cache/interplm-plugins``."""
     return Path(os.environ.get("INTERPLM_CACHE_DIR") or Path.home() / ".cache" / "interplm-plugins")
-
-
-@torch.no_grad()
-def encode_features(sae: SparseAutoencoder, embeddings: np.ndarray) -> np.ndarray:
-    """SAE feature activations ``[L, F]`` (float32) of ``[L, D]`` embeddings, in inference mode.
-
-    Always float32, whatever precision computed the embeddings: the encode is one small product
-    per protein, and its activations are what thresholds and colours compare.
-    """
-    sae.eval()
-    return sae.encode(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))).numpy()
-
-
-def iter_feature_activations(
-    plm: PLM, sae: SparseAutoencoder, layer: int, records: Iterable[ProteinRecord], toks_per_batch: int = 4096, progress: bool = False,
-    precision: str = DEFAULT_PRECISION,
-) -> Iterator[tuple[ProteinRecord, np.ndarray]]:
-    """``(record, [L, F] activations)`` for each record (in embedding order, not input order);
-    ``precision``: the PLM's compute precision (the SAE encode is float32)."""
-    check_fits(sae, plm, layer)
-    records = list(records)
-    by_id = {r.id: r for r in records}
-    for pid, reps in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, progress=progress, precision=precision):
-        yield by_id[pid], encode_features(sae, reps[layer])
 
 
 class ActivationCache:
@@ -203,17 +180,17 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     """Build a :class:`Pipeline`; each part left ``None`` is the embedded demo's.
 
     ``layer`` defaults to the layer the SAE records it was trained on; ``sae_kind`` overrides how
-    an ``ae.pt`` encodes (see :func:`~interplm_plugins.core.sae.load_sae`). The parts are checked
-    against each other (:mod:`~interplm_plugins.core.provenance`): the SAE against the PLM, the
+    an ``ae.pt`` encodes (see :func:`~interplm_plugins.core.sae.files.load_sae`). The parts are checked
+    against each other (:mod:`~interplm_plugins.core.sae.provenance`): the SAE against the PLM, the
     database against the SAE and PLM; a mismatch is an error unless ``allow_mismatch``. With
     ``require_normalized`` (thresholds and colours need it) an un-normalised SAE is an error, or is
     normalised over the embedding store ``normalize_store`` when one is given. ``precision``: the
     PLM's compute precision (``"fp32"`` or ``"bf16"``; see the module docstring).
     """
-    from interplm_plugins.core import provenance
+    from interplm_plugins.core.sae import provenance
 
     check_precision(precision)
-    from interplm_plugins.core.plm.hub import load_sae_spec
+    from interplm_plugins.core.sae.releases import load_sae_spec
 
     if sae is None and not DEMO_SAE.exists():
         raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)

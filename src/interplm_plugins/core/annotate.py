@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from interplm_plugins.core.activations import Pipeline, iter_feature_activations
+from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter
 from interplm_plugins.core.concept_labels import ConceptHalves
 from interplm_plugins.core.concept_selection import Eligibility, concept_vocabulary, feature_concept_table
 from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
 from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.sae.encode import iter_feature_activations
 from interplm_plugins.errors import InterPLMError
 
 

@@ -54,8 +54,9 @@ from interplm_plugins.core.atomic import write_text_atomic
 from interplm_plugins.core.plm.embed import checked_store_request, embed_to_store, store_path_for_layer
 from interplm_plugins.core.plm.precision import DEFAULT_PRECISION
 from interplm_plugins.core.plm.store import STORE_FORMAT, STORE_INDEX, EmbeddingStore, check_resumable
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
-from interplm_plugins.core.train import (
+from interplm_plugins.core.sae.files import save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.train import (
     CHECKPOINT_NAME,
     SAE_NAME,
     StepSync,
@@ -186,7 +187,7 @@ def slice_bounds(batch_size: int, rank: int, world_size: int) -> tuple[int, int]
 
 
 class DistributedSync(StepSync):
-    """:class:`~interplm_plugins.core.train.StepSync` over the default process group."""
+    """:class:`~interplm_plugins.core.sae.train.StepSync` over the default process group."""
 
     single = False
 
@@ -248,7 +249,7 @@ def train_sae_distributed(
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> SparseAutoencoder:
-    """:func:`~interplm_plugins.core.train.train_sae` on every process of the job (see the module docstring).
+    """:func:`~interplm_plugins.core.sae.train.train_sae` on every process of the job (see the module docstring).
 
     Call it on every process, inside :func:`process_group`; every process returns the trained SAE
     (on the CPU); process 0 writes ``out_dir/sae.safetensors``, the checkpoints and the log.

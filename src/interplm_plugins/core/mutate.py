@@ -24,12 +24,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interplm_plugins.core.activations import ActivationCache, ChainActivations, Pipeline, default_cache_dir, encode_features
+from interplm_plugins.core.activations import ActivationCache, ChainActivations, Pipeline, default_cache_dir
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, parse_resi
 from interplm_plugins.core.plm.embed import MAX_WINDOW, embed_sequences, forward_layers
 from interplm_plugins.core.plm.precision import compute_precision
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
 
 #: The 20 standard amino acids, one letter each, in alphabetical order of the letters.

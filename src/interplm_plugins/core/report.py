@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.activations import Pipeline, encode_features
+from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter, count_matches
 from interplm_plugins.core.concept_labels import ConceptHalves, label_totals
@@ -42,6 +42,7 @@ from interplm_plugins.core.concept_metrics import concept_metrics
 from interplm_plugins.core.concept_selection import Eligibility, best_feature_per_concept, choose_on_validation
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
 
 F1_CUTOFF = 0.5

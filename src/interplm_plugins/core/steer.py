@@ -21,7 +21,7 @@ import torch
 
 from interplm_plugins.core.inputs.sequences import clean_sequence
 from interplm_plugins.core.plm.intervene import replace_layer_output
-from interplm_plugins.core.sae import SparseAutoencoder, check_fits
+from interplm_plugins.core.sae.model import SparseAutoencoder, check_fits
 from interplm_plugins.errors import InterPLMError
 
 #: The residues masked resampling may choose from.

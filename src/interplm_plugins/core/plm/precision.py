@@ -24,7 +24,7 @@ PLM forward pass (:func:`~interplm_plugins.core.plm.embed.embed_sequences`, so e
   protein, cheap next to the PLM, and the activations users read (and thresholds compare) are
   the SAE's float32 ones of bf16-computed embeddings.
 
-SAE training (:func:`~interplm_plugins.core.train.train_step`, ``interplm train --precision bf16``):
+SAE training (:func:`~interplm_plugins.core.sae.train.train_step`, ``interplm train --precision bf16``):
 
 - in bf16: the matrix products of the forward and backward pass (encoder, decoder and, for the
   ReLU SAE's hand-written gradients, the three gradient products), with float32 accumulation in

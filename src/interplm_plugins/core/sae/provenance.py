@@ -2,7 +2,7 @@
 
 Every part records what it was made from: an SAE's config its PLM (``plm`` name, ``plm_identity``
 = ``name:fingerprint``, ``plm_layer``) and width; an embedding store the PLM it ran; a feature
-database the SAE's hash (:func:`~interplm_plugins.core.sae.sae_hash`) and the PLM. These functions
+database the SAE's hash (:func:`~interplm_plugins.core.sae.files.sae_hash`) and the PLM. These functions
 compare what is recorded with what is loaded. A width or feature-count mismatch cannot run and is
 always an error; a different PLM or SAE of the same shape runs but gives confident wrong answers,
 so it is an error too unless ``allow_mismatch`` (the CLI's ``--allow-mismatch``), which turns it
@@ -20,6 +20,9 @@ import logging
 import os
 from typing import Any
 
+from interplm_plugins.core.sae.files import sae_hash
+from interplm_plugins.core.sae.model import check_fits, check_fits_store
+from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 from interplm_plugins.errors import InterPLMError
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,6 @@ def check_sae_matches_plm(sae, plm, layer: int | None = None, *, allow_mismatch:
 
     Width and layer always; the PLM's name and weights fingerprint where the SAE records them.
     """
-    from interplm_plugins.core.sae import check_fits
-
     if layer is not None:
         check_fits(sae, plm, layer)
     elif sae.d_in != plm.embed_dim:
@@ -86,8 +87,6 @@ def check_sae_matches_plm(sae, plm, layer: int | None = None, *, allow_mismatch:
 
 def check_store_matches_sae(sae, store, *, allow_mismatch: bool = False, source: str | os.PathLike | None = None) -> None:
     """Raise unless ``sae`` reads ``store``'s embeddings: width and layer always, the PLM where both record it."""
-    from interplm_plugins.core.sae import check_fits_store
-
     check_fits_store(sae, store)
     meta = getattr(store, "metadata", {}) or {}
     config = sae.config
@@ -105,8 +104,6 @@ def check_database_matches_sae(
     """Raise unless the feature database ``db`` (a :class:`~interplm_plugins.core.database.FeatureDatabase`)
     was built with ``sae`` (and ``plm`` / ``layer`` when given): feature count always; the SAE hash,
     PLM and layer where its provenance records them."""
-    from interplm_plugins.core.sae import sae_hash
-
     provenance, source = db.provenance, source or getattr(db, "path", None)
     if db.num_features != sae.d_hidden:
         raise InterPLMError(f"the database has {db.num_features} features but the SAE has {sae.d_hidden}", file=source)
@@ -156,8 +153,6 @@ def require_normalized(
             f"the SAE is not normalised, so its activations are not in [0, 1] and concept thresholds and colours would be meaningless; {NORMALIZE_HINT}",
             file=source,
         )
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-
     check_store_matches_sae(sae, store, allow_mismatch=allow_mismatch, source=source)
     log.warning("interplm: normalising the SAE on the fly over %s (save it once with `interplm normalize`)", getattr(store, "path", "the store"))
     return normalize_sae(sae, feature_max_activations(sae, store, max_residues=max_residues, progress=progress))

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.plm.store import iter_store_sample
-from interplm_plugins.core.sae import SparseAutoencoder, check_fits_store, copy_sae
+from interplm_plugins.core.sae.model import SparseAutoencoder, check_fits_store, copy_sae
 from interplm_plugins.errors import InterPLMError
 
 

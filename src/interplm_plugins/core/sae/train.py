@@ -16,9 +16,9 @@ Losses (per residue, averaged over the batch):
   1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
   threshold, so inference never depends on the batch.
-- Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae_matryoshka`): as BatchTopK, with the
+- Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae.matryoshka`): as BatchTopK, with the
   reconstruction error averaged over the nested prefixes of the dictionary.
-- JumpReLU (:mod:`~interplm_plugins.core.sae_jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
+- JumpReLU (:mod:`~interplm_plugins.core.sae.jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
   straight-through gradients for the per-feature thresholds, unit-norm decoder columns, the
   sparsity coefficient ramped up as ReLU's L1; thresholds and bandwidth set from the first batch.
 
@@ -60,9 +60,11 @@ from tqdm.auto import tqdm
 
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision, compute_precision, matmul_dtype
-from interplm_plugins.core.sae import BATCH_KINDS, SAEConfig, SparseAutoencoder, save_sae
-from interplm_plugins.core.sae_jumprelu import initialise_thresholds, jumprelu_training
-from interplm_plugins.core.sae_matryoshka import nested_reconstruction_losses
+from interplm_plugins.core.sae.files import save_sae
+from interplm_plugins.core.sae.jumprelu import initialise_thresholds, jumprelu_training
+from interplm_plugins.core.sae.kinds import BATCH_KINDS
+from interplm_plugins.core.sae.matryoshka import nested_reconstruction_losses
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"

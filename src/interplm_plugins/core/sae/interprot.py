@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 from interplm_plugins.errors import InterPLMError
 
 DEFAULT_K = 128

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from interplm_plugins.core.plm.intervene import replace_layer_output
 from interplm_plugins.core.plm.store import iter_store_sample
-from interplm_plugins.core.sae import SparseAutoencoder, check_fits, check_fits_store
+from interplm_plugins.core.sae.model import SparseAutoencoder, check_fits, check_fits_store
 from interplm_plugins.errors import InterPLMError
 
 

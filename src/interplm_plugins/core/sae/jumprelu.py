@@ -9,7 +9,7 @@ inputs get the plain derivative of ``pre * H(pre - theta)``.
 
 The thresholds live in the SAE's ``threshold`` parameter ``[d_hidden]`` in the units of the
 *unnormalised* pre-activations (``pre * activation_scale``), so normalisation
-(:mod:`interplm_plugins.core.normalize`) leaves them as they are; ``bandwidth`` (a scalar buffer)
+(:mod:`interplm_plugins.core.sae.normalize`) leaves them as they are; ``bandwidth`` (a scalar buffer)
 is set with them at the first training step, relative to the inputs' scale.
 """
 
