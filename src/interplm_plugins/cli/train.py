@@ -63,11 +63,12 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed, precision=precision,
     )  # fmt: skip
-    from interplm_plugins.core import distributed
+    from interplm_plugins.core import parallel
+    from interplm_plugins.core.sae.distributed import train_sae_distributed
 
-    if distributed.is_distributed():  # launched by torchrun: data-parallel over the job's processes
-        with distributed.process_group() as env:
-            sae = distributed.train_sae_distributed(
+    if parallel.is_distributed():  # launched by torchrun: data-parallel over the job's processes
+        with parallel.process_group() as env:
+            sae = train_sae_distributed(
                 store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args)
             )
             if not env.is_main:

@@ -289,7 +289,7 @@ def resample_dead_features(state: TrainingState, x: torch.Tensor) -> int:
 class StepSync:
     """How :func:`train_step` combines its work with other processes; this one is a single process.
 
-    A data-parallel driver (:mod:`interplm_plugins.core.distributed`) passes a subclass: each
+    A data-parallel driver (:mod:`interplm_plugins.core.sae.distributed`) passes a subclass: each
     process then steps on its own slice ``x`` of a global batch and the hooks below make the
     update the one the whole batch would give (gradients summed with weights ``len(x) / global
     batch``, dead-feature counters, BatchTopK threshold and logged metrics made global).
