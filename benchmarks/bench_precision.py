@@ -171,8 +171,8 @@ def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, re
     """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
     from scipy import sparse
 
-    from interplm_plugins.core.concept_counts import THRESHOLDS, ConceptMatchCounter
-    from interplm_plugins.core.concept_selection import choose_on_validation
+    from interplm_plugins.core.concepts.counts import THRESHOLDS, ConceptMatchCounter
+    from interplm_plugins.core.concepts.selection import choose_on_validation
     from interplm_plugins.core.inputs.sequences import ProteinRecord
     from interplm_plugins.core.sae.encode import iter_feature_activations
 

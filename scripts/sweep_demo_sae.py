@@ -9,7 +9,7 @@ Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the s
 1,024 residues, warm-up 300, seed 0) on one embedding store: layer embeddings of proteins of the
 PLM's own training split (never a concept-evaluation test protein or a 50%-identity homolog of one)
 and normalised with ``interplm normalize``. Each is then scored as ``interplm report`` scores it,
-by :func:`interplm_plugins.core.report.compare_units`: per Swiss-Prot concept, feature and
+by :func:`interplm_plugins.core.concepts.report.compare_units`: per Swiss-Prot concept, feature and
 threshold chosen on the validation half, scored on the test half, against the layer's signed
 neurons. Reconstruction (FVE, L0, dead features) is measured on the validation half.
 
@@ -87,8 +87,8 @@ def train_options(config: SweepConfig, scale: dict[str, float]) -> list[str]:
 
 def score(config: SweepConfig, sae_path: Path, halves, eligibility, stores: dict[str, Path]) -> dict:
     """The report's comparison on the halves, the validation-only choice number, and reconstruction on the validation half."""
+    from interplm_plugins.core.concepts.report import compare_units
     from interplm_plugins.core.plm.store import EmbeddingStore
-    from interplm_plugins.core.report import compare_units
     from interplm_plugins.core.sae.encode import encode_features
     from interplm_plugins.core.sae.evaluate import evaluate_sae
     from interplm_plugins.core.sae.files import load_sae

@@ -223,7 +223,7 @@ def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_
     """Per-protein counts of each concept's chosen unit sum to the reported test F1; the bootstrap is reproducible."""
     from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels
-    from interplm_plugins.core.report import compare_with_neurons
+    from interplm_plugins.core.concepts.report import compare_with_neurons
 
     pipeline = load_pipeline(model=tiny_esm2_path, sae=chain / "sae_norm.safetensors")
     comparison = compare_with_neurons(pipeline, ConceptHalves.from_splits(ConceptLabels.load(chain / "concepts")))
@@ -240,7 +240,7 @@ def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_
 
 
 def test_bootstrap_interval_is_tight_when_one_side_always_wins():
-    from interplm_plugins.core.report import ChosenUnitCounts, bootstrap_comparison
+    from interplm_plugins.core.concepts.report import ChosenUnitCounts, bootstrap_comparison
 
     rng = np.random.default_rng(1)
     proteins, concepts = 40, 6

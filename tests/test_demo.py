@@ -114,7 +114,7 @@ def shipped_report():
 
 @pytest.fixture(scope="module")
 def recomputed_comparison(demo_halves):
-    from interplm_plugins.core.report import compare_with_neurons
+    from interplm_plugins.core.concepts.report import compare_with_neurons
 
     return compare_with_neurons(load_pipeline(), demo_halves)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interplm_plugins.core.concepts import Eligibility
-from interplm_plugins.core.report import compare_units
+from interplm_plugins.core.concepts.report import compare_units
 from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 

@@ -2,7 +2,7 @@
 
 :func:`build_database` streams every protein once through the PLM and the SAE; each protein's
 activations feed the database builder (statistics, top and quantile examples) and, when the
-protein is annotated, the :class:`~.concept_counts.HalvesCounter` of the concept halves. The
+protein is annotated, the :class:`~interplm_plugins.core.concepts.counts.HalvesCounter` of the concept halves. The
 concept table (every eligible concept's best features on validation, each at its validation
 threshold, with the test metrics there) is written into the same file at the end. The file
 appears atomically.
@@ -19,9 +19,9 @@ import pandas as pd
 from scipy import sparse
 
 from interplm_plugins.core.activations import Pipeline
-from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter
-from interplm_plugins.core.concept_labels import ConceptHalves
-from interplm_plugins.core.concept_selection import Eligibility, concept_vocabulary, feature_concept_table
+from interplm_plugins.core.concepts.counts import THRESHOLDS, HalvesCounter
+from interplm_plugins.core.concepts.labels import ConceptHalves
+from interplm_plugins.core.concepts.selection import Eligibility, concept_vocabulary, feature_concept_table
 from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.sae.encode import iter_feature_activations

@@ -15,7 +15,7 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA application_i
     ``active_threshold``, ``concept_floor``, ``concept_halves`` (how the validation/test halves
     were made) and ``concept_eligibility``.
 ``proteins(protein_idx, protein_id, accession, description, sequence, length, split)``
-    every protein the database was built from (``split``: :func:`~.sequences.protein_split`, the
+    every protein the database was built from (``split``: :func:`~interplm_plugins.core.inputs.sequences.protein_split`, the
     train/valid/test split of the demo's PLM and SAE training; the concept-evaluation halves are
     recorded in the concepts folder, ``splits.tsv``).
 ``features(feature, n_active_residues, n_active_proteins, freq_residue, freq_protein,
@@ -543,12 +543,12 @@ def build_feature_database(
     """Build a feature database at ``path`` in one streaming pass, atomically; return ``path``.
 
     ``activation_iter`` yields ``(protein, activations)``: ``protein`` a
-    :class:`~.sequences.ProteinRecord` (or ``(id, sequence[, description])``) and
+    :class:`~interplm_plugins.core.inputs.sequences.ProteinRecord` (or ``(id, sequence[, description])``) and
     ``activations`` its SAE features, ``[L, F]``. Only per-feature summaries and the
     ``top_k + reservoir_size`` candidate examples per feature are held in memory.
     ``concept_table`` holds concept matches (columns ``feature, concept, threshold, valid_f1,
     valid_precision, valid_recall, test_f1, test_precision, test_recall`` and optionally ``family,
-    level``: :func:`~.concept_selection.feature_concept_table`); ``concept_summary`` the vocabulary
+    level``: :func:`~interplm_plugins.core.concepts.selection.feature_concept_table`); ``concept_summary`` the vocabulary
     (``concept`` and optionally ``family, level, n_instances, n_residues, n_proteins,
     valid_proteins, test_proteins, evaluated``); either may be a function, called after the pass so
     that concept metrics can be counted from the same stream. ``concept_floor``: the validation F1

@@ -15,7 +15,7 @@ from typing import Collection, Sequence
 import numpy as np
 
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
-from interplm_plugins.core.concept_labels import build_concept_labels
+from interplm_plugins.core.concepts.labels import build_concept_labels
 from interplm_plugins.core.inputs.uniprot import UniProtEntry
 
 

@@ -23,11 +23,11 @@ Concepts (following InterPLM, Simon & Zou 2025, ``interplm/concept``):
 Vocabulary: a concept is kept with at least ``min_instances`` occurrences (default 10) in at least
 ``min_proteins`` proteins (default 3) over the whole file (InterPLM keeps sub-concepts with 100
 occurrences in all of Swiss-Prot). Whether a kept concept is *evaluated* is decided per half
-(:class:`~.concept_metrics.Eligibility`).
+(:class:`~.selection.Eligibility`).
 
 Halves (:class:`ConceptHalves`): features and thresholds are chosen on the validation half and
 scored on the test half. ``interplm concepts`` makes the halves from sequence clusters
-(:mod:`~.homology`, MMseqs2 at 30% identity by default), whole clusters to one half, so no protein
+(:mod:`~interplm_plugins.core.inputs.homology`, MMseqs2 at 30% identity by default), whole clusters to one half, so no protein
 has a close homolog across the line; :meth:`ConceptHalves.from_separate_sets` instead chooses on
 all of one annotated set and scores on all of another (``interplm report --test-concepts``).
 """

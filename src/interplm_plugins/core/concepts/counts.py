@@ -5,7 +5,7 @@
 ``benchmarks/bench_concepts.py``). :class:`ConceptMatchCounter` accumulates it protein by protein
 over one set of labels; :class:`HalvesCounter` is the one loop body that routes each annotated
 protein's activations to the counter of its half (validation or test) of a
-:class:`~.concept_labels.ConceptHalves`: the database build and the report both stream through it.
+:class:`~.labels.ConceptHalves`: the database build and the report both stream through it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from scipy import sparse
 
-from interplm_plugins.core.concept_labels import HALVES, Concept, ConceptHalves, ConceptLabels, as_labels_csr, concepts_present, label_totals
-from interplm_plugins.core.concept_metrics import concept_metrics
+from interplm_plugins.core.concepts.labels import HALVES, Concept, ConceptHalves, ConceptLabels, as_labels_csr, concepts_present, label_totals
+from interplm_plugins.core.concepts.metrics import concept_metrics
 from interplm_plugins.errors import InterPLMError
 
 #: Activation thresholds of InterPLM (activations are normalised to [0, 1]).

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.concept_counts import ConceptCounts
-from interplm_plugins.core.concept_labels import ConceptHalves
+from interplm_plugins.core.concepts.counts import ConceptCounts
+from interplm_plugins.core.concepts.labels import ConceptHalves
 from interplm_plugins.errors import InterPLMError
 
 DEFAULT_MIN_PROTEINS_PER_HALF = 3

@@ -1,4 +1,4 @@
-"""InterPLM's concept metrics, computed from match counts (:mod:`~.concept_counts`).
+"""InterPLM's concept metrics, computed from match counts (:mod:`~.counts`).
 
 For a feature ``f`` at threshold ``t`` and a concept ``c``: a residue is *active* when its
 normalised activation is strictly greater than ``t`` (``>``, as InterPLM, so ``t = 0`` means "fires

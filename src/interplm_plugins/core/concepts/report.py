@@ -5,7 +5,7 @@ are chosen on the validation half (unit and threshold with the highest selection
 the test half; the report counts concepts whose test F1 is above ``f1_cutoff`` (``F1 > 0.5``, as
 InterPLM counts). The halves are those of ``interplm concepts`` (whole sequence clusters) or, with
 ``--test-concepts``, all of one annotated set against all of another
-(:class:`~.concept_labels.ConceptHalves`).
+(:class:`~.labels.ConceptHalves`).
 
 The neuron baseline. InterPLM's baseline (its ``IdentityDict``) scores each embedding dimension's
 raw value. This report extends it: each dimension ``d`` gives two candidates, ``max(x_d, 0)`` and
@@ -36,10 +36,10 @@ import pandas as pd
 
 from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
-from interplm_plugins.core.concept_counts import THRESHOLDS, HalvesCounter, count_matches
-from interplm_plugins.core.concept_labels import ConceptHalves, label_totals
-from interplm_plugins.core.concept_metrics import concept_metrics
-from interplm_plugins.core.concept_selection import Eligibility, best_feature_per_concept, choose_on_validation
+from interplm_plugins.core.concepts.counts import THRESHOLDS, HalvesCounter, count_matches
+from interplm_plugins.core.concepts.labels import ConceptHalves, label_totals
+from interplm_plugins.core.concepts.metrics import concept_metrics
+from interplm_plugins.core.concepts.selection import Eligibility, best_feature_per_concept, choose_on_validation
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.sae.encode import encode_features
