@@ -4,7 +4,7 @@
   ``import interplm_plugins.pymol_plugin`` registers the command) on a real 732-residue AlphaFold
   model (HSP90, P07900_AF.pdb), with a pipeline of the embedded demo's shapes: ESM-2 4 layers x
   256 dims (random weights), a normalised ReLU SAE of 2,048 features on layer 3, and its feature
-  database over real Swiss-Prot proteins with concept matches (``core.annotate.build_database``).
+  database over real Swiss-Prot proteins with concept matches (``core.database.from_pipeline.build_database``).
   *cold*: a new PyMOL session's first colouring, including loading the pipeline (model, SAE,
   database) and embedding the protein; measured once with an empty activation cache and once
   with the on-disk cache a previous session left; *warm*: recolouring by other features (the
@@ -36,8 +36,8 @@ def build_pipeline(args, work: Path) -> dict[str, str]:
     import torch
 
     from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.annotate import build_database
     from interplm_plugins.core.concepts import ConceptHalves, build_concept_labels, split_into_halves
+    from interplm_plugins.core.database.from_pipeline import build_database
     from interplm_plugins.core.inputs.homology import cluster_sequences
     from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
     from interplm_plugins.core.inputs.uniprot import read_uniprot
@@ -75,7 +75,7 @@ def child(spec: dict) -> dict:
 
     import interplm_plugins.pymol_plugin  # noqa: F401  (registers the `interplm` command)
     from interplm_plugins.core.activations import use_pipeline
-    from interplm_plugins.core.database import FeatureDatabase
+    from interplm_plugins.core.database.schema import FeatureDatabase
 
     imported = time.perf_counter()
     cmd.reinitialize()

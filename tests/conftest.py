@@ -97,7 +97,7 @@ def tiny_db_records(swissprot_fasta):
 def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entries, tmp_path_factory) -> Path:
     """A real feature database of the tiny pipeline over real Swiss-Prot proteins, with concept matches."""
     from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.annotate import build_database
+    from interplm_plugins.core.database.from_pipeline import build_database
 
     pipeline = load_pipeline(tiny_esm2_path, tiny_sae_path)
     halves = alternate_halves(swissprot_entries, {r.id for r in tiny_db_records})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from interplm_plugins.core.database import FeatureDatabase
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta, write_fasta
 from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.core.inputs.uniprot import read_uniprot

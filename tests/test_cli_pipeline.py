@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.database import FeatureDatabase
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
 from interplm_plugins.core.plm.store import EmbeddingStore
 from interplm_plugins.core.sae.files import load_sae

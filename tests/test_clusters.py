@@ -17,7 +17,7 @@ from interplm_plugins.core.clusters import (
     decoder_directions,
     feature_vectors,
 )
-from interplm_plugins.core.database import FeatureDatabase
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.sae.files import load_sae, save_sae
 from interplm_plugins.errors import InterPLMError
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.database import FeatureDatabase
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.describe import LLMClient, describe_features, select_features
 from interplm_plugins.errors import InterPLMError
 
@@ -223,7 +223,7 @@ def test_missing_key_is_one_line_exit_2_and_sends_nothing(db, monkeypatch, capsy
 
 def test_a_feature_without_enough_examples_fails_before_any_request(tmp_path, tiny_db_records, key):
     """A database whose feature 0 fires in one protein only (feature 1 in all): describing 0 is refused unpaid."""
-    from interplm_plugins.core.database import build_feature_database
+    from interplm_plugins.core.database.build import build_feature_database
 
     def activations():
         for i, record in enumerate(tiny_db_records[:6]):

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, FeatureDatabase, build_feature_database
+from interplm_plugins.core.database.build import build_feature_database
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, FeatureDatabase
 
 COLUMNS = ["feature", "concept", "family", "level", "threshold", "valid_f1", "valid_precision", "valid_recall",
            "test_f1", "test_precision", "test_recall"]  # fmt: skip
@@ -104,7 +105,7 @@ def test_demo_and_describe_choose_on_validation(planted_pipeline):
 def test_database_of_another_version_is_refused_with_a_rebuild_hint(tmp_path):
     import sqlite3
 
-    from interplm_plugins.core.database import APPLICATION_ID
+    from interplm_plugins.core.database.schema import APPLICATION_ID
     from interplm_plugins.errors import InterPLMError
 
     path = tmp_path / "old.sqlite"

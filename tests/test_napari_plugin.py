@@ -255,7 +255,7 @@ def test_activation_profile_plots_the_feature_along_the_sequence(tiny_pipeline, 
 
 def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer, tmp_path):
     from interplm_plugins.core import activations
-    from interplm_plugins.core.database import update_feature_database
+    from interplm_plugins.core.database.build import update_feature_database
 
     widget = _dock(viewer, _widget.FeatureNeighboursWidget)
     assert widget.find_neighbours(5) == [] and "no cluster neighbours" in widget.about.value

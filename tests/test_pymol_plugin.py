@@ -355,7 +355,7 @@ def annotated_db(tiny_pipeline, tiny_db_path, tmp_path):
     import pandas as pd
 
     from interplm_plugins.core.activations import use_pipeline
-    from interplm_plugins.core.database import update_feature_database
+    from interplm_plugins.core.database.build import update_feature_database
 
     path = shutil.copy(tiny_db_path, tmp_path / "annotated.sqlite")
     features = np.arange(64)

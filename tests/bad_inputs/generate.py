@@ -251,7 +251,7 @@ def build_plms(out: Path, marker: Path) -> None:
 
 
 def build_databases(out: Path, marker: Path) -> None:
-    from interplm_plugins.core.database import build_feature_database
+    from interplm_plugins.core.database.build import build_feature_database
 
     out.mkdir(parents=True, exist_ok=True)
     acts = np.array([[0, 0.5], [1.0, 0], [0.25, 0.75]], np.float32)

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, chain_activations
-    from interplm_plugins.core.database import concept_label
+    from interplm_plugins.core.database.schema import concept_label
     from interplm_plugins.core.inputs.structure import read_structure
     from interplm_plugins.core.inputs.uniprot import read_uniprot
     from interplm_plugins.core.showcase import (

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.database import FeatureDatabase
+    from interplm_plugins.core.database.schema import FeatureDatabase
     from interplm_plugins.core.describe import LLMClient, annotations_from_uniprot, describe_features, select_features
 
     if args.top is not None and args.top < 1:

@@ -157,9 +157,9 @@ class Pipeline:
 
     @property
     def database(self):
-        """The :class:`~interplm_plugins.core.database.FeatureDatabase`, or ``None`` without one."""
+        """The :class:`~interplm_plugins.core.database.schema.FeatureDatabase`, or ``None`` without one."""
         if self._database is None and self.database_path is not None:
-            from interplm_plugins.core.database import FeatureDatabase
+            from interplm_plugins.core.database.schema import FeatureDatabase
 
             self._database = FeatureDatabase(self.database_path)
         return self._database
@@ -187,6 +187,7 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     normalised over the embedding store ``normalize_store`` when one is given. ``precision``: the
     PLM's compute precision (``"fp32"`` or ``"bf16"``; see the module docstring).
     """
+    from interplm_plugins.core.database.provenance import check_database_file_matches_sae
     from interplm_plugins.core.sae import provenance
 
     check_precision(precision)
@@ -208,7 +209,7 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     if database is None and sae is None and DEMO_DATABASE.exists():
         database = DEMO_DATABASE
     if database:
-        provenance.check_database_file_matches_sae(database, sae_model, plm=plm, layer=int(layer), allow_mismatch=allow_mismatch)
+        check_database_file_matches_sae(database, sae_model, plm=plm, layer=int(layer), allow_mismatch=allow_mismatch)
     return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source,
                     precision=precision)  # fmt: skip
 

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.database import FeatureDatabase, update_feature_database
+from interplm_plugins.core.database.build import update_feature_database
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.sae.model import SparseAutoencoder
 from interplm_plugins.errors import InterPLMError
 
@@ -232,11 +233,11 @@ def cluster_database(
 
     ``profiles`` (``[F, R]``, see :func:`activation_profiles`) adds co-activation to the decoder
     directions with weight ``profile_weight``. The database must have been built with ``sae``
-    (:func:`~interplm_plugins.core.sae.provenance.check_database_matches_sae`; ``allow_mismatch`` makes
+    (:func:`~interplm_plugins.core.database.provenance.check_database_matches_sae`; ``allow_mismatch`` makes
     another SAE of the same width a warning, e.g. the raw SAE of a normalised one: their decoder
     directions are the same).
     """
-    from interplm_plugins.core.sae.provenance import check_database_matches_sae
+    from interplm_plugins.core.database.provenance import check_database_matches_sae
 
     with FeatureDatabase(db_path) as db:
         check_database_matches_sae(db, sae, allow_mismatch=allow_mismatch, source=db_path)

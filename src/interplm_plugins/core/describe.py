@@ -32,7 +32,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.database import FeatureDatabase, update_feature_database
+from interplm_plugins.core.database.build import update_feature_database
+from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.errors import InterPLMError
 
 log = logging.getLogger(__name__)

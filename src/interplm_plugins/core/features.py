@@ -4,7 +4,7 @@ matches, and per residue its top features (``interplm features``; DataFrames for
 Proteins rank features by their maximum activation over the protein (InterPLM's normalised scale: 1 is
 the feature's maximum on the SAE's training residues), ties by the mean. A feature's concept is its best
 match in the pipeline's feature database (``best_concepts``: chosen on validation, above the floor; its
-test F1 is shown, worded by :func:`~interplm_plugins.core.database.concept_label`).
+test F1 is shown, worded by :func:`~interplm_plugins.core.database.schema.concept_label`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _top_features(acts: np.ndarray, k: int) -> np.ndarray:
 
 def sequence_features(pipeline: Pipeline, records: Iterable[ProteinRecord], top: int = 10, residue_top: int = 5) -> FeatureReport:
     """Top ``top`` features per protein and top ``residue_top`` per residue (only features that fire)."""
-    from interplm_plugins.core.database import concept_label
+    from interplm_plugins.core.database.schema import concept_label
 
     database = pipeline.database
     protein_rows, residue_rows = [], []

@@ -20,7 +20,7 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, S
 
 from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, scale_legend, unit_values
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, concept_label
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, concept_label
 from interplm_plugins.core.inputs.references import check_matches, match_chain, matched_activations, read_references
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, StructureChain
 from interplm_plugins.core.mutate import SCAN_COLUMNS, largest_drops, scan_chain, select_labels
@@ -132,7 +132,7 @@ def selected_rows(
 
 
 def session_database() -> Any:
-    """The session pipeline's :class:`~interplm_plugins.core.database.FeatureDatabase`; raises without one."""
+    """The session pipeline's :class:`~interplm_plugins.core.database.schema.FeatureDatabase`; raises without one."""
     database = current_pipeline().database
     if database is None:
         raise InterPLMError(

@@ -21,7 +21,7 @@ from pymol.shortcut import Shortcut
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline, loaded_pipeline, use_pipeline
 from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
-from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
+from interplm_plugins.core.database.schema import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
 from interplm_plugins.core.inputs.references import read_references
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS
@@ -129,7 +129,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
     """The ``k`` features most active (highest mean) on the selected residues, with their best concept.
 
     ``selection`` defaults to ``sele`` (PyMOL's clicked residues) when it exists, else ``all``.
-    Prints a table and returns :class:`~interplm_plugins.core.database.FeatureHit` objects.
+    Prints a table and returns :class:`~interplm_plugins.core.database.schema.FeatureHit` objects.
     """
     pipeline = pipeline or current_pipeline()
     k = _positive_int(k, "k")

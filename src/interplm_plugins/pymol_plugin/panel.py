@@ -16,7 +16,7 @@ from pymol import CmdException, cmd
 from pymol.Qt import QtCore, QtWidgets
 
 from interplm_plugins.core.activations import Pipeline, current_pipeline
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE

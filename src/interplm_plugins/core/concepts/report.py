@@ -34,7 +34,6 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.atomic import save_figure_png, write_text_atomic
 from interplm_plugins.core.concepts.counts import THRESHOLDS, HalvesCounter, count_matches
 from interplm_plugins.core.concepts.labels import ConceptHalves, label_totals
@@ -250,10 +249,12 @@ def compare_units(
 
 
 def compare_with_neurons(
-    pipeline: Pipeline, halves: ConceptHalves, eligibility: Eligibility | None = None, thresholds: Sequence[float] = THRESHOLDS,
+    pipeline, halves: ConceptHalves, eligibility: Eligibility | None = None, thresholds: Sequence[float] = THRESHOLDS,
     f1_cutoff: float = F1_CUTOFF, toks_per_batch: int = 4096,
 ) -> ConceptComparison:
-    """:func:`compare_units` with ``pipeline``'s PLM layer and SAE."""
+    """:func:`compare_units` with ``pipeline``'s PLM layer and SAE (``pipeline``: a
+    :class:`~interplm_plugins.core.interpret.pipeline.Pipeline`, read for its parts; the concept
+    stage does not import the interpretation stage that defines it)."""
     layer = pipeline.layer
 
     def embeddings(subset: Sequence[ProteinRecord]) -> Iterator[tuple[str, np.ndarray]]:

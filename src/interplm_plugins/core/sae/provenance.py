@@ -3,7 +3,8 @@
 Every part records what it was made from: an SAE's config its PLM (``plm`` name, ``plm_identity``
 = ``name:fingerprint``, ``plm_layer``) and width; an embedding store the PLM it ran; a feature
 database the SAE's hash (:func:`~interplm_plugins.core.sae.files.sae_hash`) and the PLM. These functions
-compare what is recorded with what is loaded. A width or feature-count mismatch cannot run and is
+compare what is recorded with what is loaded (a database's own checks,
+:mod:`~interplm_plugins.core.database.provenance`, follow the same rules with :func:`_mismatch`). A width or feature-count mismatch cannot run and is
 always an error; a different PLM or SAE of the same shape runs but gives confident wrong answers,
 so it is an error too unless ``allow_mismatch`` (the CLI's ``--allow-mismatch``), which turns it
 into a logged warning. Only what is recorded is compared: InterPLM's published ``ae.pt`` files
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
-from interplm_plugins.core.sae.files import sae_hash
 from interplm_plugins.core.sae.model import check_fits, check_fits_store
 from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 from interplm_plugins.errors import InterPLMError
@@ -96,41 +95,6 @@ def check_store_matches_sae(sae, store, *, allow_mismatch: bool = False, source:
             f"{getattr(store, 'path', '')} holds {_describe_plm(meta.get('plm'), meta.get('plm_identity'))}",
             allow_mismatch, source,
         )  # fmt: skip
-
-
-def check_database_matches_sae(
-    db, sae, *, plm=None, layer: int | None = None, allow_mismatch: bool = False, source: str | os.PathLike | None = None
-) -> None:
-    """Raise unless the feature database ``db`` (a :class:`~interplm_plugins.core.database.FeatureDatabase`)
-    was built with ``sae`` (and ``plm`` / ``layer`` when given): feature count always; the SAE hash,
-    PLM and layer where its provenance records them."""
-    provenance, source = db.provenance, source or getattr(db, "path", None)
-    if db.num_features != sae.d_hidden:
-        raise InterPLMError(f"the database has {db.num_features} features but the SAE has {sae.d_hidden}", file=source)
-    built_with = provenance.get("sae_hash")
-    if built_with and built_with != sae_hash(sae):
-        _mismatch(
-            f"the database was built with SAE {built_with} ({provenance.get('sae', '?')}), not with this SAE {sae_hash(sae)}: "
-            "its concepts and examples describe other features",
-            allow_mismatch, source,
-        )  # fmt: skip
-    if plm is not None and plms_differ(provenance.get("plm"), provenance.get("plm_identity"), plm.name, plm.identity):
-        _mismatch(
-            f"the database was built with {_describe_plm(provenance.get('plm'), provenance.get('plm_identity'))}, "
-            f"but the loaded PLM is {_describe_plm(plm.name, plm.identity)}",
-            allow_mismatch, source,
-        )  # fmt: skip
-    recorded_layer = provenance.get("layer")
-    if layer is not None and recorded_layer is not None and int(recorded_layer) != int(layer):
-        _mismatch(f"the database was built on layer {recorded_layer}, not layer {layer}", allow_mismatch, source)
-
-
-def check_database_file_matches_sae(path: str | os.PathLike, sae, **kwargs: Any) -> None:
-    """:func:`check_database_matches_sae` on the database file at ``path`` (opened and closed here)."""
-    from interplm_plugins.core.database import FeatureDatabase
-
-    with FeatureDatabase(path) as db:
-        check_database_matches_sae(db, sae, source=path, **kwargs)
 
 
 NORMALIZE_HINT = "normalise it first: interplm normalize SAE --store EMBEDDINGS --out SAE_normalized.safetensors"

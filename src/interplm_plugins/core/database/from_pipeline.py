@@ -1,11 +1,12 @@
 """From an SAE to its feature database in one pass: activations, statistics, examples and concept matches.
 
-:func:`build_database` streams every protein once through the PLM and the SAE; each protein's
-activations feed the database builder (statistics, top and quantile examples) and, when the
-protein is annotated, the :class:`~interplm_plugins.core.concepts.counts.HalvesCounter` of the concept halves. The
-concept table (every eligible concept's best features on validation, each at its validation
-threshold, with the test metrics there) is written into the same file at the end. The file
-appears atomically.
+:func:`build_database` streams every protein once through a pipeline's PLM and SAE; each protein's
+activations feed the database builder (:func:`~interplm_plugins.core.database.build.build_feature_database`:
+statistics, top and quantile examples) and, when the protein is annotated, the
+:class:`~interplm_plugins.core.concepts.counts.HalvesCounter` of the concept halves. The concept
+table (every eligible concept's best features on validation, each at its validation threshold,
+with the test metrics there) is written into the same file at the end. The file appears
+atomically.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.concepts.counts import THRESHOLDS, HalvesCounter
 from interplm_plugins.core.concepts.labels import ConceptHalves
 from interplm_plugins.core.concepts.selection import Eligibility, concept_vocabulary, feature_concept_table
-from interplm_plugins.core.database import DEFAULT_CONCEPT_FLOOR, build_feature_database
+from interplm_plugins.core.database.build import build_feature_database
+from interplm_plugins.core.database.schema import DEFAULT_CONCEPT_FLOOR
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.sae.encode import iter_feature_activations
 from interplm_plugins.errors import InterPLMError
 
 
 def build_database(
-    pipeline: Pipeline,
+    pipeline,
     records: Sequence[ProteinRecord],
     out_path: str | os.PathLike,
     halves: ConceptHalves | None = None,
@@ -42,7 +43,12 @@ def build_database(
     data_sources: Sequence[str] = (),
     progress: bool = True,
 ) -> Path:
-    """Build the feature database of ``pipeline`` over ``records`` (and ``halves``' concepts) at ``out_path``."""
+    """Build the feature database of ``pipeline`` over ``records`` (and ``halves``' concepts) at ``out_path``.
+
+    ``pipeline`` is a :class:`~interplm_plugins.core.interpret.pipeline.Pipeline` (read for its PLM,
+    SAE, layer, compute precision and provenance; the database stage does not import the
+    interpretation stage that defines it).
+    """
     if not records:
         raise InterPLMError("no proteins to build the feature database from", file=out_path)
     eligibility = eligibility or Eligibility()
@@ -94,4 +100,3 @@ def build_database(
         progress=progress,
         total=len(records),
     )
-
