@@ -64,9 +64,9 @@ def annotated_files(data: Path) -> list[Path]:
 
 def demo_halves(data: Path):
     """The demo's concept halves: labels rebuilt from the real entries, halves from the shipped file (as tests/test_demo.py)."""
-    from interplm_plugins.core.activations import DEMO_DIR
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
     from interplm_plugins.core.inputs.uniprot import read_uniprot_files
+    from interplm_plugins.core.interpret.pipeline import DEMO_DIR
 
     entries, _ = read_uniprot_files(annotated_files(data))
     labels = build_concept_labels(entries)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from interplm_plugins.core.activations import load_pipeline
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
     from interplm_plugins.core.plm.embed import embed_to_store
     from interplm_plugins.core.plm.precision import bf16_is_fast
 

@@ -35,12 +35,12 @@ DEMO_DB = _common.REPO / "src" / "interplm_plugins" / "data" / "demo" / "feature
 def build_pipeline(args, work: Path) -> dict[str, str]:
     import torch
 
-    from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.concepts import ConceptHalves, build_concept_labels, split_into_halves
     from interplm_plugins.core.database.from_pipeline import build_database
     from interplm_plugins.core.inputs.homology import cluster_sequences
     from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
     from interplm_plugins.core.inputs.uniprot import read_uniprot
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
     from interplm_plugins.core.plm.embed import embed_to_store
     from interplm_plugins.core.plm.loading import load_plm
     from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
@@ -74,8 +74,8 @@ def child(spec: dict) -> dict:
     from pymol import cmd
 
     import interplm_plugins.pymol_plugin  # noqa: F401  (registers the `interplm` command)
-    from interplm_plugins.core.activations import use_pipeline
     from interplm_plugins.core.database.schema import FeatureDatabase
+    from interplm_plugins.core.interpret.pipeline import use_pipeline
 
     imported = time.perf_counter()
     cmd.reinitialize()

@@ -96,8 +96,8 @@ def tiny_db_records(swissprot_fasta):
 @pytest.fixture(scope="session")
 def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entries, tmp_path_factory) -> Path:
     """A real feature database of the tiny pipeline over real Swiss-Prot proteins, with concept matches."""
-    from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     pipeline = load_pipeline(tiny_esm2_path, tiny_sae_path)
     halves = alternate_halves(swissprot_entries, {r.id for r in tiny_db_records})
@@ -125,7 +125,7 @@ def halve_alternately(labels):
 def tiny_pipeline(tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, monkeypatch):
     """The tiny ESM-2 + SAE + database as the session's pipeline (as ``interplm use`` would set it),
     with a fresh activation cache folder; the session is reset afterwards."""
-    from interplm_plugins.core import activations
+    from interplm_plugins.core.interpret import pipeline as activations
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
     activations.reset_session()

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from interplm_plugins.core.activations import chain_activations, use_pipeline
+    from interplm_plugins.core.interpret.chains import chain_activations
+    from interplm_plugins.core.interpret.pipeline import use_pipeline
     from interplm_plugins.napari_plugin._sample_data import demo_structure_path
 
     pipeline = use_pipeline(model=args.model, sae=args.sae, database=args.database)

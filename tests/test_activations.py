@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interplm_plugins.core.activations import chain_activations, current_pipeline
 from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import chain_activations
+from interplm_plugins.core.interpret.pipeline import current_pipeline
 from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError

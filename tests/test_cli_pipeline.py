@@ -221,9 +221,9 @@ def test_report_scores_on_another_annotated_set(chain, tiny_esm2_path, shared_da
 
 def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_path):
     """Per-protein counts of each concept's chosen unit sum to the reported test F1; the bootstrap is reproducible."""
-    from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels
     from interplm_plugins.core.concepts.report import compare_with_neurons
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     pipeline = load_pipeline(model=tiny_esm2_path, sae=chain / "sae_norm.safetensors")
     comparison = compare_with_neurons(pipeline, ConceptHalves.from_splits(ConceptLabels.load(chain / "concepts")))

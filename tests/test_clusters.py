@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.clusters import (
-    activation_profiles,
-    cluster_database,
-    cluster_features,
-    decoder_directions,
-    feature_vectors,
-)
 from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.interpret.clusters import activation_profiles, cluster_database, cluster_features, decoder_directions, feature_vectors
 from interplm_plugins.core.sae.files import load_sae, save_sae
 from interplm_plugins.errors import InterPLMError
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.activations import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
+from interplm_plugins.core.interpret.pipeline import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.model import demo_model_path
 
@@ -293,7 +293,7 @@ def _swissprot_entry_text(shared: Path, accession: str) -> str:
 
 def test_shipped_demo_protein_is_the_shared_data_one(shared_data):
     """The structure and entry `interplm demo` ships are exactly ../shared/data's (attributed in the model card)."""
-    from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
+    from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
 
     assert DEMO_SHOWCASE_STRUCTURE.read_bytes() == (shared_data / "structures" / "P32633_AF.pdb").read_bytes()
     assert DEMO_SHOWCASE_ENTRY.read_text() == _swissprot_entry_text(shared_data, "P32633")

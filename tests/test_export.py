@@ -1,4 +1,4 @@
-"""``interplm export`` (core/export.py, cli/export.py) and PyMOL's ``interplm export``: TSV, B-factor PDB/mmCIF
+"""``interplm export`` (core/interpret/export.py, cli/export.py) and PyMOL's ``interplm export``: TSV, B-factor PDB/mmCIF
 and ChimeraX .defattr written from real structures, read back with Biopython and the .defattr grammar."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from Bio.PDB import MMCIFIO, MMCIFParser, PDBParser
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import chain_activations
 from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import chain_activations
 
 HPV = Path(pymol.__file__).resolve().parent / "pymol_path" / "data" / "tut" / "1hpv.pdb"  # 2 chains, inhibitor, water
 

@@ -34,7 +34,7 @@ def _planted(a: int, b: int, c: int) -> pd.DataFrame:
 @pytest.fixture()
 def planted_pipeline(tiny_pipeline, tiny_db_records, tmp_path):
     """The tiny session pipeline with the planted database (its real activations, its SAE's provenance)."""
-    from interplm_plugins.core import activations
+    from interplm_plugins.core.interpret import pipeline as activations
 
     records = tiny_db_records[:6]
     acts = [tiny_pipeline.activations(r.sequence) for r in records]
@@ -90,8 +90,8 @@ def test_napari_labels_and_search(planted_pipeline):
 
 
 def test_demo_and_describe_choose_on_validation(planted_pipeline):
-    from interplm_plugins.core.describe import select_features
-    from interplm_plugins.core.showcase import informative_features
+    from interplm_plugins.core.interpret.describe import select_features
+    from interplm_plugins.core.interpret.showcase import informative_features
 
     pipeline, (a, b, c) = planted_pipeline
     db = pipeline.database

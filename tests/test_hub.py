@@ -12,8 +12,8 @@ import torch
 from hf_models import save_hf_esm2, save_interplm_ae, save_interprot_sae
 from hub_server import HubServer
 
-from interplm_plugins.core.activations import load_pipeline
 from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.interpret.pipeline import load_pipeline
 from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.sae.files import load_sae, sae_hash
 from interplm_plugins.core.sae.releases import resolve_sae_spec

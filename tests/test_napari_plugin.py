@@ -254,8 +254,8 @@ def test_activation_profile_plots_the_feature_along_the_sequence(tiny_pipeline, 
 
 
 def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer, tmp_path):
-    from interplm_plugins.core import activations
     from interplm_plugins.core.database.build import update_feature_database
+    from interplm_plugins.core.interpret import pipeline as activations
 
     widget = _dock(viewer, _widget.FeatureNeighboursWidget)
     assert widget.find_neighbours(5) == [] and "no cluster neighbours" in widget.about.value
@@ -276,7 +276,7 @@ def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer,
 
 
 def test_mutation_scan_widget_tables_and_colours_the_largest_drop(tiny_pipeline, viewer, demo_layer, qtbot):
-    from interplm_plugins.core.mutate import largest_drops, mutation_scan
+    from interplm_plugins.core.interpret.mutate import largest_drops, mutation_scan
 
     widget = _dock(viewer, _widget.MutationScanWidget)
     chains = demo_layer.metadata["interplm"]["chains"]

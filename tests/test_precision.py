@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
-from interplm_plugins.core.features import _top_features
 from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 from interplm_plugins.core.inputs.uniprot import read_uniprot
+from interplm_plugins.core.interpret.features import _top_features
+from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
 from interplm_plugins.core.plm.embed import embed_sequences, embed_to_store
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.precision import PRECISIONS, check_precision, compute_precision
@@ -66,7 +66,7 @@ def pipelines():
 @pytest.fixture()
 def demo_session(tmp_path, monkeypatch):
     """The embedded default as the session's pipeline, with a fresh activation cache folder."""
-    from interplm_plugins.core import activations
+    from interplm_plugins.core.interpret import pipeline as activations
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
     activations.reset_session()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import load_pipeline
 from interplm_plugins.core.inputs.sequences import clean_sequence, read_fasta, write_fasta
+from interplm_plugins.core.interpret.pipeline import load_pipeline
 from interplm_plugins.core.plm.embed import embed_to_store
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint

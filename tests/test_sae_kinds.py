@@ -336,9 +336,9 @@ def test_fidelity_of_non_identity_saes(tiny_plm, trained, stores, swissprot_fast
 
 
 def test_feature_database_of_a_jumprelu_sae(trained, stores, tiny_esm2_path, tiny_db_records, tmp_path):
-    from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.database.from_pipeline import build_database
     from interplm_plugins.core.database.schema import FeatureDatabase
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     normalised = normalize_sae(trained["jumprelu"], feature_max_activations(trained["jumprelu"], stores[0]))
     path = save_sae(normalised, tmp_path / "jr.safetensors")

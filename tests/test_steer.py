@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
+from interplm_plugins.core.interpret.steer import feature_logit_gradients, sample_steered, steer
 from interplm_plugins.core.sae.files import save_sae
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.steer import feature_logit_gradients, sample_steered, steer
 from interplm_plugins.errors import InterPLMError
 
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"

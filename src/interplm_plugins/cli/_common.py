@@ -57,7 +57,7 @@ def add_allow_mismatch_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True, normalize: bool = True) -> None:
-    """--model, --sae, --sae-kind, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`;
+    """--model, --sae, --sae-kind, --layer (and --db): the parts of a :class:`~interplm_plugins.core.interpret.pipeline.Pipeline`;
     --allow-mismatch; with ``normalize``, --normalize-with (commands whose thresholds need a normalised SAE)."""
     add_model_option(parser)
     parser.add_argument(
@@ -75,11 +75,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True,
 
 
 def load_pipeline_from_args(args: argparse.Namespace, require_normalized: bool = True):
-    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.activations.load_pipeline``),
+    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.interpret.pipeline.load_pipeline``),
     in the compute precision of --precision where the command has it (:func:`add_precision_option`)."""
     import dataclasses
 
-    from interplm_plugins.core.activations import current_pipeline, load_pipeline
+    from interplm_plugins.core.interpret.pipeline import current_pipeline, load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
     database = getattr(args, "db", None)

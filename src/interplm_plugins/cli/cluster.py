@@ -39,8 +39,8 @@ def _profiles(args: argparse.Namespace, sae):
     """Activation profiles of the SAE over the residues of ``--profiles``' proteins."""
     import numpy as np
 
-    from interplm_plugins.core.clusters import activation_profiles
     from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.interpret.clusters import activation_profiles
     from interplm_plugins.core.plm.loading import load_plm
     from interplm_plugins.core.sae.encode import iter_feature_activations
     from interplm_plugins.core.sae.provenance import check_sae_matches_plm
@@ -53,7 +53,7 @@ def _profiles(args: argparse.Namespace, sae):
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.clusters import cluster_database
+    from interplm_plugins.core.interpret.clusters import cluster_database
     from interplm_plugins.core.sae.files import load_sae
 
     if args.plm and not args.profiles:

@@ -34,11 +34,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, chain_activations
     from interplm_plugins.core.database.schema import concept_label
     from interplm_plugins.core.inputs.structure import read_structure
     from interplm_plugins.core.inputs.uniprot import read_uniprot
-    from interplm_plugins.core.showcase import (
+    from interplm_plugins.core.interpret.chains import chain_activations
+    from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
+    from interplm_plugins.core.interpret.showcase import (
         FeatureShowcase,
         activation_profile_png,
         annotated_concepts,

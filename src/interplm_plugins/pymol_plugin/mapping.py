@@ -28,10 +28,11 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
-from interplm_plugins.core.inputs.references import ReferenceMatch, check_matches, match_chain, matched_activations
+from interplm_plugins.core.inputs.references import ReferenceMatch, check_matches, match_chain
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.inputs.structure import StructureChain, chain_from_atoms, parse_resi, residue_letter
+from interplm_plugins.core.interpret.chains import ChainActivations, chain_activations, matched_activations
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 
 #: Spectrum of the feature activation, 0 (inactive: white, as most residues are for a sparse feature) to 1

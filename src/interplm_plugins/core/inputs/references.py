@@ -6,6 +6,8 @@ Each protein chain is aligned to every reference (:func:`~interplm_plugins.core.
 and takes the one it matches best; a chain that matches none keeps no values (it is drawn grey),
 and only when no chain matches is it an error. The identity and coverage rules count the
 residues the user selected, so the lysozyme half of a receptor-lysozyme fusion matches lysozyme.
+The chains' activations, computed on the references they match, are
+:func:`~interplm_plugins.core.interpret.chains.chains_with_references`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
 from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta, read_reference_sequence
 from interplm_plugins.core.inputs.structure import StructureChain, alignment_quality, reference_mapping
 from interplm_plugins.errors import InterPLMError
@@ -82,14 +83,6 @@ def match_chain(chain: StructureChain, references: Sequence[ProteinRecord], sele
     return best
 
 
-def matched_activations(pipeline: Pipeline, chain: StructureChain, match: ReferenceMatch) -> ChainActivations:
-    """The chain's activations with its reference embedded; no values at all if the match fails."""
-    if not match.ok:
-        return ChainActivations(chain, "", np.full(len(chain), -1, dtype=np.int64), np.zeros((0, pipeline.num_features), dtype=np.float32))
-    sequence = match.reference.sequence
-    return ChainActivations(chain, sequence, match.positions, pipeline.activations(sequence, record=match.reference.id))
-
-
 def check_matches(matches: Sequence[ReferenceMatch], source: str | os.PathLike | None = None) -> str:
     """One line saying which chain matched which reference; raises (naming ``source`` and every
     chain's numbers) when none did."""
@@ -98,18 +91,3 @@ def check_matches(matches: Sequence[ReferenceMatch], source: str | os.PathLike |
     return ", ".join(f"chain {m.chain_id} = {m.reference.id}" if m.ok else f"chain {m.chain_id} matches no reference (grey)" for m in matches)
 
 
-def chains_with_references(
-    pipeline: Pipeline, chains: Sequence[StructureChain], references: Sequence[ProteinRecord] | None, source: str | os.PathLike,
-    selected: Sequence[Sequence[int] | None] | None = None,
-) -> tuple[list[ChainActivations], str | None]:
-    """Each chain's activations and the line saying which chain matched which reference.
-
-    Without ``references`` a chain's own sequence is embedded (and the line is None); with them each
-    chain is aligned to the record it matches best over its ``selected`` residues, and a chain that
-    matches none gets no values (an error only when no chain matches).
-    """
-    if not references:
-        return [chain_activations(pipeline, c, source=str(source)) for c in chains], None
-    matches = [match_chain(c, references, s) for c, s in zip(chains, selected or [None] * len(chains))]
-    line = check_matches(matches, source=source)
-    return [matched_activations(pipeline, c, m) for c, m in zip(chains, matches)], line

@@ -6,7 +6,7 @@ in. The default is ``fp32`` everywhere, and ``fp32`` runs exactly the code it al
 context manager below does nothing). ``bf16`` means:
 
 PLM forward pass (:func:`~interplm_plugins.core.plm.embed.embed_sequences`, so every embedding, every
-:class:`~interplm_plugins.core.activations.Pipeline` and the commands built on them), under
+:class:`~interplm_plugins.core.interpret.pipeline.Pipeline` and the commands built on them), under
 ``torch.autocast(device, dtype=torch.bfloat16)``:
 
 - in bf16: the matrix products, i.e. the fused q/k/v projection, the attention itself

@@ -25,13 +25,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
-from interplm_plugins.core.inputs.structure import StructureChain, align_to_reference
 from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.model import PLM
@@ -41,7 +39,7 @@ from interplm_plugins.core.sae.files import sae_hash
 from interplm_plugins.core.sae.model import SparseAutoencoder, check_fits
 from interplm_plugins.errors import InterPLMError
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "demo"
 DEMO_SAE = DEMO_DIR / "sae.safetensors"
 DEMO_DATABASE = DEMO_DIR / "features.sqlite"
 #: What `interplm demo` shows by default: MTC7_YEAST (P32633), an AlphaFold DB model (CC BY 4.0) with its
@@ -254,51 +252,6 @@ def reset_session() -> None:
     with _session_lock:
         _session = None
         _session_spec.update({"model": None, "sae": None, "database": None})
-
-
-@dataclass
-class ChainActivations:
-    """A structure chain's residues with their ``[F]`` activation vectors (``None`` where unmapped).
-
-    ``positions[i]`` is residue ``i``'s 0-based index in the sequence that was embedded (the
-    chain's own modelled sequence, or the full-length reference), -1 if it has none.
-    """
-
-    chain: StructureChain
-    sequence: str
-    positions: np.ndarray
-    activations: np.ndarray  # [len(sequence), F]
-
-    def feature_values(self, feature: int) -> np.ndarray:
-        """Per structure residue, the feature's activation (NaN where the residue maps nowhere)."""
-        values = np.full(len(self.chain.residues), np.nan, dtype=np.float32)
-        ok = self.positions >= 0
-        values[ok] = self.activations[self.positions[ok], feature]
-        return values
-
-    def residue_vectors(self, residue_indices: Sequence[int]) -> np.ndarray:
-        """``[n, F]`` activations of the given structure residues (those that map somewhere)."""
-        idx = self.positions[np.asarray(residue_indices, dtype=int)]
-        return self.activations[idx[idx >= 0]]
-
-
-def chain_activations(pipeline: Pipeline, chain: StructureChain, reference: str | None = None, source: str | None = None) -> ChainActivations:
-    """Activations for every residue of ``chain``.
-
-    Without ``reference`` the chain's modelled sequence is embedded (residue ``i`` -> position
-    ``i``). With a full-length ``reference`` sequence, that is embedded instead and the chain is
-    aligned to it, so activations computed with the whole protein's context land on a partial
-    structure; residues that do not align get no value.
-    """
-    record = f"chain {chain.chain_id}"
-    if reference:
-        reference = clean_sequence(reference, record="reference")
-        positions = align_to_reference(chain.sequence, reference, file=source, record=record)
-        sequence = reference
-    else:
-        positions = np.arange(len(chain.residues))
-        sequence = chain.sequence
-    return ChainActivations(chain, sequence, positions, pipeline.activations(sequence, record=record))
 
 
 DEMO_STRUCTURE_NAME = "1hpv.pdb"

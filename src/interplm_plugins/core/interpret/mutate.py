@@ -5,7 +5,7 @@ through the model as **one batch**, and the SAE encodes them; what is kept per p
 change of every feature at the mutated residue and summed over the chain (``[mutants, 2, F]``), so
 a second scan of another feature is a lookup. Those arrays are cached in memory and on disk under
 ``$INTERPLM_CACHE_DIR/mutations``, keyed by the pipeline's identity, the sequence, the position
-and the mutants, like the activations of :mod:`interplm_plugins.core.activations`.
+and the mutants, like the activations of :mod:`interplm_plugins.core.interpret.pipeline`.
 
 The wild type is embedded once per scan by the same code path, so a change is mutant minus wild
 type computed in float32 (not against the float16 disk cache of the activations).
@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interplm_plugins.core.activations import ActivationCache, ChainActivations, Pipeline, default_cache_dir
 from interplm_plugins.core.atomic import atomic_path
 from interplm_plugins.core.inputs.sequences import ProteinRecord, clean_sequence
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, parse_resi
+from interplm_plugins.core.interpret.chains import ChainActivations
+from interplm_plugins.core.interpret.pipeline import ActivationCache, Pipeline, default_cache_dir
 from interplm_plugins.core.plm.embed import MAX_WINDOW, embed_sequences, forward_layers
 from interplm_plugins.core.plm.precision import compute_precision
 from interplm_plugins.core.sae.encode import encode_features

@@ -26,11 +26,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.inputs.references import chains_with_references
 from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import ChainActivations, chains_with_references
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 
 ATTRIBUTE_PREFIX = "interplm_"
@@ -47,7 +47,7 @@ def structure_activations(
     pipeline: Pipeline, path: str | os.PathLike, references: Sequence[ProteinRecord] | None = None, chain: str | None = None
 ) -> tuple[list[ChainActivations], str | None]:
     """Activations of every protein chain of a structure file (or of ``chain`` only), each chain aligned to
-    the reference it matches (:func:`~interplm_plugins.core.inputs.references.chains_with_references`), and the
+    the reference it matches (:func:`~interplm_plugins.core.interpret.chains.chains_with_references`), and the
     line saying which matched (None without references)."""
     chains = read_structure(path)
     if chain is not None:

@@ -18,8 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from interplm_plugins.core.activations import Pipeline
 from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.interpret.pipeline import Pipeline
 
 PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
                    "peak_residue", "concept", "concept_f1", "concept_label")  # fmt: skip
@@ -86,7 +86,7 @@ def sequence_features(pipeline: Pipeline, records: Iterable[ProteinRecord], top:
 
 def protein_features(sequence: str, pipeline: Pipeline | None = None, top: int = 10) -> pd.DataFrame:
     """The ``top`` most active features of one protein sequence with their concepts (the session's pipeline by default)."""
-    from interplm_plugins.core.activations import current_pipeline
+    from interplm_plugins.core.interpret.pipeline import current_pipeline
 
     return sequence_features(pipeline or current_pipeline(), [ProteinRecord("query", sequence)], top=top).proteins
 
