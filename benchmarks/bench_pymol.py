@@ -75,7 +75,7 @@ def child(spec: dict) -> dict:
 
     import interplm_plugins.pymol_plugin  # noqa: F401  (registers the `interplm` command)
     from interplm_plugins.core.database.schema import FeatureDatabase
-    from interplm_plugins.core.interpret.pipeline import use_pipeline
+    from interplm_plugins.session import use_pipeline
 
     imported = time.perf_counter()
     cmd.reinitialize()

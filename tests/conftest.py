@@ -125,10 +125,10 @@ def halve_alternately(labels):
 def tiny_pipeline(tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, monkeypatch):
     """The tiny ESM-2 + SAE + database as the session's pipeline (as ``interplm use`` would set it),
     with a fresh activation cache folder; the session is reset afterwards."""
-    from interplm_plugins.core.interpret import pipeline as activations
+    from interplm_plugins import session
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
-    activations.reset_session()
-    pipeline = activations.use_pipeline(model=str(tiny_esm2_path), sae=str(tiny_sae_path), database=str(tiny_db_path))
+    session.reset_session()
+    pipeline = session.use_pipeline(model=str(tiny_esm2_path), sae=str(tiny_sae_path), database=str(tiny_db_path))
     yield pipeline
-    activations.reset_session()
+    session.reset_session()

@@ -8,10 +8,10 @@ import pytest
 from interplm_plugins.core.database.schema import FeatureDatabase
 from interplm_plugins.core.inputs.structure import read_structure
 from interplm_plugins.core.interpret.chains import chain_activations
-from interplm_plugins.core.interpret.pipeline import current_pipeline
 from interplm_plugins.core.plm.embed import embed_sequences
 from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
+from interplm_plugins.session import current_pipeline
 
 
 def test_activations_match_embedding_then_sae_and_are_cached(tiny_pipeline, tiny_db_records):

@@ -34,7 +34,7 @@ def _planted(a: int, b: int, c: int) -> pd.DataFrame:
 @pytest.fixture()
 def planted_pipeline(tiny_pipeline, tiny_db_records, tmp_path):
     """The tiny session pipeline with the planted database (its real activations, its SAE's provenance)."""
-    from interplm_plugins.core.interpret import pipeline as activations
+    from interplm_plugins import session
 
     records = tiny_db_records[:6]
     acts = [tiny_pipeline.activations(r.sequence) for r in records]
@@ -44,9 +44,9 @@ def planted_pipeline(tiny_pipeline, tiny_db_records, tmp_path):
                   "sae_hash": tiny_pipeline.sae_hash}  # fmt: skip
     path = build_feature_database(tmp_path / "planted.sqlite", zip(records, acts), provenance=provenance,
                                   concept_table=_planted(a, b, c), progress=False)  # fmt: skip
-    pipeline = activations.use_pipeline(model=tiny_pipeline.plm.source, sae=tiny_pipeline.sae_source, database=str(path))
+    pipeline = session.use_pipeline(model=tiny_pipeline.plm.source, sae=tiny_pipeline.sae_source, database=str(path))
     yield pipeline, (a, b, c)
-    activations.reset_session()
+    session.reset_session()
 
 
 def test_database_api_ranks_on_validation(planted_pipeline):

@@ -254,8 +254,8 @@ def test_activation_profile_plots_the_feature_along_the_sequence(tiny_pipeline, 
 
 
 def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer, tmp_path):
+    from interplm_plugins import session
     from interplm_plugins.core.database.build import update_feature_database
-    from interplm_plugins.core.interpret import pipeline as activations
 
     widget = _dock(viewer, _widget.FeatureNeighboursWidget)
     assert widget.find_neighbours(5) == [] and "no cluster neighbours" in widget.about.value
@@ -267,7 +267,7 @@ def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer,
         clusters=pd.DataFrame({"feature": features, "cluster": features % 4, "x": features.astype(float), "y": 0.0}),
         descriptions=pd.DataFrame({"feature": [5, 9], "model": "test", "description": ["binds zinc", "helix start"]}),
     )
-    pipeline = activations.use_pipeline(database=str(database))
+    pipeline = session.use_pipeline(database=str(database))
     neighbours = widget.find_neighbours(5)
     assert neighbours == pipeline.database.cluster_neighbours(5, k=10) == [1, 9, 13, 17, 21, 25, 29, 33, 37, 41]
     assert "feature 5: binds zinc" in widget.about.value

@@ -65,13 +65,14 @@ def pipelines():
 
 @pytest.fixture()
 def demo_session(tmp_path, monkeypatch):
-    """The embedded default as the session's pipeline, with a fresh activation cache folder."""
-    from interplm_plugins.core.interpret import pipeline as activations
+    """A fresh activation cache folder for the commands (each builds its own pipeline, the embedded default here), and no
+    session pipeline left over."""
+    from interplm_plugins import session
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
-    activations.reset_session()
+    session.reset_session()
     yield
-    activations.reset_session()
+    session.reset_session()
 
 
 def _one_line_error(capsys, *argv: str) -> str:

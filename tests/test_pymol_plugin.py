@@ -16,7 +16,7 @@ import pymol  # noqa: E402  (a test dependency: the [pymol] extra)
 from pymol import CmdException, cmd  # noqa: E402
 
 from interplm_plugins.core.interpret.chains import chain_activations  # noqa: E402
-from interplm_plugins.core.interpret.pipeline import current_pipeline
+from interplm_plugins.session import current_pipeline
 from interplm_plugins.core.inputs.sequences import read_fasta  # noqa: E402
 from interplm_plugins.core.inputs.structure import read_structure  # noqa: E402
 from interplm_plugins.pymol_plugin import commands  # noqa: E402
@@ -356,7 +356,7 @@ def annotated_db(tiny_pipeline, tiny_db_path, tmp_path):
     import pandas as pd
 
     from interplm_plugins.core.database.build import update_feature_database
-    from interplm_plugins.core.interpret.pipeline import use_pipeline
+    from interplm_plugins.session import use_pipeline
 
     path = shutil.copy(tiny_db_path, tmp_path / "annotated.sqlite")
     features = np.arange(64)

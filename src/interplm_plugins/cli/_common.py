@@ -76,20 +76,16 @@ def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True,
 
 def load_pipeline_from_args(args: argparse.Namespace, require_normalized: bool = True):
     """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.interpret.pipeline.load_pipeline``),
-    in the compute precision of --precision where the command has it (:func:`add_precision_option`)."""
-    import dataclasses
+    in the compute precision of --precision where the command has it (:func:`add_precision_option`).
 
-    from interplm_plugins.core.interpret.pipeline import current_pipeline, load_pipeline
+    Each command builds its own: the plugins' session pipeline (``interplm_plugins.session``) is not the command line's.
+    """
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
     database = getattr(args, "db", None)
     store = getattr(args, "normalize_with", None)
     precision = precision_from_args(args)  # before any model loads
-    defaults = model is None and args.sae is None and database is None and args.layer is None and args.sae_kind is None and store is None
-    if defaults:
-        pipeline = current_pipeline()  # the session's (the embedded default), loaded once per process
-        # The same model and SAE in another compute precision (its own cache keys: see Pipeline.identity).
-        return pipeline if pipeline.precision == precision else dataclasses.replace(pipeline, precision=precision)
     return load_pipeline(
         model=model, sae=args.sae, database=database, layer=args.layer, sae_kind=args.sae_kind, allow_mismatch=args.allow_mismatch,
         require_normalized=require_normalized, normalize_store=store, precision=precision,

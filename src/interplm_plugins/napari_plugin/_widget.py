@@ -2,8 +2,8 @@
 feature along the sequence, and show a feature's description and cluster neighbours.
 
 Everything goes through :mod:`interplm_plugins.core`: the model, SAE and database are the session's
-(:func:`~interplm_plugins.core.interpret.pipeline.current_pipeline`, shared with PyMOL and the command line,
-activations cached), the chains come from the reader's layer metadata, and a point's residue is the
+(:func:`~interplm_plugins.session.current_pipeline`, shared with PyMOL; activations cached on disk,
+where the command line finds them too), the chains come from the reader's layer metadata, and a point's residue is the
 row ``seq_index`` of :func:`~interplm_plugins.core.interpret.chains.chain_activations`. Running the model
 happens on a napari thread worker with a progress bar in the activity dock; the methods that start
 one return it, and a widget's :attr:`busy` turns false once the result is shown.
@@ -24,9 +24,9 @@ from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, Structu
 from interplm_plugins.core.interpret.chains import ChainActivations, chain_activations, matched_activations
 from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE, SCALES, scale_legend, unit_values
 from interplm_plugins.core.interpret.mutate import SCAN_COLUMNS, largest_drops, scan_chain, select_labels
-from interplm_plugins.core.interpret.pipeline import current_pipeline
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.napari_plugin._reader import METADATA_KEY
+from interplm_plugins.session import current_pipeline
 
 if TYPE_CHECKING:
     import napari
@@ -137,7 +137,7 @@ def session_database() -> Any:
     database = current_pipeline().database
     if database is None:
         raise InterPLMError(
-            "the session's pipeline has no feature database (choose one with core.interpret.pipeline.use_pipeline(database=...))"
+            "the session's pipeline has no feature database (choose one with interplm_plugins.session.use_pipeline(database=...))"
         )
     return database
 

@@ -1,7 +1,7 @@
 """The ``interplm`` PyMOL command and its subcommands (also the plugin's Python API).
 
 Each subcommand is a plain function taking PyMOL-style arguments (strings are converted), the
-session pipeline by default (``core.interpret.pipeline.current_pipeline()``) and ``_self`` (the PyMOL
+session pipeline by default (``interplm_plugins.session.current_pipeline()``) and ``_self`` (the PyMOL
 ``cmd`` to act on: the global one, or a ``pymol2.PyMOL().cmd`` for headless rendering).
 :func:`interplm` dispatches ``interplm SUBCOMMAND ...`` typed at the prompt or in a ``.pml`` script
 and turns the project's :class:`InterPLMError` into one line and a ``pymol.CmdException``.
@@ -25,9 +25,10 @@ from interplm_plugins.core.inputs.sequences import ProteinRecord
 from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS
 from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
 from interplm_plugins.core.interpret.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
-from interplm_plugins.core.interpret.pipeline import Pipeline, current_pipeline, loaded_pipeline, use_pipeline
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
+from interplm_plugins.session import current_pipeline, loaded_pipeline, use_pipeline
 
 
 def _as_int(value: Any, name: str) -> int:

@@ -16,10 +16,11 @@ from pymol import CmdException, cmd
 from pymol.Qt import QtCore, QtWidgets
 
 from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
-from interplm_plugins.core.interpret.pipeline import Pipeline, current_pipeline
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE
+from interplm_plugins.session import current_pipeline
 
 _CONTEXT = 6  # residues shown either side of an example's peak
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from interplm_plugins.core.inputs.sequences import ProteinRecord
-from interplm_plugins.core.interpret.pipeline import Pipeline
+from interplm_plugins.core.interpret.pipeline import Pipeline, load_pipeline
 
 PROTEIN_COLUMNS = ("protein", "rank", "feature", "max_activation", "mean_activation", "active_residues", "peak_position",
                    "peak_residue", "concept", "concept_f1", "concept_label")  # fmt: skip
@@ -85,10 +85,12 @@ def sequence_features(pipeline: Pipeline, records: Iterable[ProteinRecord], top:
 
 
 def protein_features(sequence: str, pipeline: Pipeline | None = None, top: int = 10) -> pd.DataFrame:
-    """The ``top`` most active features of one protein sequence with their concepts (the session's pipeline by default)."""
-    from interplm_plugins.core.interpret.pipeline import current_pipeline
+    """The ``top`` most active features of one protein sequence with their concepts.
 
-    return sequence_features(pipeline or current_pipeline(), [ProteinRecord("query", sequence)], top=top).proteins
+    ``pipeline`` defaults to the embedded demo's (:func:`~interplm_plugins.core.interpret.pipeline.load_pipeline`
+    with no arguments); in a PyMOL or napari session pass :func:`interplm_plugins.session.current_pipeline`.
+    """
+    return sequence_features(pipeline or load_pipeline(), [ProteinRecord("query", sequence)], top=top).proteins
 
 
 def write_report(report: FeatureReport, prefix: str | os.PathLike) -> list[Path]:

@@ -12,8 +12,9 @@ its PLM forward pass (:mod:`~interplm_plugins.core.plm.precision`); the SAE enco
 float32 (one product per protein, cheap next to the PLM), so activations are float32 SAE outputs
 of bf16-computed embeddings. bf16 results are cached under their own keys.
 
-``current_pipeline()`` is the session's pipeline (the embedded demo unless ``use_pipeline`` chose
-another): the PyMOL commands and the napari widgets both read it.
+Nothing here is session state: :func:`load_pipeline` builds a pipeline for whoever asks (each
+``interplm`` command builds its own); the one pipeline the PyMOL commands and the napari widgets
+share is :func:`interplm_plugins.session.current_pipeline`, outside core.
 """
 
 from __future__ import annotations
@@ -210,48 +211,6 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
         check_database_file_matches_sae(database, sae_model, plm=plm, layer=int(layer), allow_mismatch=allow_mismatch)
     return Pipeline(plm=plm, sae=sae_model, layer=int(layer), database_path=Path(database) if database else None, sae_source=sae_source,
                     precision=precision)  # fmt: skip
-
-
-_session_lock = threading.Lock()
-_session: Pipeline | None = None
-_session_spec: dict[str, str | None] = {"model": None, "sae": None, "database": None}
-
-
-def current_pipeline() -> Pipeline:
-    """The session's pipeline (loaded on first use): the embedded demo unless :func:`use_pipeline` changed it."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            _session = load_pipeline(**_session_spec)
-        return _session
-
-
-def loaded_pipeline() -> Pipeline | None:
-    """The session's pipeline if it is loaded already, else ``None`` (never loads: for completions)."""
-    return _session
-
-
-def use_pipeline(model: str | None = None, sae: str | None = None, database: str | None = None, *, allow_mismatch: bool = False) -> Pipeline:
-    """Replace parts of the session's pipeline (``None`` keeps a part); loads and checks at once
-    (``allow_mismatch``: see :func:`load_pipeline`; it holds for this choice only)."""
-    global _session
-    spec = dict(_session_spec)
-    for key, value in (("model", model), ("sae", sae), ("database", database)):
-        if value is not None:
-            spec[key] = None if str(value).lower() in ("demo", "default") else str(value)
-    pipeline = load_pipeline(**spec, allow_mismatch=allow_mismatch)
-    with _session_lock:
-        _session_spec.update(spec)
-        _session = pipeline
-    return pipeline
-
-
-def reset_session() -> None:
-    """Forget the session's pipeline choice (back to the embedded demo)."""
-    global _session
-    with _session_lock:
-        _session = None
-        _session_spec.update({"model": None, "sae": None, "database": None})
 
 
 DEMO_STRUCTURE_NAME = "1hpv.pdb"
