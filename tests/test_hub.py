@@ -1,4 +1,4 @@
-"""Models and published SAEs by name (core/plm/hub.py, core/sae/interprot.py) through a real Hub-protocol server on
+"""Models and published SAEs by name (core/plm/hub.py, core/sae/releases.py, core/sae/interprot.py) through a real Hub-protocol server on
 127.0.0.1 (tests/hub_server.py) set as HF_ENDPOINT, then from the filled cache under HF_HUB_OFFLINE=1."""
 
 from __future__ import annotations

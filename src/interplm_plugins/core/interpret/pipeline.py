@@ -195,7 +195,7 @@ def load_pipeline(model: str | os.PathLike | None = None, sae: str | os.PathLike
     if sae is None and not DEMO_SAE.exists():
         raise InterPLMError("the embedded demo SAE is missing from the installation", file=DEMO_SAE)
     plm = load_plm(model if model is not None else "demo")
-    # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/plm/hub.py.
+    # A path, or a Hub spec (hf://..., interplm-esm2-8m/layer_4) checked against the PLM; see core/sae/releases.py.
     sae_model, plm, layer, sae_source = load_sae_spec(str(sae) if sae is not None else DEMO_SAE, plm, layer, kind=sae_kind)
     if layer is None:
         layer = sae_model.config.plm_layer if sae_model.config.plm_layer is not None else plm.num_layers
