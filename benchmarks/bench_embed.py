@@ -65,7 +65,7 @@ def _run(cmd: list[str]) -> tuple[float, str]:
 def compare(store_path: Path, extract_dir: Path, layer: int) -> dict[str, float]:
     import torch
 
-    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.plm.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
     worst_abs, scale, compared = 0.0, 0.0, 0
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         args.engine_proteins, args.mode_trial_proteins, args.engine_repeats, args.engine_models = "8M=4", 2, 1, "8M"
     os.environ["ESM_NUM_THREADS"] = str(args.threads)  # esm.cpp sizes its thread pool from it at its first model load
 
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sequences import write_fasta
+    from interplm_plugins.core.inputs.sequences import write_fasta
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     rows, details = [], {}
     with _common.Workdir(args.workdir) as work:
