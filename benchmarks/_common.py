@@ -179,7 +179,7 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
 def benchmark_records(data: Path, count: int, max_length: int = 1022):
     """The first ``count`` real proteins of <= ``max_length`` residues, alternating between the two
     sequence files (mmseqs2 examples and Swiss-Prot), ids made unique and file-name safe."""
-    from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+    from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 
     pools = [[r for r in read_fasta(data / "sequences" / name) if len(r.sequence) <= max_length] for name in SEQUENCE_FILES]
     out, seen = [], set()

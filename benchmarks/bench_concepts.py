@@ -40,7 +40,7 @@ import _common  # noqa: E402
 
 def build_labels(data: Path, residues: int, concepts: int, rng) -> tuple[sparse.csr_matrix, int]:
     from interplm_plugins.core.concepts import build_concept_labels
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     labels = build_concept_labels(read_uniprot(data / "uniprot" / "swissprot_train.dat.gz"), min_instances=3, min_proteins=2)
     stacked, offsets = labels.stack(labels.proteins)

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.proteins, args.d_hidden, args.batch_size, args.steps = 6, 128, 256, 5
 
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import write_fasta
+    from interplm_plugins.core.inputs.sequences import write_fasta
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.files import load_sae
 
     rows, check = [], {}
     with _common.Workdir(args.workdir) as work:
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for processes in sorted({1, args.processes}):
             threads = max(1, cores // processes) if gpus <= 1 else 1
             if args.quick:  # a smoke run starts fewer processes: the stores are embedded here, in one process
-                from interplm_plugins.core.embed import embed_to_store
-                from interplm_plugins.core.plm import load_plm
+                from interplm_plugins.core.plm.embed import embed_to_store
+                from interplm_plugins.core.plm.loading import load_plm
 
                 embed_to_store(load_plm(model), records, 3, work / f"emb{processes}", shard_residues=20_000)
                 embed_s = None  # (not measured)

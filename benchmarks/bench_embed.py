@@ -65,7 +65,7 @@ def _run(cmd: list[str]) -> tuple[float, str]:
 def compare(store_path: Path, extract_dir: Path, layer: int) -> dict[str, float]:
     import torch
 
-    from interplm_plugins.core.embed import EmbeddingStore
+    from interplm_plugins.core.plm.store import EmbeddingStore
 
     store = EmbeddingStore(store_path)
     worst_abs, scale, compared = 0.0, 0.0, 0
@@ -133,7 +133,7 @@ def esm_cpp_child(spec: dict) -> dict:
     os.environ["ESM_NUM_THREADS"] = str(spec["threads"])  # sized at the first model load
     import esm_cpp
 
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     tokenizer = esm_cpp.Tokenizer()
     encode = lambda records: [np.asarray(tokenizer.encode(r.sequence), dtype=np.int32) for r in records]  # noqa: E731
@@ -166,8 +166,8 @@ def in_process_runners(folder: Path, records, layers: int, toks_per_batch: int) 
     import transformers
     from transformers import EsmModel
 
-    from interplm_plugins.core.embed import embed_sequences
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.embed import embed_sequences
+    from interplm_plugins.core.plm.loading import load_plm
 
     plm = load_plm(str(folder))
     transformers.logging.set_verbosity_error()  # (its load report lists the LM head EsmModel does not use)
@@ -195,7 +195,7 @@ def engine_agreement(models: dict, records, layers: int, dumps: dict[str, Path])
     """Last-layer embeddings: ours (fp32, bf16) against esm.cpp fp32 and transformers; esm.cpp INT8's logits against its fp32 ones."""
     import torch
 
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
 
     plm = models["plm"]
     ours = {p: dict(embed_sequences(plm, records, [layers], precision=p)) for p in ("fp32", "bf16")}
@@ -221,7 +221,7 @@ def measure_engines(args, work: Path) -> tuple[list[dict], dict]:
     """One row per architecture: each engine's residues/s (median of alternating rounds) and the ratios."""
     import torch
 
-    from interplm_plugins.core.sequences import write_fasta
+    from interplm_plugins.core.inputs.sequences import write_fasta
 
     torch.set_num_threads(args.threads)
     rows, details = [], {}
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         args.engine_proteins, args.mode_trial_proteins, args.engine_repeats, args.engine_models = "8M=4", 2, 1, "8M"
     os.environ["ESM_NUM_THREADS"] = str(args.threads)  # esm.cpp sizes its thread pool from it at its first model load
 
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sequences import write_fasta
+    from interplm_plugins.core.inputs.sequences import write_fasta
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     rows, details = [], {}
     with _common.Workdir(args.workdir) as work:

@@ -31,7 +31,7 @@ DIM = 320
 def write_store(path: Path, residues: int, shard_residues: int, seed: int = 0) -> int:
     """A store of ``residues`` random float32 rows, proteins of 100-500 residues; returns its bytes."""
     from interplm_plugins.core.atomic import write_text_atomic
-    from interplm_plugins.core.embed import STORE_FORMAT, STORE_INDEX
+    from interplm_plugins.core.plm.store import STORE_FORMAT, STORE_INDEX
 
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -72,9 +72,9 @@ def child(spec: dict) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (spec["limit_as"], spec["limit_as"]))
     import torch
 
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_sae, train_step
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
     store = EmbeddingStore(spec["store"])
     steps = math.ceil(store.num_residues / spec["batch_size"])

@@ -1,4 +1,4 @@
-"""In-silico mutation scan: ``core.mutate.mutation_scan`` with the embedded default.
+"""In-silico mutation scan: ``core.interpret.mutate.mutation_scan`` with the embedded default.
 
 A real 300-residue Swiss-Prot protein, 100 positions x 19 mutants (1,900 mutant chains), the
 embedded demo PLM (4 layers x 256) and its 2,048-feature SAE on layer 3:
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     positions, loop_positions = (10, 2) if args.quick else (POSITIONS, LOOP_POSITIONS)
     with _common.Workdir(args.workdir) as work:
         os.environ["INTERPLM_CACHE_DIR"] = str(work / "cache")
-        from interplm_plugins.core.activations import load_pipeline
-        from interplm_plugins.core.mutate import AMINO_ACIDS, mutation_scan
-        from interplm_plugins.core.sequences import read_fasta
+        from interplm_plugins.core.inputs.sequences import read_fasta
+        from interplm_plugins.core.interpret.mutate import AMINO_ACIDS, mutation_scan
+        from interplm_plugins.core.interpret.pipeline import load_pipeline
 
         pipeline = load_pipeline()
         record = next(r for r in read_fasta(args.data / "sequences" / "swissprot_train.fasta") if len(r.sequence) == LENGTH) \

@@ -51,7 +51,7 @@ EMBED_TARGET, TRAIN_TARGET = 1.8, 1.5
 
 
 def swissprot_records(data: Path, count: int, max_length: int = 1022):
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     return [r for r in read_fasta(data / "sequences" / "swissprot_train.fasta") if len(r.sequence) <= max_length][:count]
 
@@ -64,9 +64,9 @@ def annotated_files(data: Path) -> list[Path]:
 
 def demo_halves(data: Path):
     """The demo's concept halves: labels rebuilt from the real entries, halves from the shipped file (as tests/test_demo.py)."""
-    from interplm_plugins.core.activations import DEMO_DIR
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
+    from interplm_plugins.core.interpret.pipeline import DEMO_DIR
 
     entries, _ = read_uniprot_files(annotated_files(data))
     labels = build_concept_labels(entries)
@@ -79,14 +79,15 @@ def demo_halves(data: Path):
 
 def random_plm(name: str, work: Path):
     """A fair-esm ESM-2 of one of :data:`MODELS`' shapes with random weights, loaded as users load one."""
-    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     layers, dim, heads = MODELS[name]
     return load_plm(save_esm2_checkpoint(new_esm2(layers, dim, heads, seed=0), work / f"esm2_t{layers}_{name}_random.pt"))
 
 
 def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
 
     layer = max(1, plm.num_layers - 1)
     residues = sum(len(r.sequence) for r in records)
@@ -109,8 +110,8 @@ def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
 def training_speed(store, kind: str, width: int, batch_size: int, steps: int, warmup: int) -> dict:
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_step
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_step
 
     total = steps + warmup
     batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(batch_size, seed=0))]
@@ -138,8 +139,8 @@ def training_speed(store, kind: str, width: int, batch_size: int, steps: int, wa
 
 def activation_error(pipelines: dict, records) -> dict:
     """Max abs and mean relative error of bf16 activations and embeddings, and the Jaccard of active sets per residue."""
-    from interplm_plugins.core.activations import encode_features
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
+    from interplm_plugins.core.sae.encode import encode_features
 
     fp32 = pipelines["fp32"]
     emb = {p: dict(embed_sequences(fp32.plm, records, [fp32.layer], precision=p)) for p in pipelines}
@@ -170,10 +171,10 @@ def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, re
     """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
     from scipy import sparse
 
-    from interplm_plugins.core.activations import iter_feature_activations
-    from interplm_plugins.core.concept_counts import THRESHOLDS, ConceptMatchCounter
-    from interplm_plugins.core.concept_selection import choose_on_validation
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.concepts.counts import THRESHOLDS, ConceptMatchCounter
+    from interplm_plugins.core.concepts.selection import choose_on_validation
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
+    from interplm_plugins.core.sae.encode import iter_feature_activations
 
     fp32 = pipelines["fp32"]
     db = fp32.database
@@ -246,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.precision import bf16_is_fast
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.precision import bf16_is_fast
 
     start = time.perf_counter()
     records = swissprot_records(args.data, args.proteins)

@@ -4,7 +4,7 @@
   ``import interplm_plugins.pymol_plugin`` registers the command) on a real 732-residue AlphaFold
   model (HSP90, P07900_AF.pdb), with a pipeline of the embedded demo's shapes: ESM-2 4 layers x
   256 dims (random weights), a normalised ReLU SAE of 2,048 features on layer 3, and its feature
-  database over real Swiss-Prot proteins with concept matches (``core.annotate.build_database``).
+  database over real Swiss-Prot proteins with concept matches (``core.database.from_pipeline.build_database``).
   *cold*: a new PyMOL session's first colouring, including loading the pipeline (model, SAE,
   database) and embedding the protein; measured once with an empty activation cache and once
   with the on-disk cache a previous session left; *warm*: recolouring by other features (the
@@ -35,17 +35,18 @@ DEMO_DB = _common.REPO / "src" / "interplm_plugins" / "data" / "demo" / "feature
 def build_pipeline(args, work: Path) -> dict[str, str]:
     import torch
 
-    from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.annotate import build_database
     from interplm_plugins.core.concepts import ConceptHalves, build_concept_labels, split_into_halves
-    from interplm_plugins.core.homology import cluster_sequences
-    from interplm_plugins.core.sequences import ProteinRecord
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
-    from interplm_plugins.core.sequences import read_fasta
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.inputs.homology import cluster_sequences
+    from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.sae.files import save_sae
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 
     model_path = save_esm2_checkpoint(new_esm2(4, 256, 16, seed=0), work / "esm2_t4_demo_shape.pt")
     plm = load_plm(model_path)
@@ -73,8 +74,8 @@ def child(spec: dict) -> dict:
     from pymol import cmd
 
     import interplm_plugins.pymol_plugin  # noqa: F401  (registers the `interplm` command)
-    from interplm_plugins.core.activations import use_pipeline
-    from interplm_plugins.core.database import FeatureDatabase
+    from interplm_plugins.core.database.schema import FeatureDatabase
+    from interplm_plugins.session import use_pipeline
 
     imported = time.perf_counter()
     cmd.reinitialize()
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.db_proteins, args.features = 30, 512
 
-    from interplm_plugins.core.structure import chain_sequence, read_structure
+    from interplm_plugins.core.inputs.structure import chain_sequence, read_structure
 
     with _common.Workdir(args.workdir) as work:
         spec = build_pipeline(args, work)

@@ -41,8 +41,9 @@ def _dictionary_learning():
 
 
 def make_store(args, work: Path):
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     path = save_esm2_checkpoint(new_esm2(6, 320, 20, seed=0), work / "esm2_t6_8M_random.pt")
     records = _common.benchmark_records(args.data, args.proteins, max_length=200 if args.quick else 1022)
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, make_training_state, train_sae, train_step
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
     StandardTrainer, StandardTrainerAprilUpdate = _dictionary_learning()
     total = args.warmup + args.steps

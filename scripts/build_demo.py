@@ -26,8 +26,8 @@ from pathlib import Path
 
 from interplm_plugins.cli import main as interplm
 from interplm_plugins.core.atomic import write_text_atomic
-from interplm_plugins.core.plm import DEMO_MODEL_NAME
-from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.plm.model import DEMO_MODEL_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "src" / "interplm_plugins" / "data" / "demo"
@@ -110,9 +110,9 @@ def quality_proteins(concepts: Path) -> list[ProteinRecord]:
 
 def sae_quality(model: str, concepts: Path) -> dict:
     """Reconstruction, sparsity and loss recovered on the test half (``tests/test_demo.py`` recomputes them)."""
-    from interplm_plugins.core.evaluate import held_out_quality
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.sae.evaluate import held_out_quality
+    from interplm_plugins.core.sae.files import load_sae
 
     work = REPO / "runs" / "demo" / "held_out_emb"
     shutil.rmtree(work, ignore_errors=True)
@@ -179,7 +179,7 @@ recomputes both numbers), beside the unigram baseline (training amino-acid frequ
 | concept test half (Swiss-Prot) | {sp_test['proteins']:,} | {sp_test['perplexity']:.2f} | {sp_test['unigram_perplexity']:.2f} |
 
 The target set for this model was a perplexity of 12 or less; {verdict}.
-Every scored residue is replaced by `<mask>` (`core.evaluate.masked_lm_loss`); the 14.4 quoted for the previous
+Every scored residue is replaced by `<mask>` (`core.sae.evaluate.masked_lm_loss`); the 14.4 quoted for the previous
 model counted BERT-style corruption, where one scored residue in ten stays visible.
 
 **Its SAE** (`sae.safetensors` + `sae.json`): a {sae['kind']} SAE on layer {sae['plm_layer']}, {sae['d_in']} -> {sae['d_hidden']} features,

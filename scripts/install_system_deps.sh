@@ -13,7 +13,7 @@ PACKAGES=(
     libxkbcommon-x11-0 libdbus-1-3  # Qt's xcb platform plugin
     libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
     libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
-    mmseqs2                         # sequence clustering for homology-aware splits (core/homology.py; its tests require it)
+    mmseqs2                         # sequence clustering for homology-aware splits (core/inputs/homology.py; its tests require it)
 )
 
 check_only=0

@@ -9,7 +9,7 @@ Every configuration of :data:`CONFIGS` is trained with ``interplm train`` (the s
 1,024 residues, warm-up 300, seed 0) on one embedding store: layer embeddings of proteins of the
 PLM's own training split (never a concept-evaluation test protein or a 50%-identity homolog of one)
 and normalised with ``interplm normalize``. Each is then scored as ``interplm report`` scores it,
-by :func:`interplm_plugins.core.report.compare_units`: per Swiss-Prot concept, feature and
+by :func:`interplm_plugins.core.concepts.report.compare_units`: per Swiss-Prot concept, feature and
 threshold chosen on the validation half, scored on the test half, against the layer's signed
 neurons. Reconstruction (FVE, L0, dead features) is measured on the validation half.
 
@@ -39,9 +39,9 @@ from build_demo import DEMO, REPO, annotated_files, concept_step, step  # noqa: 
 from train_demo_plm import plm_split  # noqa: E402
 
 from interplm_plugins.core.atomic import write_text_atomic  # noqa: E402
-from interplm_plugins.core.homology import stable_hash  # noqa: E402
-from interplm_plugins.core.plm import DEMO_MODEL_NAME  # noqa: E402
-from interplm_plugins.core.sequences import ProteinRecord, write_fasta  # noqa: E402
+from interplm_plugins.core.inputs.homology import stable_hash  # noqa: E402
+from interplm_plugins.core.plm.model import DEMO_MODEL_NAME  # noqa: E402
+from interplm_plugins.core.inputs.sequences import ProteinRecord, write_fasta  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ STEPS, BATCH, WARMUP = 2000, 1024, 300
 
 def embedding_scale(store_dir: Path) -> dict[str, float]:
     """Mean residue norm and per-residue variance (squared distance to the mean) of up to 200,000 stored residues."""
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.normalize import iter_store_sample
+    from interplm_plugins.core.plm.store import EmbeddingStore, iter_store_sample
 
     x = np.concatenate([b.numpy().astype(np.float64) for b in iter_store_sample(EmbeddingStore(store_dir), 200_000, 8192)])
     return {"mean_norm": float(np.linalg.norm(x, axis=1).mean()), "variance": float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())}
@@ -88,11 +87,11 @@ def train_options(config: SweepConfig, scale: dict[str, float]) -> list[str]:
 
 def score(config: SweepConfig, sae_path: Path, halves, eligibility, stores: dict[str, Path]) -> dict:
     """The report's comparison on the halves, the validation-only choice number, and reconstruction on the validation half."""
-    from interplm_plugins.core.activations import encode_features
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.evaluate import evaluate_sae
-    from interplm_plugins.core.report import compare_units
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.concepts.report import compare_units
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.encode import encode_features
+    from interplm_plugins.core.sae.evaluate import evaluate_sae
+    from interplm_plugins.core.sae.files import load_sae
 
     sae = load_sae(sae_path)
     opened = {half: EmbeddingStore(path) for half, path in stores.items()}

@@ -12,7 +12,7 @@ and annotated entries, one record per distinct sequence, clustered by MMseqs2 li
 identity (UniRef50's line, as ESM-2's validation clusters). Held out whole: every cluster holding a
 protein of the concept evaluation's test half (``concept_halves.tsv``), so neither the test proteins
 nor their close homologs are trained on, and 1% of the other clusters. Reported: masked-LM
-perplexity (``core.evaluate.masked_lm_loss``, 15% masked, seed 0) of the saved checkpoint on up to
+perplexity (``core.sae.evaluate.masked_lm_loss``, 15% masked, seed 0) of the saved checkpoint on up to
 1,000 never-seen-cluster proteins and on the concept test half, each beside the unigram baseline
 (training amino-acid frequencies); the scored proteins go to ``<name>_held_out.tsv`` so
 ``tests/test_demo.py`` recomputes both. Resumable: rerun the same command after an interruption.
@@ -38,10 +38,10 @@ from esm.data import Alphabet
 
 from interplm_plugins.core.allocator import keep_freed_memory
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
-from interplm_plugins.core.evaluate import masked_lm_loss
-from interplm_plugins.core.plm import PLM, new_esm2, save_esm2_checkpoint
-from interplm_plugins.core.homology import SequenceClusters, stable_hash, cluster_sequences
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.inputs.homology import SequenceClusters, cluster_sequences, stable_hash
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.plm.model import PLM, new_esm2, save_esm2_checkpoint
+from interplm_plugins.core.sae.evaluate import masked_lm_loss
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -56,7 +56,7 @@ EVAL_PROTEINS = 1000
 
 def corpus_records(data_dir: Path) -> list[ProteinRecord]:
     """Every protein of ``sequences/corpus/*.fasta.gz``, the Swiss-Prot FASTA files and the annotated entries, one record per distinct sequence."""
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     # Annotated entries first: where the corpus holds the same sequence under another id, the
     # accession the concept halves name is the one kept.
@@ -159,8 +159,8 @@ def plm_split(data: Path, halves: Path, work: Path) -> tuple[list[ProteinRecord]
 
 
 def measure_held_out(checkpoint: Path, eval_sets: dict[str, list[ProteinRecord]], counts: dict[str, int]) -> dict[str, dict]:
-    """Masked-LM perplexity of the saved checkpoint on each held-out set (core.evaluate.masked_lm_loss, seed 0), with the unigram baseline."""
-    from interplm_plugins.core.plm import load_plm
+    """Masked-LM perplexity of the saved checkpoint on each held-out set (core.sae.evaluate.masked_lm_loss, seed 0), with the unigram baseline."""
+    from interplm_plugins.core.plm.loading import load_plm
 
     plm = load_plm(checkpoint)
     held_out = {}
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss {loss.item():.3f} lr {lr_at(step):.2e} elapsed {el/60:.2f} min", flush=True)
             log.append({"step": step, "loss": round(loss.item(), 4)})
         if args.eval_every and step % args.eval_every == args.eval_every - 1:
-            # The same measure as the final one (core.evaluate.masked_lm_loss), on the training weights.
+            # The same measure as the final one (core.sae.evaluate.masked_lm_loss), on the training weights.
             nll, _ = masked_lm_loss(PLM(model, alphabet, args.name, str(state_file), "training"), eval_sets["unseen_clusters"], seed=0)
             model.train()  # masked_lm_loss leaves the model in eval mode
             ppl_now = math.exp(nll)

@@ -31,7 +31,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_esm2_path(tmp_path_factory) -> Path:
     """A real fair-esm ESM-2 checkpoint (2 layers, 32 dims, random weights) in fair-esm's format."""
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     path = tmp_path_factory.mktemp("plm") / "esm2_t2_tiny_test.pt"
     return save_esm2_checkpoint(new_esm2(num_layers=2, embed_dim=32, attention_heads=4, seed=0), path)
@@ -39,7 +39,7 @@ def tiny_esm2_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plm(tiny_esm2_path):
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     return load_plm(tiny_esm2_path)
 
@@ -56,7 +56,7 @@ def swissprot_dat(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def swissprot_entries(swissprot_dat):
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     return read_uniprot(swissprot_dat)
 
@@ -68,10 +68,11 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
     Its weights are random (training is tested on its own); the encoder bias is set so that each
     feature fires on part of the residues, as a trained SAE's features do.
     """
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.sae.files import save_sae
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 
     folder = tmp_path_factory.mktemp("sae")
     store = embed_to_store(tiny_plm, read_fasta(swissprot_fasta)[:30], 2, folder / "emb")[2]
@@ -87,7 +88,7 @@ def tiny_sae_path(tiny_plm, swissprot_fasta, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_db_records(swissprot_fasta):
     """~150 real Swiss-Prot proteins (valid and test splits included), for small feature databases."""
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     return [r for r in read_fasta(swissprot_fasta) if len(r.sequence) <= 600][:150]
 
@@ -95,8 +96,8 @@ def tiny_db_records(swissprot_fasta):
 @pytest.fixture(scope="session")
 def tiny_db_path(tiny_esm2_path, tiny_sae_path, tiny_db_records, swissprot_entries, tmp_path_factory) -> Path:
     """A real feature database of the tiny pipeline over real Swiss-Prot proteins, with concept matches."""
-    from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.annotate import build_database
+    from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     pipeline = load_pipeline(tiny_esm2_path, tiny_sae_path)
     halves = alternate_halves(swissprot_entries, {r.id for r in tiny_db_records})
@@ -124,10 +125,10 @@ def halve_alternately(labels):
 def tiny_pipeline(tiny_esm2_path, tiny_sae_path, tiny_db_path, tmp_path, monkeypatch):
     """The tiny ESM-2 + SAE + database as the session's pipeline (as ``interplm use`` would set it),
     with a fresh activation cache folder; the session is reset afterwards."""
-    from interplm_plugins.core import activations
+    from interplm_plugins import session
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
-    activations.reset_session()
-    pipeline = activations.use_pipeline(model=str(tiny_esm2_path), sae=str(tiny_sae_path), database=str(tiny_db_path))
+    session.reset_session()
+    pipeline = session.use_pipeline(model=str(tiny_esm2_path), sae=str(tiny_sae_path), database=str(tiny_db_path))
     yield pipeline
-    activations.reset_session()
+    session.reset_session()

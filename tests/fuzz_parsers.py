@@ -185,7 +185,7 @@ class Hang(Exception):
 
 
 def _check_fasta(records) -> str | None:
-    from interplm_plugins.core.sequences import MAX_SEQUENCE_LENGTH, PROTEIN_LETTERS
+    from interplm_plugins.core.inputs.sequences import MAX_SEQUENCE_LENGTH, PROTEIN_LETTERS
 
     ids = [r.id for r in records]
     if not records or len(set(ids)) != len(ids) or not all(ids):
@@ -199,7 +199,7 @@ def _check_fasta(records) -> str | None:
 
 
 def _check_uniprot(entries) -> str | None:
-    from interplm_plugins.core.sequences import PROTEIN_LETTERS
+    from interplm_plugins.core.inputs.sequences import PROTEIN_LETTERS
 
     accessions = [e.accession for e in entries]
     if not entries or len(set(accessions)) != len(accessions) or not all(accessions):
@@ -214,7 +214,7 @@ def _check_uniprot(entries) -> str | None:
 
 
 def _check_structure(chains) -> str | None:
-    from interplm_plugins.core.sequences import PROTEIN_LETTERS
+    from interplm_plugins.core.inputs.sequences import PROTEIN_LETTERS
 
     if not chains:
         return "no chains returned instead of an error"
@@ -228,9 +228,9 @@ def _check_structure(chains) -> str | None:
 
 
 def _readers() -> dict[str, tuple[Callable, Callable]]:
-    from interplm_plugins.core.sequences import read_fasta
-    from interplm_plugins.core.structure import read_structure
-    from interplm_plugins.core.uniprot import read_uniprot
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.inputs.structure import read_structure
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
 
     return {"fasta": (read_fasta, _check_fasta), "uniprot": (read_uniprot, _check_uniprot),
             "structure": (read_structure, _check_structure)}  # fmt: skip
@@ -374,8 +374,8 @@ def run_atheris(seconds: float, targets: tuple[str, ...], crash_dir: Path | None
 
     with atheris.instrument_imports():
         import Bio.SwissProt  # noqa: F401
-        import interplm_plugins.core.sequences  # noqa: F401
-        import interplm_plugins.core.uniprot  # noqa: F401
+        import interplm_plugins.core.inputs.sequences  # noqa: F401
+        import interplm_plugins.core.inputs.uniprot  # noqa: F401
 
     seeds = load_seeds()
     corpus_dir = Path(tempfile.mkdtemp(prefix="interplm_atheris_corpus_"))

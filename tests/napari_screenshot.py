@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from interplm_plugins.core.activations import chain_activations, use_pipeline
+    from interplm_plugins.core.interpret.chains import chain_activations
     from interplm_plugins.napari_plugin._sample_data import demo_structure_path
+    from interplm_plugins.session import use_pipeline
 
     pipeline = use_pipeline(model=args.model, sae=args.sae, database=args.database)
     viewer = napari.Viewer(show=True, title="interplm-plugins napari demo")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interplm_plugins.core.activations import chain_activations, current_pipeline, encode_features
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.structure import read_structure
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import chain_activations
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
+from interplm_plugins.session import current_pipeline
 
 
 def test_activations_match_embedding_then_sae_and_are_cached(tiny_pipeline, tiny_db_records):
@@ -36,7 +38,7 @@ def test_partial_structure_maps_to_full_length_activations(tiny_pipeline, shared
     import csv
 
     rows = {r["file"]: r for r in csv.DictReader(open(shared_data / "structures" / "manifest.tsv"), delimiter="\t")}
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     fasta = {r.id: r.sequence for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta")}
     name = "P0DP23_3WFN_calm1.pdb"

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import EmbeddingStore
-from interplm_plugins.core.plm import load_plm
-from interplm_plugins.core.sae import load_sae
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta, write_fasta
-from interplm_plugins.core.structure import read_structure
-from interplm_plugins.core.uniprot import read_uniprot
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta, write_fasta
+from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.inputs.uniprot import read_uniprot
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.store import EmbeddingStore
+from interplm_plugins.core.sae.files import load_sae
 from interplm_plugins.errors import InterPLMError
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
@@ -192,9 +192,9 @@ def test_exploit_files_would_run_code_if_unpickled(tmp_path):
 
 
 def test_unknown_feature_types_are_counted_once_per_file(caplog):
-    from interplm_plugins.core.uniprot import unknown_feature_types
+    from interplm_plugins.core.inputs.uniprot import unknown_feature_types
 
-    caplog.set_level(logging.WARNING, logger="interplm_plugins.core.uniprot")
+    caplog.set_level(logging.WARNING, logger="interplm_plugins.core.inputs.uniprot")
     entries = read_uniprot(CORPUS / "uniprot" / "flat_unknown_feature_type.dat")
     assert unknown_feature_types(entries) == {"NEW_KEY": 1, "WIDGET": 1}
     records = [r for r in caplog.records if "does not know" in r.getMessage()]

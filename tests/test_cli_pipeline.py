@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import EmbeddingStore
-from interplm_plugins.core.sae import load_sae
-from interplm_plugins.core.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split, read_fasta, write_fasta
+from interplm_plugins.core.plm.store import EmbeddingStore
+from interplm_plugins.core.sae.files import load_sae
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_bad_fasta_is_one_line_naming_file_record_and_reason(tmp_path, tiny_esm2
 def test_missing_layer_and_mismatched_sae_are_clear_errors(chain, tmp_path, tiny_esm2_path):
     result = _cli("embed", str(chain / "train.fasta"), "--model", str(tiny_esm2_path), "--layer", "9", "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "layer 9 does not exist" in result.stderr
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     wide = save_esm2_checkpoint(new_esm2(2, 48, 4), tmp_path / "esm2_wide.pt")
     result = _cli("build-db", str(chain / "scan.fasta"), "--model", str(wide), "--sae", str(chain / "sae_norm.safetensors"),
@@ -221,9 +221,9 @@ def test_report_scores_on_another_annotated_set(chain, tiny_esm2_path, shared_da
 
 def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_path):
     """Per-protein counts of each concept's chosen unit sum to the reported test F1; the bootstrap is reproducible."""
-    from interplm_plugins.core.activations import load_pipeline
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels
-    from interplm_plugins.core.report import compare_with_neurons
+    from interplm_plugins.core.concepts.report import compare_with_neurons
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     pipeline = load_pipeline(model=tiny_esm2_path, sae=chain / "sae_norm.safetensors")
     comparison = compare_with_neurons(pipeline, ConceptHalves.from_splits(ConceptLabels.load(chain / "concepts")))
@@ -240,7 +240,7 @@ def test_report_bootstrap_resamples_the_test_counts_it_reports(chain, tiny_esm2_
 
 
 def test_bootstrap_interval_is_tight_when_one_side_always_wins():
-    from interplm_plugins.core.report import ChosenUnitCounts, bootstrap_comparison
+    from interplm_plugins.core.concepts.report import ChosenUnitCounts, bootstrap_comparison
 
     rng = np.random.default_rng(1)
     proteins, concepts = 40, 6

@@ -10,15 +10,9 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.clusters import (
-    activation_profiles,
-    cluster_database,
-    cluster_features,
-    decoder_directions,
-    feature_vectors,
-)
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.sae import load_sae, save_sae
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.interpret.clusters import activation_profiles, cluster_database, cluster_features, decoder_directions, feature_vectors
+from interplm_plugins.core.sae.files import load_sae, save_sae
 from interplm_plugins.errors import InterPLMError
 
 #: Groups of features given near-identical decoder directions (the first's, plus 1% noise).
@@ -128,7 +122,7 @@ def test_cli_stores_clusters_and_writes_the_plot(planted_sae_path, db_copy, tmp_
 
 
 def test_cli_profiles_cluster_by_coactivation_too(tiny_esm2_path, tiny_sae_path, db_copy, swissprot_fasta, tmp_path, capsys):
-    from interplm_plugins.core.sequences import read_fasta, write_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 
     fasta = write_fasta(read_fasta(swissprot_fasta)[:4], tmp_path / "few.fasta") or tmp_path / "few.fasta"
     code = main(["-q", "cluster", str(db_copy), "--sae", str(tiny_sae_path), "--profiles", str(fasta), "--plm", str(tiny_esm2_path),
@@ -137,7 +131,7 @@ def test_cli_profiles_cluster_by_coactivation_too(tiny_esm2_path, tiny_sae_path,
 
 
 def test_cli_error_when_sae_and_database_differ(tiny_plm, db_copy, tmp_path, capsys):
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     other = save_sae(SparseAutoencoder(SAEConfig(d_in=tiny_plm.embed_dim, d_hidden=16, kind="relu", plm_layer=2)), tmp_path / "other.safetensors")
     assert main(["-q", "cluster", str(db_copy), "--sae", str(other)]) == 2
@@ -147,7 +141,7 @@ def test_cli_error_when_sae_and_database_differ(tiny_plm, db_copy, tmp_path, cap
 
 def test_joined_vectors_mix_cosines_by_weight():
     rng = np.random.default_rng(0)
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_hidden=5, kind="relu"), generator=torch.Generator().manual_seed(0))
     acts = np.maximum(rng.standard_normal((50, 5)), 0)

@@ -231,8 +231,8 @@ def test_separate_test_set_is_aligned_and_never_overlaps(swissprot_entries):
 def test_concepts_help_states_the_core_defaults(capsys):
     """The CLI keeps its parser free of heavy imports, so its help text states the defaults: they must be core's."""
     from interplm_plugins.cli import main
-    from interplm_plugins.core.concept_selection import DEFAULT_MIN_INSTANCES_PER_HALF, DEFAULT_MIN_PROTEINS_PER_HALF
-    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID
+    from interplm_plugins.core.concepts.selection import DEFAULT_MIN_INSTANCES_PER_HALF, DEFAULT_MIN_PROTEINS_PER_HALF
+    from interplm_plugins.core.inputs.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID
 
     with pytest.raises(SystemExit):
         main(["concepts", "--help"])

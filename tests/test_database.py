@@ -15,15 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interplm_plugins.core.database import (
-    SCHEMA_VERSION,
-    FeatureDatabase,
-    build_feature_database,
-    decode_activations,
-    encode_activations,
-    update_feature_database,
-)
-from interplm_plugins.core.sequences import ProteinRecord, protein_split
+from interplm_plugins.core.database.build import build_feature_database, update_feature_database
+from interplm_plugins.core.database.schema import SCHEMA_VERSION, FeatureDatabase, decode_activations, encode_activations
+from interplm_plugins.core.inputs.sequences import ProteinRecord, protein_split
 from interplm_plugins.errors import InterPLMError
 
 # Three proteins, three features; every value is exact in float16.
@@ -351,7 +345,7 @@ _REBUILD_SCRIPT = textwrap.dedent(
     """
     import sys, time, pathlib
     import numpy as np
-    from interplm_plugins.core.database import build_feature_database
+    from interplm_plugins.core.database.build import build_feature_database
 
     path, marker, pause = sys.argv[1], pathlib.Path(sys.argv[2]), float(sys.argv[3])
 
@@ -406,7 +400,7 @@ def test_open_reader_keeps_answering_while_another_process_rebuilds(tmp_path):
 def test_match_query_reads_the_columns_concept_match_holds():
     from dataclasses import fields
 
-    from interplm_plugins.core import database
+    from interplm_plugins.core.database import schema as database
 
     selected = database._MATCH_SELECT.split("SELECT ")[1].split(" FROM")[0].replace(" ", "").split(",")
     assert selected == list(database._MATCH_COLUMNS) == [f.name for f in fields(database.ConceptMatch)]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.activations import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
-from interplm_plugins.core.plm import demo_model_path, load_plm
+from interplm_plugins.core.interpret.pipeline import DEMO_DATABASE, DEMO_DIR, DEMO_SAE, load_pipeline
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.model import demo_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ def _train_demo_plm():
 def test_demo_model_perplexities_are_recomputed_from_the_shipped_checkpoint(shared_data, tmp_path):
     """Masked-LM perplexity of the shipped checkpoint on its two held-out sets (listed beside it) equals the model
     card's, and beats the unigram baseline of the training amino-acid frequencies."""
-    from interplm_plugins.core.evaluate import masked_lm_loss
+    from interplm_plugins.core.sae.evaluate import masked_lm_loss
 
     trainer = _train_demo_plm()
     metrics = json.loads((DEMO_DIR / "esm2_t4_3M_interplm_demo.json").read_text())
@@ -98,7 +99,7 @@ def _annotated_files(shared: Path) -> list[Path]:
 def demo_halves(shared_data):
     """The demo's concept halves, rebuilt from the real entries and the shipped halves (MMseqs2 clusters at build time)."""
     from interplm_plugins.core.concepts import ConceptHalves, ConceptLabels, build_concept_labels, read_halves
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
 
     entries, _ = read_uniprot_files(_annotated_files(shared_data))
     labels = build_concept_labels(entries)
@@ -113,7 +114,7 @@ def shipped_report():
 
 @pytest.fixture(scope="module")
 def recomputed_comparison(demo_halves):
-    from interplm_plugins.core.report import compare_with_neurons
+    from interplm_plugins.core.concepts.report import compare_with_neurons
 
     return compare_with_neurons(load_pipeline(), demo_halves)
 
@@ -209,9 +210,9 @@ def test_readme_concept_numbers_are_the_recomputed_ones(recomputed_summary):
 def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, tmp_path):
     """FVE, L0, dead fraction and loss recovered on the concept test half (in neither the PLM's nor the SAE's training
     data), from the shipped PLM and SAE alone, equal what the model card and README state."""
-    from interplm_plugins.core.evaluate import held_out_quality
-    from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
+    from interplm_plugins.core.sae.evaluate import held_out_quality
+    from interplm_plugins.core.sae.files import load_sae
 
     held_out = [ProteinRecord(pid, seq) for pid, seq in demo_halves.labels("test").sequences.items()]
     quality = held_out_quality(load_plm("demo"), load_sae(DEMO_SAE), held_out, tmp_path / "emb")
@@ -231,9 +232,9 @@ def test_sae_quality_numbers_are_recomputed_from_the_shipped_files(demo_halves, 
 
 def test_fidelity_of_a_non_identity_sae_is_computed_by_hand(tiny_plm, tiny_sae_path, swissprot_fasta):
     """loss_recovered's fidelity equals (CE_zero - CE_sae) / (CE_zero - CE_clean) from three forward passes written out here."""
-    from interplm_plugins.core.evaluate import loss_recovered
-    from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.sae.evaluate import loss_recovered
+    from interplm_plugins.core.sae.files import load_sae
 
     sae = load_sae(tiny_sae_path).eval()
     records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) < 300][:4]
@@ -292,7 +293,7 @@ def _swissprot_entry_text(shared: Path, accession: str) -> str:
 
 def test_shipped_demo_protein_is_the_shared_data_one(shared_data):
     """The structure and entry `interplm demo` ships are exactly ../shared/data's (attributed in the model card)."""
-    from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
+    from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
 
     assert DEMO_SHOWCASE_STRUCTURE.read_bytes() == (shared_data / "structures" / "P32633_AF.pdb").read_bytes()
     assert DEMO_SHOWCASE_ENTRY.read_text() == _swissprot_entry_text(shared_data, "P32633")

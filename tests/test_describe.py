@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.describe import LLMClient, describe_features, select_features
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.interpret.describe import LLMClient, describe_features, select_features
 from interplm_plugins.errors import InterPLMError
 
 from llm_server import Error, FakeMessagesServer
@@ -88,7 +88,7 @@ def actual_of(real: dict, windows) -> np.ndarray:
 def test_prompts_show_examples_activations_annotations_and_hide_them_from_prediction(db, key, real_activations, swissprot_dat):
     feature = next(iter(real_activations))
     with FakeMessagesServer(default=answer_with(lambda pid, start, seq: [0.0] * len(seq))) as server:
-        from interplm_plugins.core.describe import annotations_from_uniprot
+        from interplm_plugins.core.interpret.describe import annotations_from_uniprot
 
         llm = LLMClient(MODEL, base_url=server.base_url)
         describe_features(db, [feature], llm, annotations=annotations_from_uniprot(swissprot_dat), progress=False)
@@ -223,7 +223,7 @@ def test_missing_key_is_one_line_exit_2_and_sends_nothing(db, monkeypatch, capsy
 
 def test_a_feature_without_enough_examples_fails_before_any_request(tmp_path, tiny_db_records, key):
     """A database whose feature 0 fires in one protein only (feature 1 in all): describing 0 is refused unpaid."""
-    from interplm_plugins.core.database import build_feature_database
+    from interplm_plugins.core.database.build import build_feature_database
 
     def activations():
         for i, record in enumerate(tiny_db_records[:6]):

@@ -17,10 +17,13 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core import distributed
-from interplm_plugins.core.embed import EmbeddingStore, embed_to_store
-from interplm_plugins.core.sae import load_sae
-from interplm_plugins.core.sequences import read_fasta, write_fasta
+from interplm_plugins.core import parallel
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.plm.distributed import deal_records
+from interplm_plugins.core.plm.embed import embed_to_store
+from interplm_plugins.core.plm.store import EmbeddingStore
+from interplm_plugins.core.sae.distributed import slice_bounds
+from interplm_plugins.core.sae.files import load_sae
 
 TRAIN_ARGS = ["--width", "64", "--batch-size", "128", "--warmup", "5", "--l1", "0.01", "--checkpoint-every", "10", "--steps", "200"]
 
@@ -46,7 +49,7 @@ def work(tmp_path_factory, tiny_esm2_path, swissprot_fasta):
     folder = tmp_path_factory.mktemp("dist")
     records = [r for r in read_fasta(swissprot_fasta) if len(r.sequence) <= 400][:24]
     write_fasta(records, folder / "proteins.fasta")
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     embed_to_store(load_plm(tiny_esm2_path), records, 2, folder / "store", shard_residues=1500)
     return folder
@@ -84,22 +87,23 @@ def test_two_process_training_equals_one_process_and_resumes_after_sigkill(work,
 DRIVER = textwrap.dedent(
     """
     import sys, torch
-    from interplm_plugins.core import distributed
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig
+    from interplm_plugins.core import parallel
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.distributed import train_sae_distributed
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig
     from interplm_plugins.errors import InterPLMError
 
     store, out = EmbeddingStore(sys.argv[1]), sys.argv[2]
-    with distributed.process_group() as env:
+    with parallel.process_group() as env:
         for kind in ("relu", "topk", "batchtopk", "jumprelu", "matryoshka"):
             config = SAEConfig(d_in=store.dim, d_hidden=48, kind=kind, k=None if kind in ("relu", "jumprelu") else 4, l1_coefficient=0.5,
                                prefixes=[12, 24] if kind == "matryoshka" else None)
             train = TrainConfig(steps=30, batch_size=97, warmup_steps=2, resample_every=7, dead_after_tokens=97,
                                 checkpoint_every=10, seed=3, threshold_start_step=5, log_every=1)
-            distributed.train_sae_distributed(store, config, train, f"{out}/{kind}", progress=False)
+            train_sae_distributed(store, config, train, f"{out}/{kind}", progress=False)
         try:  # an error found on the processes is raised on all of them (none waits forever)
-            distributed.train_sae_distributed(store, config, TrainConfig(steps=2, batch_size=1), f"{out}/bad", progress=False)
+            train_sae_distributed(store, config, TrainConfig(steps=2, batch_size=1), f"{out}/bad", progress=False)
         except InterPLMError as err:
             open(f"{out}/error-{env.rank}.txt", "w").write(err.reason)
     """
@@ -109,8 +113,8 @@ DRIVER = textwrap.dedent(
 def test_resampling_and_topk_match_one_process(work, tmp_path):
     """Dead-feature resampling (which sees the whole batch), TopK with AuxK, BatchTopK, JumpReLU and Matryoshka give the
     one-process result, with a batch that does not split evenly; errors reach every process."""
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, train_sae
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, train_sae
 
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -159,13 +163,13 @@ def test_environment_and_work_split(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    env = distributed.dist_env()
+    env = parallel.dist_env()
     assert (env.rank, env.world_size, env.local_rank, env.is_main) == (3, 4, 1, False)
-    assert distributed.is_distributed()
+    assert parallel.is_distributed()
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
-    assert not distributed.is_distributed()
-    bounds = [distributed.slice_bounds(10, r, 3) for r in range(3)]
+    assert not parallel.is_distributed()
+    bounds = [slice_bounds(10, r, 3) for r in range(3)]
     assert bounds[0][0] == 0 and bounds[-1][1] == 10 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
 
     class R:
@@ -173,6 +177,6 @@ def test_environment_and_work_split(monkeypatch):
             self.id, self.sequence = f"p{i}", "A" * n
 
     records = [R(i, n) for i, n in enumerate([5, 300, 40, 41, 900, 7, 12])]
-    shares = [distributed.deal_records(records, r, 2) for r in range(2)]
+    shares = [deal_records(records, r, 2) for r in range(2)]
     assert sorted(x.id for s in shares for x in s) == sorted(r.id for r in records)
     assert abs(sum(len(x.sequence) for x in shares[0]) - sum(len(x.sequence) for x in shares[1])) <= 900

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.embed import (
-    EmbeddingStore,
-    embed_sequences,
-    embed_to_store,
-    forward_layers,
-    window_starts,
-)
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.plm.embed import embed_sequences, embed_to_store, forward_layers, window_starts
+from interplm_plugins.core.plm.store import EmbeddingStore
 from interplm_plugins.errors import InterPLMError
 
 
@@ -135,7 +130,8 @@ def test_truncated_shard_is_a_clear_error(tiny_plm, real_records, tmp_path):
 
 
 def test_store_refuses_other_model(tiny_plm, real_records, tmp_path):
-    from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     embed_to_store(tiny_plm, real_records[:3], 1, tmp_path / "emb")
     other = load_plm(save_esm2_checkpoint(new_esm2(2, 32, 4, seed=1), tmp_path / "esm2_other.pt"))
@@ -144,8 +140,8 @@ def test_store_refuses_other_model(tiny_plm, real_records, tmp_path):
 
 
 def test_training_refuses_an_interrupted_store(tiny_plm, real_records, tmp_path):
-    from interplm_plugins.core.sae import SAEConfig
-    from interplm_plugins.core.train import TrainConfig, train_sae
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import TrainConfig, train_sae
 
     out = tmp_path / "emb"
     embed_to_store(tiny_plm, real_records[:5], 1, out)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interplm_plugins.core.embed import _fast_path_ok, forward_layers
-from interplm_plugins.core.plm import PLM, new_esm2
+from interplm_plugins.core.plm.embed import _fast_path_ok, forward_layers
+from interplm_plugins.core.plm.model import PLM, new_esm2
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``interplm export`` (core/export.py, cli/export.py) and PyMOL's ``interplm export``: TSV, B-factor PDB/mmCIF
+"""``interplm export`` (core/interpret/export.py, cli/export.py) and PyMOL's ``interplm export``: TSV, B-factor PDB/mmCIF
 and ChimeraX .defattr written from real structures, read back with Biopython and the .defattr grammar."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from Bio.PDB import MMCIFIO, MMCIFParser, PDBParser
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import chain_activations
-from interplm_plugins.core.structure import read_structure
+from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import chain_activations
 
 HPV = Path(pymol.__file__).resolve().parent / "pymol_path" / "data" / "tut" / "1hpv.pdb"  # 2 chains, inhibitor, water
 
@@ -156,7 +156,7 @@ def test_pymol_export_matches_the_command_line(tiny_pipeline, pipeline_args, tmp
 
 def test_export_aligns_each_chain_to_the_reference_it_matches(tiny_pipeline, pipeline_args, shared_data, tmp_path, capsys):
     """--uniprot with one record per protein: each chain takes the record it matches; none matching is one line."""
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     protease = read_structure(HPV)[0].sequence
     calmodulin = read_fasta(shared_data / "sequences" / "swissprot_train.fasta")[0].sequence

@@ -1,4 +1,4 @@
-"""``interplm features`` (core/features.py, cli/features.py): top features per real protein and per residue,
+"""``interplm features`` (core/interpret/features.py, cli/features.py): top features per real protein and per residue,
 with concepts from a real feature database, as DataFrames, TSV and JSON."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.features import PROTEIN_COLUMNS, protein_features, sequence_features
-from interplm_plugins.core.sequences import read_fasta, write_fasta
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.interpret.features import PROTEIN_COLUMNS, protein_features, sequence_features
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ESM-2 in Hugging Face's format -> fair-esm's ESM2 (core/hf_esm.py), against transformers itself as the oracle."""
+"""ESM-2 in Hugging Face's format -> fair-esm's ESM2 (core/plm/hf_esm.py), against transformers itself as the oracle."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import transformers  # the oracle (the test extra installs it)
 from esm.data import Alphabet
 from hf_models import save_hf_esm2
 
-from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.plm import load_plm
-from interplm_plugins.core.sequences import read_fasta
+from interplm_plugins.core.inputs.sequences import read_fasta
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.errors import InterPLMError
 
 
@@ -126,8 +126,8 @@ def test_folder_without_weights_is_one_line(tmp_path, hf_folder):
 def test_same_weights_as_a_fair_esm_checkpoint_give_the_same_fingerprint(hf_folder, tmp_path):
     """The HF model saved in fair-esm's .pt format loads with equal weights and weights fingerprint (the .pt's
     own identity stays file-based: see docs/MODELS.md)."""
-    from interplm_plugins.core.hf_esm import weights_fingerprint
-    from interplm_plugins.core.plm import save_esm2_checkpoint
+    from interplm_plugins.core.plm.hf_esm import weights_fingerprint
+    from interplm_plugins.core.plm.model import save_esm2_checkpoint
 
     hf = load_plm(hf_folder)
     pt = load_plm(save_esm2_checkpoint(hf.model, tmp_path / "esm2_t3_tiny.pt", dtype=torch.float32))

@@ -1,4 +1,4 @@
-"""Sequence clusters for homology-aware splits (core/homology.py).
+"""Sequence clusters for homology-aware splits (core/inputs/homology.py).
 
 Real MMseqs2 (``mmseqs easy-cluster``) and the pure-Python fallback cluster 200 real Swiss-Prot
 proteins with planted homologs: a copy of a protein with 10% of its residues mutated must join
@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from interplm_plugins.core.homology import (
+from interplm_plugins.core.inputs.homology import (
     DEFAULT_COVERAGE,
     DEFAULT_MIN_SEQ_ID,
     SequenceClusters,
@@ -27,7 +27,7 @@ from interplm_plugins.core.homology import (
     assign_clusters_to_splits,
     cluster_sequences,
 )
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 from interplm_plugins.errors import InterPLMError
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

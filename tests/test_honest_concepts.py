@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, FeatureDatabase, build_feature_database
+from interplm_plugins.core.database.build import build_feature_database
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, FeatureDatabase
 
 COLUMNS = ["feature", "concept", "family", "level", "threshold", "valid_f1", "valid_precision", "valid_recall",
            "test_f1", "test_precision", "test_recall"]  # fmt: skip
@@ -33,7 +34,7 @@ def _planted(a: int, b: int, c: int) -> pd.DataFrame:
 @pytest.fixture()
 def planted_pipeline(tiny_pipeline, tiny_db_records, tmp_path):
     """The tiny session pipeline with the planted database (its real activations, its SAE's provenance)."""
-    from interplm_plugins.core import activations
+    from interplm_plugins import session
 
     records = tiny_db_records[:6]
     acts = [tiny_pipeline.activations(r.sequence) for r in records]
@@ -43,9 +44,9 @@ def planted_pipeline(tiny_pipeline, tiny_db_records, tmp_path):
                   "sae_hash": tiny_pipeline.sae_hash}  # fmt: skip
     path = build_feature_database(tmp_path / "planted.sqlite", zip(records, acts), provenance=provenance,
                                   concept_table=_planted(a, b, c), progress=False)  # fmt: skip
-    pipeline = activations.use_pipeline(model=tiny_pipeline.plm.source, sae=tiny_pipeline.sae_source, database=str(path))
+    pipeline = session.use_pipeline(model=tiny_pipeline.plm.source, sae=tiny_pipeline.sae_source, database=str(path))
     yield pipeline, (a, b, c)
-    activations.reset_session()
+    session.reset_session()
 
 
 def test_database_api_ranks_on_validation(planted_pipeline):
@@ -89,8 +90,8 @@ def test_napari_labels_and_search(planted_pipeline):
 
 
 def test_demo_and_describe_choose_on_validation(planted_pipeline):
-    from interplm_plugins.core.describe import select_features
-    from interplm_plugins.core.showcase import informative_features
+    from interplm_plugins.core.interpret.describe import select_features
+    from interplm_plugins.core.interpret.showcase import informative_features
 
     pipeline, (a, b, c) = planted_pipeline
     db = pipeline.database
@@ -104,7 +105,7 @@ def test_demo_and_describe_choose_on_validation(planted_pipeline):
 def test_database_of_another_version_is_refused_with_a_rebuild_hint(tmp_path):
     import sqlite3
 
-    from interplm_plugins.core.database import APPLICATION_ID
+    from interplm_plugins.core.database.schema import APPLICATION_ID
     from interplm_plugins.errors import InterPLMError
 
     path = tmp_path / "old.sqlite"

@@ -1,4 +1,4 @@
-"""Models and published SAEs by name (core/hub.py, core/interprot.py) through a real Hub-protocol server on
+"""Models and published SAEs by name (core/plm/hub.py, core/sae/releases.py, core/sae/interprot.py) through a real Hub-protocol server on
 127.0.0.1 (tests/hub_server.py) set as HF_ENDPOINT, then from the filled cache under HF_HUB_OFFLINE=1."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 from hf_models import save_hf_esm2, save_interplm_ae, save_interprot_sae
 from hub_server import HubServer
 
-from interplm_plugins.core.activations import load_pipeline
-from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.hub import resolve_sae_spec
-from interplm_plugins.core.sae import load_sae, sae_hash
-from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
+from interplm_plugins.core.interpret.pipeline import load_pipeline
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.files import load_sae, sae_hash
+from interplm_plugins.core.sae.releases import resolve_sae_spec
 from interplm_plugins.errors import InterPLMError
 
 ESM2_8M = "facebook/esm2_t6_8M_UR50D"
@@ -171,7 +171,7 @@ def test_sae_not_cached_offline_names_the_file_to_download(tmp_path, monkeypatch
 
 
 def test_interprot_short_name_finds_its_published_file_name(hub, hub_root):
-    from interplm_plugins.core.interprot import load_interprot_sae
+    from interplm_plugins.core.sae.interprot import load_interprot_sae
 
     found = resolve_sae_spec("interprot-esm2-650m/l24_sae4096")
     assert found.path.name == "esm2_plm1280_l24_sae4096.safetensors" and (found.plm, found.layer, found.fmt) == ("esm2_t33_650M_UR50D", 24, "interprot")
@@ -180,7 +180,7 @@ def test_interprot_short_name_finds_its_published_file_name(hub, hub_root):
 
 
 def test_model_revision_pinning(hub):
-    from interplm_plugins.core.plm import load_plm
+    from interplm_plugins.core.plm.loading import load_plm
 
     plm = load_plm(f"{TINY}@{hub.commit(TINY)}")
     assert plm.name == TINY and plm.num_layers == 3

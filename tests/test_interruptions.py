@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 
 from interplm_plugins.core.atomic import STALE_AFTER_S, remove_stale_temp_files, temp_files_for
-from interplm_plugins.core.database import FeatureDatabase
-from interplm_plugins.core.embed import EmbeddingStore, embed_sequences
-from interplm_plugins.core.sequences import read_fasta, write_fasta
+from interplm_plugins.core.database.schema import FeatureDatabase
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.plm.store import EmbeddingStore
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and flock are POSIX")
 

@@ -1,4 +1,4 @@
-"""In-silico mutation scans (core.mutate, ``interplm mutate``): each mutant's activations equal
+"""In-silico mutation scans (core.interpret.mutate, ``interplm mutate``): each mutant's activations equal
 embedding the mutant on its own, one forward batch per position, cached across features."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interplm_plugins.core import mutate
-from interplm_plugins.core.embed import embed_sequences
-from interplm_plugins.core.activations import encode_features
-from interplm_plugins.core.sequences import ProteinRecord
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.interpret import mutate
+from interplm_plugins.core.plm.embed import embed_sequences
+from interplm_plugins.core.sae.encode import encode_features
 from interplm_plugins.errors import InterPLMError
 
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALR"

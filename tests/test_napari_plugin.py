@@ -19,7 +19,7 @@ import pytest
 
 from napari.utils.colormaps import ensure_colormap  # noqa: E402
 
-from interplm_plugins.core.structure import read_structure  # noqa: E402
+from interplm_plugins.core.inputs.structure import read_structure  # noqa: E402
 from interplm_plugins.napari_plugin import _widget  # noqa: E402
 from interplm_plugins.napari_plugin._reader import napari_get_reader  # noqa: E402
 from interplm_plugins.napari_plugin._sample_data import demo_structure_path  # noqa: E402
@@ -254,8 +254,8 @@ def test_activation_profile_plots_the_feature_along_the_sequence(tiny_pipeline, 
 
 
 def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer, tmp_path):
-    from interplm_plugins.core import activations
-    from interplm_plugins.core.database import update_feature_database
+    from interplm_plugins import session
+    from interplm_plugins.core.database.build import update_feature_database
 
     widget = _dock(viewer, _widget.FeatureNeighboursWidget)
     assert widget.find_neighbours(5) == [] and "no cluster neighbours" in widget.about.value
@@ -267,7 +267,7 @@ def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer,
         clusters=pd.DataFrame({"feature": features, "cluster": features % 4, "x": features.astype(float), "y": 0.0}),
         descriptions=pd.DataFrame({"feature": [5, 9], "model": "test", "description": ["binds zinc", "helix start"]}),
     )
-    pipeline = activations.use_pipeline(database=str(database))
+    pipeline = session.use_pipeline(database=str(database))
     neighbours = widget.find_neighbours(5)
     assert neighbours == pipeline.database.cluster_neighbours(5, k=10) == [1, 9, 13, 17, 21, 25, 29, 33, 37, 41]
     assert "feature 5: binds zinc" in widget.about.value
@@ -276,7 +276,7 @@ def test_feature_neighbours_and_description(tiny_pipeline, tiny_db_path, viewer,
 
 
 def test_mutation_scan_widget_tables_and_colours_the_largest_drop(tiny_pipeline, viewer, demo_layer, qtbot):
-    from interplm_plugins.core.mutate import largest_drops, mutation_scan
+    from interplm_plugins.core.interpret.mutate import largest_drops, mutation_scan
 
     widget = _dock(viewer, _widget.MutationScanWidget)
     chains = demo_layer.metadata["interplm"]["chains"]
@@ -303,7 +303,7 @@ def test_mutation_scan_widget_tables_and_colours_the_largest_drop(tiny_pipeline,
 
 
 def test_reference_fasta_with_several_records_matches_each_chain(tiny_pipeline, viewer, demo_layer, qtbot, shared_data, tmp_path):
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     widget = _dock(viewer, _widget.ColorByFeatureWidget)
     chains = demo_layer.metadata["interplm"]["chains"]

@@ -4,7 +4,8 @@ import esm
 import pytest
 import torch
 
-from interplm_plugins.core.plm import PLM, load_plm, new_esm2, save_esm2_checkpoint
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.model import PLM, new_esm2, save_esm2_checkpoint
 from interplm_plugins.errors import InterPLMError
 
 

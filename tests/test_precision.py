@@ -1,4 +1,4 @@
-"""Compute precision (core/precision.py, ``--precision`` on embed, color, features and train): bf16 really runs,
+"""Compute precision (core/plm/precision.py, ``--precision`` on embed, color, features and train): bf16 really runs,
 stays close to fp32 where users read the results, never changes what is stored or saved, and a bad value is a
 one-line error. Real parts throughout: the embedded demo PLM and SAE, real Swiss-Prot proteins and the demo's
 own protein (MTC7_YEAST). The accuracy on the database's concepts is measured by benchmarks/bench_precision.py.
@@ -14,15 +14,26 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
-from interplm_plugins.core.embed import STORE_INDEX, EmbeddingStore, embed_sequences, embed_to_store
-from interplm_plugins.core.features import _top_features
-from interplm_plugins.core.plm import load_plm
-from interplm_plugins.core.precision import PRECISIONS, check_precision, compute_precision
-from interplm_plugins.core.sae import SAEConfig, load_sae
-from interplm_plugins.core.sequences import read_fasta, write_fasta
-from interplm_plugins.core.train import CHECKPOINT_NAME, LOG_NAME, SAE_NAME, TrainConfig, make_training_state, relu_loss_and_grads, train_sae, train_step
-from interplm_plugins.core.uniprot import read_uniprot
+from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
+from interplm_plugins.core.inputs.uniprot import read_uniprot
+from interplm_plugins.core.interpret.features import _top_features
+from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
+from interplm_plugins.core.plm.embed import embed_sequences, embed_to_store
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.precision import PRECISIONS, check_precision, compute_precision
+from interplm_plugins.core.plm.store import STORE_INDEX, EmbeddingStore
+from interplm_plugins.core.sae.files import load_sae
+from interplm_plugins.core.sae.model import SAEConfig
+from interplm_plugins.core.sae.train import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    SAE_NAME,
+    TrainConfig,
+    make_training_state,
+    relu_loss_and_grads,
+    train_sae,
+    train_step,
+)
 from interplm_plugins.errors import InterPLMError
 
 DEMO_LAYER = 3  # the layer the demo SAE reads
@@ -54,13 +65,14 @@ def pipelines():
 
 @pytest.fixture()
 def demo_session(tmp_path, monkeypatch):
-    """The embedded default as the session's pipeline, with a fresh activation cache folder."""
-    from interplm_plugins.core import activations
+    """A fresh activation cache folder for the commands (each builds its own pipeline, the embedded default here), and no
+    session pipeline left over."""
+    from interplm_plugins import session
 
     monkeypatch.setenv("INTERPLM_CACHE_DIR", str(tmp_path / "cache"))
-    activations.reset_session()
+    session.reset_session()
     yield
-    activations.reset_session()
+    session.reset_session()
 
 
 def _one_line_error(capsys, *argv: str) -> str:

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from interplm_plugins.core.sequences import (
+from interplm_plugins.core.inputs.sequences import (
     PROTEIN_LETTERS,
     ProteinRecord,
     clean_sequence,
@@ -33,7 +33,7 @@ from interplm_plugins.core.sequences import (
     read_fasta,
     write_fasta,
 )
-from interplm_plugins.core.structure import (
+from interplm_plugins.core.inputs.structure import (
     STANDARD_AMINO_ACIDS,
     StructureResidue,
     align_to_reference,
@@ -41,7 +41,7 @@ from interplm_plugins.core.structure import (
     read_structure_ca,
     residue_letter,
 )
-from interplm_plugins.core.uniprot import FEATURE_TYPE_NAMES, read_uniprot
+from interplm_plugins.core.inputs.uniprot import FEATURE_TYPE_NAMES, read_uniprot
 from interplm_plugins.errors import InterPLMError
 
 #: Modest by default so the suite stays fast; INTERPLM_HYPOTHESIS_EXAMPLES=2000 for a long hunt.

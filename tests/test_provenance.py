@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.activations import load_pipeline
-from interplm_plugins.core.embed import embed_to_store
-from interplm_plugins.core.plm import load_plm, new_esm2, save_esm2_checkpoint
-from interplm_plugins.core.provenance import check_sae_matches_plm, plm_fingerprint
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
-from interplm_plugins.core.sequences import clean_sequence, read_fasta, write_fasta
+from interplm_plugins.core.inputs.sequences import clean_sequence, read_fasta, write_fasta
+from interplm_plugins.core.interpret.pipeline import load_pipeline
+from interplm_plugins.core.plm.embed import embed_to_store
+from interplm_plugins.core.plm.loading import load_plm
+from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
+from interplm_plugins.core.sae.files import load_sae, save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.provenance import check_sae_matches_plm, plm_fingerprint
 from interplm_plugins.errors import InterPLMError
 
 

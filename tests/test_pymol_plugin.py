@@ -15,9 +15,10 @@ import pytest
 import pymol  # noqa: E402  (a test dependency: the [pymol] extra)
 from pymol import CmdException, cmd  # noqa: E402
 
-from interplm_plugins.core.activations import chain_activations, current_pipeline  # noqa: E402
-from interplm_plugins.core.sequences import read_fasta  # noqa: E402
-from interplm_plugins.core.structure import read_structure  # noqa: E402
+from interplm_plugins.core.interpret.chains import chain_activations  # noqa: E402
+from interplm_plugins.session import current_pipeline
+from interplm_plugins.core.inputs.sequences import read_fasta  # noqa: E402
+from interplm_plugins.core.inputs.structure import read_structure  # noqa: E402
 from interplm_plugins.pymol_plugin import commands  # noqa: E402
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, NEUTRAL_COLOR, palette_rgb, supports_properties, value_colors  # noqa: E402
 
@@ -271,7 +272,7 @@ def test_use_and_info_switch_the_session_pipeline(session, tiny_pipeline, tiny_s
 
 
 def test_use_refuses_a_database_of_another_sae_unless_allowed(session, tiny_pipeline, tiny_sae_path, tiny_db_path, tmp_path, capsys):
-    from interplm_plugins.core.sae import load_sae, save_sae
+    from interplm_plugins.core.sae.files import load_sae, save_sae
 
     other = load_sae(tiny_sae_path)
     other.encoder.bias.data.add_(0.01)  # same width and PLM, another SAE
@@ -354,8 +355,8 @@ def annotated_db(tiny_pipeline, tiny_db_path, tmp_path):
 
     import pandas as pd
 
-    from interplm_plugins.core.activations import use_pipeline
-    from interplm_plugins.core.database import update_feature_database
+    from interplm_plugins.core.database.build import update_feature_database
+    from interplm_plugins.session import use_pipeline
 
     path = shutil.copy(tiny_db_path, tmp_path / "annotated.sqlite")
     features = np.arange(64)

@@ -11,8 +11,8 @@ import pytest
 
 from pymol import CmdException, cmd
 
-from interplm_plugins.core.activations import chain_activations
-from interplm_plugins.core.structure import read_structure
+from interplm_plugins.core.inputs.structure import read_structure
+from interplm_plugins.core.interpret.chains import chain_activations
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import NEUTRAL_COLOR
 
@@ -108,7 +108,7 @@ def test_complex_colours_the_chain_that_matches_and_greys_the_other(session, tin
 
 
 def test_complex_with_a_multi_record_fasta_matches_each_chain(session, tiny_pipeline, calmodulin, tmp_path, shared_data):
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     path = complex_pdb(tmp_path, calmodulin)
     full_calm = next(r.sequence for r in read_fasta(shared_data / "sequences" / "swissprot_train.fasta") if r.id == "P0DP23")
@@ -183,7 +183,7 @@ def test_cli_mismatch_names_the_file_and_the_chains(tiny_pipeline, tiny_esm2_pat
 def test_mutate_colours_by_the_largest_drop_and_writes_the_table(session, tiny_pipeline, tmp_path):
     import pandas as pd
 
-    from interplm_plugins.core.mutate import mutation_scan
+    from interplm_plugins.core.interpret.mutate import mutation_scan
 
     cmd.load(str(HPV), "hpv")
     sequence = hpv_sequence()

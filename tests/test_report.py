@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.activations import encode_features
 from interplm_plugins.core.concepts import Eligibility
-from interplm_plugins.core.report import compare_units
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.concepts.report import compare_units
+from interplm_plugins.core.sae.encode import encode_features
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
 from conftest import alternate_halves
 

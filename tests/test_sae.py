@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.embed import embed_to_store
-from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered
-from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, sae_hash, save_sae
-from interplm_plugins.core.sequences import read_fasta
-from interplm_plugins.core.train import TrainConfig, resampling_allowed, train_sae
+from interplm_plugins.core.inputs.sequences import read_fasta
+from interplm_plugins.core.plm.embed import embed_to_store
+from interplm_plugins.core.sae.evaluate import evaluate_sae, loss_recovered
+from interplm_plugins.core.sae.files import load_sae, sae_hash, save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
+from interplm_plugins.core.sae.train import TrainConfig, resampling_allowed, train_sae
 from interplm_plugins.errors import InterPLMError
 
 
@@ -120,7 +121,7 @@ def test_dead_features_are_resampled(store, tmp_path):
     config = SAEConfig(d_in=32, d_hidden=64, kind="relu", l1_coefficient=0.005)
     train_config = TrainConfig(steps=60, batch_size=256, warmup_steps=5, checkpoint_every=1000, resample_every=30, dead_after_tokens=2000)
     # Kill half the features at the start by a large negative encoder bias.
-    from interplm_plugins.core import train as train_module
+    from interplm_plugins.core.sae import train as train_module
 
     state = train_module.make_training_state(config, train_config)
     with torch.no_grad():

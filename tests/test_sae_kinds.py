@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core import train as train_module
-from interplm_plugins.core.embed import embed_to_store
-from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered, masked_lm_loss
-from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
-from interplm_plugins.core.sequences import protein_split, read_fasta
-from interplm_plugins.core.train import TrainConfig, train_sae
+from interplm_plugins.core.inputs.sequences import protein_split, read_fasta
+from interplm_plugins.core.plm.embed import embed_to_store
+from interplm_plugins.core.sae import train as train_module
+from interplm_plugins.core.sae.evaluate import evaluate_sae, loss_recovered, masked_lm_loss
+from interplm_plugins.core.sae.files import load_sae, save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
+from interplm_plugins.core.sae.train import TrainConfig, train_sae
 from interplm_plugins.errors import InterPLMError
 
 D, F = 32, 64
@@ -335,9 +336,9 @@ def test_fidelity_of_non_identity_saes(tiny_plm, trained, stores, swissprot_fast
 
 
 def test_feature_database_of_a_jumprelu_sae(trained, stores, tiny_esm2_path, tiny_db_records, tmp_path):
-    from interplm_plugins.core.activations import load_pipeline
-    from interplm_plugins.core.annotate import build_database
-    from interplm_plugins.core.database import FeatureDatabase
+    from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.database.schema import FeatureDatabase
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     normalised = normalize_sae(trained["jumprelu"], feature_max_activations(trained["jumprelu"], stores[0]))
     path = save_sae(normalised, tmp_path / "jr.safetensors")

@@ -59,6 +59,17 @@ def _parse(path: Path) -> Module:
 
 
 MODULES = {p: _parse(p) for p in PROJECT_CODE}
+#: The package's modules by dotted name, to follow a name imported from another of them.
+PACKAGE_MODULES = {
+    ".".join(p.relative_to(REPO / "src").with_suffix("").parts).removesuffix(".__init__"): MODULES[p] for p in SOURCES
+}
+
+
+def _imported(module: Module, name: str) -> tuple[Module, str] | None:
+    """The package module and name that ``name`` was imported from (``from interplm_plugins.x import name``), if any."""
+    origin = module.aliases.get(name, "")
+    home, _, original = origin.rpartition(".")
+    return (PACKAGE_MODULES[home], original) if home in PACKAGE_MODULES else None
 
 
 def _dotted(node: ast.AST, module: Module) -> str | None:
@@ -91,7 +102,7 @@ def _keyword(call: ast.Call, name: str) -> ast.AST | None:
 
 
 def test_sources_were_found():
-    assert len(SOURCES) > 20 and any(p.name == "database.py" for p in SOURCES)
+    assert len(SOURCES) > 20 and REPO / "src" / "interplm_plugins" / "core" / "database" / "schema.py" in SOURCES
 
 
 def _torch_load_problems(modules) -> tuple[list[str], list[str]]:
@@ -152,13 +163,19 @@ def test_nothing_unpickles():
 SQL_METHODS = ("execute", "executemany", "executescript")
 
 
-def _module_int_constants(module: Module) -> set[str]:
+def _module_int_constants(module: Module, follow_imports: bool = True) -> set[str]:
+    """Module-level integer constants, and those imported from another module of the package."""
     out = set()
     for node in module.tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if isinstance(node.value, ast.Constant) and isinstance(node.value.value, int) and not isinstance(node.value.value, bool):
                 out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    if follow_imports:
+        for name in module.aliases:
+            found = _imported(module, name)
+            if found and found[1] in _module_int_constants(found[0], follow_imports=False):
+                out.add(name)
     return out
 
 
@@ -246,13 +263,15 @@ def _is_integer(node: ast.AST, int_constants: set[str]) -> bool:
 
 
 def _module_literal_dict(module: Module, name: str) -> bool:
-    """``name`` is a module-level dict whose values are all string literals (e.g. the migrations)."""
+    """``name`` is a module-level dict whose values are all string literals (e.g. the migrations), defined
+    in ``module`` or imported from another module of the package."""
     for node in module.tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             value = node.value
             return isinstance(value, ast.Dict) and all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in value.values)
-    return False
+    found = _imported(module, name)
+    return found is not None and found[0] is not module and _module_literal_dict(*found)
 
 
 def _sql_problems(node: ast.AST, module: Module, depth: int = 0) -> list[str]:
@@ -295,12 +314,15 @@ def _name_problems(node: ast.Name, module: Module, depth: int) -> list[str]:
             return [f"{_where(module, node)}: cannot follow every call of {function.name}"]
         return [p for arg in args for p in _sql_problems(arg, module, depth + 1)]
     values = _local_assignments(function, node.id)
+    home, name = module, node.id
+    if not values and _imported(module, node.id):  # a literal of another module, such as the schema script
+        home, name = _imported(module, node.id)
     if not values:  # a module-level literal such as the schema script
-        values = [n.value for n in module.tree.body if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == node.id for t in n.targets)]  # fmt: skip
+        values = [n.value for n in home.tree.body if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in n.targets)]  # fmt: skip
     if not values:
         return [f"{_where(module, node)}: cannot see where SQL {node.id} comes from"]
-    return [p for v in values for p in _sql_problems(v, module, depth + 1)]
+    return [p for v in values for p in _sql_problems(v, home, depth + 1)]
 
 
 def test_sql_statements_use_only_bound_parameters():

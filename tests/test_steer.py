@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from interplm_plugins.cli import main
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder, save_sae
-from interplm_plugins.core.steer import feature_logit_gradients, sample_steered, steer
+from interplm_plugins.core.interpret.steer import feature_logit_gradients, sample_steered, steer
+from interplm_plugins.core.sae.files import save_sae
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 from interplm_plugins.errors import InterPLMError
 
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"
@@ -107,7 +108,7 @@ def model_and_sae(request, tiny_plm, tiny_sae_path):
     """(plm, sae, layer, clamp value): a random SAE, and the conftest's real normalised SAE, whose
     activations lie in [0, 1] (so clamping to 5 is five times its strongest activation)."""
     if request.param == "normalised":
-        from interplm_plugins.core.sae import load_sae
+        from interplm_plugins.core.sae.files import load_sae
 
         return tiny_plm, load_sae(tiny_sae_path).eval(), 2, 5.0
     g = torch.Generator().manual_seed(3)

@@ -1,4 +1,4 @@
-"""core.structure on real PDB files (the shared manifest, PyMOL's 1hpv) and on generated residue lists."""
+"""core.inputs.structure on real PDB files (the shared manifest, PyMOL's 1hpv) and on generated residue lists."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interplm_plugins.core.sequences import read_fasta
-from interplm_plugins.core.structure import (
+from interplm_plugins.core.inputs.sequences import read_fasta
+from interplm_plugins.core.inputs.structure import (
     STANDARD_AMINO_ACIDS,
     StructureChain,
     StructureResidue,

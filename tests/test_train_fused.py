@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.train import TrainConfig, make_training_state, relu_loss_and_grads, train_step, weighted_l1
+from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
+from interplm_plugins.core.sae.train import TrainConfig, make_training_state, relu_loss_and_grads, train_step, weighted_l1
 
 
 def _autograd(sae: SparseAutoencoder, x: torch.Tensor, l1: float):

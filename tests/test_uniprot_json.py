@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from interplm_plugins.core.sequences import read_fasta
-from interplm_plugins.core.uniprot import (
+from interplm_plugins.core.inputs.sequences import read_fasta
+from interplm_plugins.core.inputs.uniprot import (
     FEATURE_TYPE_NAMES,
     JSON_FEATURE_KEYS,
     KNOWN_FEATURE_KEYS,
@@ -185,7 +185,7 @@ def test_uncertain_isoform_and_outside_positions_as_in_flat_text(tmp_path, caplo
     dropped with their reasons, exactly as the flat reader does with <1, ?6, ?, P-2: and 25..40."""
     (tmp_path / "entry.dat").write_text(UNCERTAIN_FLAT, encoding="utf-8")
     (tmp_path / "entry.json").write_text(json.dumps(UNCERTAIN_JSON), encoding="utf-8")
-    caplog.set_level(logging.WARNING, logger="interplm_plugins.core.uniprot")
+    caplog.set_level(logging.WARNING, logger="interplm_plugins.core.inputs.uniprot")
     (flat,) = read_uniprot(tmp_path / "entry.dat")
     (from_json,) = read_uniprot(tmp_path / "entry.json")
     assert from_json == flat

@@ -49,7 +49,7 @@ def _corrupt_gzip(text: str) -> bytes:
 
 
 def build_text(out: Path, marker: Path) -> None:
-    from interplm_plugins.core.sequences import MAX_SEQUENCE_LENGTH
+    from interplm_plugins.core.inputs.sequences import MAX_SEQUENCE_LENGTH
 
     fasta, uniprot, structure = out / "fasta", out / "uniprot", out / "structure"
     for folder in (fasta, uniprot, structure):
@@ -74,7 +74,7 @@ def build_text(out: Path, marker: Path) -> None:
 def _sae(d_in: int = 8, d_hidden: int = 16):
     import torch
 
-    from interplm_plugins.core.sae import SAEConfig, SparseAutoencoder
+    from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 
     return SparseAutoencoder(SAEConfig(d_in=d_in, d_hidden=d_hidden), generator=torch.Generator().manual_seed(0)).eval()
 
@@ -90,7 +90,7 @@ def build_sae(out: Path, marker: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from interplm_plugins.core.sae import save_sae
+    from interplm_plugins.core.sae.files import save_sae
 
     out.mkdir(parents=True, exist_ok=True)
     sae = _sae()
@@ -154,8 +154,8 @@ def build_sae(out: Path, marker: Path) -> None:
 
 
 def _store(folder: Path, proteins: dict[str, int], dim: int = 8, rows_per_shard: int = 2, **index_changes) -> Path:
-    """A store of ``proteins`` (id -> length) in the format core.embed writes, with ``index_changes`` applied."""
-    from interplm_plugins.core.embed import STORE_FORMAT, STORE_INDEX
+    """A store of ``proteins`` (id -> length) in the format core.plm.embed writes, with ``index_changes`` applied."""
+    from interplm_plugins.core.plm.store import STORE_FORMAT, STORE_INDEX
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def build_plms(out: Path, marker: Path) -> None:
 
     import torch
 
-    from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
+    from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     good = save_esm2_checkpoint(new_esm2(1, 8, 2, seed=0), out / "esm2_t1_good.pt")
@@ -251,7 +251,7 @@ def build_plms(out: Path, marker: Path) -> None:
 
 
 def build_databases(out: Path, marker: Path) -> None:
-    from interplm_plugins.core.database import build_feature_database
+    from interplm_plugins.core.database.build import build_feature_database
 
     out.mkdir(parents=True, exist_ok=True)
     acts = np.array([[0, 0.5], [1.0, 0], [0.25, 0.75]], np.float32)

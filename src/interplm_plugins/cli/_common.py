@@ -22,7 +22,7 @@ def add_precision_option(parser: argparse.ArgumentParser, what: str = "the ESM-2
 
     Checked by :func:`precision_from_args` (a bad value is the one-line error of every other bad
     input, not argparse's usage text)."""
-    from interplm_plugins.core.precision import DEFAULT_PRECISION, PRECISIONS
+    from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, PRECISIONS
 
     parser.add_argument(
         "--precision",
@@ -35,13 +35,13 @@ def add_precision_option(parser: argparse.ArgumentParser, what: str = "the ESM-2
 
 def precision_from_args(args: argparse.Namespace) -> str:
     """The checked --precision of a command that has it (``"fp32"`` for one that has not)."""
-    from interplm_plugins.core.precision import DEFAULT_PRECISION, check_precision
+    from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision
 
     return check_precision(getattr(args, "precision", None) or DEFAULT_PRECISION)
 
 
 def add_sae_kind_option(parser: argparse.ArgumentParser) -> None:
-    from interplm_plugins.core.sae_kinds import KINDS
+    from interplm_plugins.core.sae.kinds import KINDS
 
     parser.add_argument(
         "--sae-kind", choices=KINDS, help="how an InterPLM/dictionary_learning ae.pt encodes (default: from its keys and a config.json beside it)"
@@ -57,7 +57,7 @@ def add_allow_mismatch_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True, normalize: bool = True) -> None:
-    """--model, --sae, --sae-kind, --layer (and --db): the parts of a :class:`~interplm_plugins.core.activations.Pipeline`;
+    """--model, --sae, --sae-kind, --layer (and --db): the parts of a :class:`~interplm_plugins.core.interpret.pipeline.Pipeline`;
     --allow-mismatch; with ``normalize``, --normalize-with (commands whose thresholds need a normalised SAE)."""
     add_model_option(parser)
     parser.add_argument(
@@ -75,21 +75,17 @@ def add_pipeline_options(parser: argparse.ArgumentParser, database: bool = True,
 
 
 def load_pipeline_from_args(args: argparse.Namespace, require_normalized: bool = True):
-    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.activations.load_pipeline``),
-    in the compute precision of --precision where the command has it (:func:`add_precision_option`)."""
-    import dataclasses
+    """The pipeline the options of :func:`add_pipeline_options` name, checked (see ``core.interpret.pipeline.load_pipeline``),
+    in the compute precision of --precision where the command has it (:func:`add_precision_option`).
 
-    from interplm_plugins.core.activations import current_pipeline, load_pipeline
+    Each command builds its own: the plugins' session pipeline (``interplm_plugins.session``) is not the command line's.
+    """
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
 
     model = None if args.model in (None, "demo") else args.model
     database = getattr(args, "db", None)
     store = getattr(args, "normalize_with", None)
     precision = precision_from_args(args)  # before any model loads
-    defaults = model is None and args.sae is None and database is None and args.layer is None and args.sae_kind is None and store is None
-    if defaults:
-        pipeline = current_pipeline()  # the session's (the embedded default), loaded once per process
-        # The same model and SAE in another compute precision (its own cache keys: see Pipeline.identity).
-        return pipeline if pipeline.precision == precision else dataclasses.replace(pipeline, precision=precision)
     return load_pipeline(
         model=model, sae=args.sae, database=database, layer=args.layer, sae_kind=args.sae_kind, allow_mismatch=args.allow_mismatch,
         require_normalized=require_normalized, normalize_store=store, precision=precision,

@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.annotate import build_database
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.inputs.sequences import read_fasta
 
     pipeline = load_pipeline_from_args(args)
     records = read_fasta(args.fasta)

@@ -39,11 +39,11 @@ def _profiles(args: argparse.Namespace, sae):
     """Activation profiles of the SAE over the residues of ``--profiles``' proteins."""
     import numpy as np
 
-    from interplm_plugins.core.activations import iter_feature_activations
-    from interplm_plugins.core.clusters import activation_profiles
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.provenance import check_sae_matches_plm
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.interpret.clusters import activation_profiles
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.sae.encode import iter_feature_activations
+    from interplm_plugins.core.sae.provenance import check_sae_matches_plm
 
     plm = load_plm(args.plm or "demo")
     layer = sae.config.plm_layer if sae.config.plm_layer is not None else plm.num_layers
@@ -53,8 +53,8 @@ def _profiles(args: argparse.Namespace, sae):
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.clusters import cluster_database
-    from interplm_plugins.core.sae import load_sae
+    from interplm_plugins.core.interpret.clusters import cluster_database
+    from interplm_plugins.core.sae.files import load_sae
 
     if args.plm and not args.profiles:
         raise InterPLMError("--plm is only used with --profiles")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from interplm_plugins.cli._common import add_pipeline_options, add_precision_option, load_pipeline_from_args
-from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES
+from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE, SCALES
 from interplm_plugins.errors import InterPLMError
 
 

@@ -34,11 +34,11 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from interplm_plugins.core.concept_selection import concept_vocabulary
     from interplm_plugins.core.concepts import ConceptHalves, Eligibility, build_concept_labels, split_into_halves
-    from interplm_plugins.core.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID, cluster_sequences
-    from interplm_plugins.core.sequences import ProteinRecord, write_fasta
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.concepts.selection import concept_vocabulary
+    from interplm_plugins.core.inputs.homology import DEFAULT_COVERAGE, DEFAULT_MIN_SEQ_ID, cluster_sequences
+    from interplm_plugins.core.inputs.sequences import ProteinRecord, write_fasta
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
 
     rule = {"min_proteins": args.min_proteins_per_half, "min_instances": args.min_instances_per_half}
     eligibility = Eligibility(**{k: v for k, v in rule.items() if v is not None})

@@ -34,9 +34,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.activations import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, chain_activations
-    from interplm_plugins.core.database import concept_label
-    from interplm_plugins.core.showcase import (
+    from interplm_plugins.core.database.schema import concept_label
+    from interplm_plugins.core.inputs.structure import read_structure
+    from interplm_plugins.core.inputs.uniprot import read_uniprot
+    from interplm_plugins.core.interpret.chains import chain_activations
+    from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE
+    from interplm_plugins.core.interpret.showcase import (
         FeatureShowcase,
         activation_profile_png,
         annotated_concepts,
@@ -44,8 +47,6 @@ def run(args) -> int:
         runs_on_residues,
         write_html_summary,
     )
-    from interplm_plugins.core.structure import read_structure
-    from interplm_plugins.core.uniprot import read_uniprot
     from interplm_plugins.errors import InterPLMError
     from interplm_plugins.pymol_plugin.render import render_feature_png
 

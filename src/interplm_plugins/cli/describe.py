@@ -9,7 +9,7 @@ from interplm_plugins.errors import InterPLMError
 
 
 def add_parser(subparsers) -> None:
-    from interplm_plugins.core.describe import API_KEY_ENV, DEFAULT_MODEL
+    from interplm_plugins.core.interpret.describe import API_KEY_ENV, DEFAULT_MODEL
 
     p = subparsers.add_parser(
         "describe",
@@ -35,8 +35,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.database import FeatureDatabase
-    from interplm_plugins.core.describe import LLMClient, annotations_from_uniprot, describe_features, select_features
+    from interplm_plugins.core.database.schema import FeatureDatabase
+    from interplm_plugins.core.interpret.describe import LLMClient, annotations_from_uniprot, describe_features, select_features
 
     if args.top is not None and args.top < 1:
         raise InterPLMError(f"--top must be >= 1, got {args.top}")

@@ -32,22 +32,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.embed import embed_to_store
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.sequences import protein_split, read_fasta
+    from interplm_plugins.core.inputs.sequences import protein_split, read_fasta
+    from interplm_plugins.core.plm.embed import embed_to_store
+    from interplm_plugins.core.plm.loading import load_plm
 
     precision = precision_from_args(args)
     records = read_fasta(args.fasta)
     if args.split:
         records = [r for r in records if protein_split(r.id) == args.split]
-    from interplm_plugins.core import distributed
+    from interplm_plugins.core import parallel
+    from interplm_plugins.core.plm.distributed import embed_to_store_distributed
 
     options = dict(toks_per_batch=args.toks_per_batch, shard_residues=args.shard_residues, dtype=args.dtype,
                    resume=not args.no_resume, progress=progress_enabled(args), precision=precision)  # fmt: skip
-    if distributed.is_distributed():  # launched by torchrun: the proteins are shared among the processes
-        with distributed.process_group() as env:
-            plm = load_plm(args.model, device=distributed.default_device(env))
-            stores = distributed.embed_to_store_distributed(plm, records, args.layer, args.out, **options)
+    if parallel.is_distributed():  # launched by torchrun: the proteins are shared among the processes
+        with parallel.process_group() as env:
+            plm = load_plm(args.model, device=parallel.default_device(env))
+            stores = embed_to_store_distributed(plm, records, args.layer, args.out, **options)
             if not env.is_main:
                 return 0
     else:

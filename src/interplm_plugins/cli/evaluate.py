@@ -27,12 +27,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.evaluate import evaluate_sae, loss_recovered
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.provenance import check_sae_matches_plm, check_store_matches_sae
-    from interplm_plugins.core.sae import load_sae
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.evaluate import evaluate_sae, loss_recovered
+    from interplm_plugins.core.sae.files import load_sae
+    from interplm_plugins.core.sae.provenance import check_sae_matches_plm, check_store_matches_sae
 
     store = EmbeddingStore(args.store)
     sae = load_sae(args.sae, plm_name=store.metadata.get("plm"), layer=store.metadata.get("layer"), kind=args.sae_kind)

@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.export import export_structure
-    from interplm_plugins.core.references import read_references
+    from interplm_plugins.core.inputs.references import read_references
+    from interplm_plugins.core.interpret.export import export_structure
 
     pipeline = load_pipeline_from_args(args)
     references = read_references(args.uniprot, "--uniprot") if args.uniprot else None

@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.features import format_report, sequence_features, write_report
-    from interplm_plugins.core.references import read_references
+    from interplm_plugins.core.inputs.references import read_references
+    from interplm_plugins.core.interpret.features import format_report, sequence_features, write_report
     from interplm_plugins.errors import InterPLMError
 
     if args.top < 1 or args.residue_top < 1:

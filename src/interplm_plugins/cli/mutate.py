@@ -36,9 +36,10 @@ def add_parser(subparsers) -> None:
 
 
 def _structure_scans(args: argparse.Namespace, pipeline, path: Path) -> list[pd.DataFrame]:
-    from interplm_plugins.core.mutate import scan_chain, select_labels
-    from interplm_plugins.core.references import chains_with_references, read_references
-    from interplm_plugins.core.structure import read_structure
+    from interplm_plugins.core.inputs.references import read_references
+    from interplm_plugins.core.inputs.structure import read_structure
+    from interplm_plugins.core.interpret.chains import chains_with_references
+    from interplm_plugins.core.interpret.mutate import scan_chain, select_labels
 
     chains = [c for c in read_structure(path) if args.chain is None or c.chain_id == args.chain]
     if not chains:
@@ -53,8 +54,8 @@ def _structure_scans(args: argparse.Namespace, pipeline, path: Path) -> list[pd.
 
 
 def _fasta_scan(args: argparse.Namespace, pipeline, path: Path) -> pd.DataFrame:
-    from interplm_plugins.core.mutate import mutation_scan, select_labels
-    from interplm_plugins.core.sequences import read_fasta
+    from interplm_plugins.core.inputs.sequences import read_fasta
+    from interplm_plugins.core.interpret.mutate import mutation_scan, select_labels
 
     records = read_fasta(path)
     if args.record is None and len(records) != 1:
@@ -68,7 +69,7 @@ def _fasta_scan(args: argparse.Namespace, pipeline, path: Path) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.mutate import mutant_letters, write_scan_table
+    from interplm_plugins.core.interpret.mutate import mutant_letters, write_scan_table
 
     path = Path(args.input)
     if not path.is_file():

@@ -23,10 +23,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.normalize import feature_max_activations, normalize_sae
-    from interplm_plugins.core.provenance import check_store_matches_sae
-    from interplm_plugins.core.sae import load_sae, save_sae
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.files import load_sae, save_sae
+    from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
+    from interplm_plugins.core.sae.provenance import check_store_matches_sae
 
     store = EmbeddingStore(args.store)
     sae = load_sae(args.sae, plm_name=store.metadata.get("plm"), layer=store.metadata.get("layer"), kind=args.sae_kind)

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interplm_plugins.core.report import compare_with_neurons, write_report
+    from interplm_plugins.core.concepts.report import compare_with_neurons, write_report
 
     pipeline = load_pipeline_from_args(args)
     halves, eligibility = load_concept_halves(args)

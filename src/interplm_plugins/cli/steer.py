@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interplm_plugins.core.steer import sample_steered, steer
+    from interplm_plugins.core.interpret.steer import sample_steered, steer
 
     pipeline = load_pipeline_from_args(args, require_normalized=False)  # steering reads any SAE's units
     plm, sae, layer = pipeline.plm, pipeline.sae, pipeline.layer

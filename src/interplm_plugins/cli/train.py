@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from interplm_plugins.cli._common import add_precision_option, precision_from_args, progress_enabled
-from interplm_plugins.core.sae_kinds import KINDS
+from interplm_plugins.core.sae.kinds import KINDS
 
 
 def add_parser(subparsers) -> None:
@@ -42,10 +42,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from interplm_plugins.cli._ranges import parse_ranges
-    from interplm_plugins.core.embed import EmbeddingStore
-    from interplm_plugins.core.sae import K_KINDS, SAEConfig
-    from interplm_plugins.core.sae_matryoshka import default_prefixes
-    from interplm_plugins.core.train import SAE_NAME, TrainConfig, train_sae
+    from interplm_plugins.core.plm.store import EmbeddingStore
+    from interplm_plugins.core.sae.kinds import K_KINDS
+    from interplm_plugins.core.sae.matryoshka import default_prefixes
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import SAE_NAME, TrainConfig, train_sae
 
     precision = precision_from_args(args)
     store = EmbeddingStore(args.store)
@@ -62,11 +63,12 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         dead_feature_remedy=not args.no_dead_remedy, checkpoint_every=args.checkpoint_every, seed=args.seed, precision=precision,
     )  # fmt: skip
-    from interplm_plugins.core import distributed
+    from interplm_plugins.core import parallel
+    from interplm_plugins.core.sae.distributed import train_sae_distributed
 
-    if distributed.is_distributed():  # launched by torchrun: data-parallel over the job's processes
-        with distributed.process_group() as env:
-            sae = distributed.train_sae_distributed(
+    if parallel.is_distributed():  # launched by torchrun: data-parallel over the job's processes
+        with parallel.process_group() as env:
+            sae = train_sae_distributed(
                 store, sae_config, config, args.out, resume=not args.no_resume, progress=progress_enabled(args)
             )
             if not env.is_main:

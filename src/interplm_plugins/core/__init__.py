@@ -1,9 +1,12 @@
-"""The shared pipeline: no GUI imports here.
+"""The shared pipeline: no GUI imports here, and no session state.
 
-Modules, in the order data flows through them:
-``sequences`` (FASTA), ``plm`` (ESM-2 loading), ``embed`` (per-residue embeddings and the on-disk
-store), ``sae`` / ``train`` / ``normalize`` / ``evaluate`` (sparse autoencoders), ``uniprot``
-(Swiss-Prot concept labels), ``concepts`` (feature-concept metrics), ``database`` (the SQLite
-feature database), ``structure`` (structure-to-sequence residue mapping), ``activations``
-(cached per-residue feature activations for the plugins), ``describe``, ``clusters``, ``steer``.
+One subpackage per stage, in the order data flows through them (docs/ARCHITECTURE.md draws the
+tree): ``inputs`` (FASTA, UniProt entries, structures, chain references, homology clusters),
+``plm`` (ESM-2 loading, the forward pass, embeddings and their on-disk store), ``sae`` (sparse
+autoencoders: architectures, files, releases, training, normalisation, evaluation, provenance,
+encoding), ``concepts`` (Swiss-Prot concept labels and feature-concept metrics), ``database``
+(the SQLite feature database) and ``interpret`` (the pipeline with its activation cache, and
+what is built on it: chains, feature reports, descriptions, clusters, steering, mutation scans,
+exports). A stage imports only the stages before it; ``atomic``, ``allocator`` and ``parallel``
+serve them all (tests/test_layout.py).
 """

@@ -2,12 +2,12 @@
 
 Coordinates are in ångström and in napari's axis order ``(z, y, x)``, so napari's x axis is the
 file's x. The Points layer's ``features`` table has one row per modelled residue of every protein
-chain (:func:`interplm_plugins.core.structure.read_structure` decides which residues count), with
+chain (:func:`interplm_plugins.core.inputs.structure.read_structure` decides which residues count), with
 columns ``chain``, ``resi``, ``icode``, ``resn``, ``one_letter`` and ``seq_index`` (0-based index
 into the chain's sequence, i.e. the row of the chain's activation matrix). A residue without a Cα
 atom has no point, but still counts in the sequence (the indices of the others do not shift).
 ``metadata["interplm"]`` holds the ``source`` path, the chains' ``sequences`` and the
-:class:`~interplm_plugins.core.structure.StructureChain` objects (``chains``, by chain id).
+:class:`~interplm_plugins.core.inputs.structure.StructureChain` objects (``chains``, by chain id).
 
 A structure is three-dimensional: view it with napari's 3D toggle (the widgets switch to 3D when
 they colour it); in 2D napari shows one slice of ångström-spaced coordinates.
@@ -69,7 +69,7 @@ def structure_layer_data(path: str | os.PathLike) -> list[LayerData]:
 
     Raises :class:`InterPLMError` naming the file for unreadable files or files without Cα atoms.
     """
-    from interplm_plugins.core.structure import read_structure_ca
+    from interplm_plugins.core.inputs.structure import read_structure_ca
 
     path = Path(path)
     chains, chain_coords = read_structure_ca(path)

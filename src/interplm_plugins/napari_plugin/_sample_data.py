@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # The structure is located by core (the package's copy, else PyMOL's), as for `interplm demo`.
-from interplm_plugins.core.activations import demo_structure_path
+from interplm_plugins.core.interpret.pipeline import demo_structure_path
 
 __all__ = ["demo_structure_path", "make_sample_data"]
 

@@ -2,9 +2,9 @@
 feature along the sequence, and show a feature's description and cluster neighbours.
 
 Everything goes through :mod:`interplm_plugins.core`: the model, SAE and database are the session's
-(:func:`~interplm_plugins.core.activations.current_pipeline`, shared with PyMOL and the command line,
-activations cached), the chains come from the reader's layer metadata, and a point's residue is the
-row ``seq_index`` of :func:`~interplm_plugins.core.activations.chain_activations`. Running the model
+(:func:`~interplm_plugins.session.current_pipeline`, shared with PyMOL; activations cached on disk,
+where the command line finds them too), the chains come from the reader's layer metadata, and a point's residue is the
+row ``seq_index`` of :func:`~interplm_plugins.core.interpret.chains.chain_activations`. Running the model
 happens on a napari thread worker with a progress bar in the activity dock; the methods that start
 one return it, and a widget's :attr:`busy` turns false once the result is shown.
 """
@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
 
-from interplm_plugins.core.activations import ChainActivations, chain_activations, current_pipeline
-from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, scale_legend, unit_values
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, concept_label
-from interplm_plugins.core.mutate import SCAN_COLUMNS, largest_drops, scan_chain, select_labels
-from interplm_plugins.core.references import check_matches, match_chain, matched_activations, read_references
-from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS, StructureChain
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, concept_label
+from interplm_plugins.core.inputs.references import check_matches, match_chain, read_references
+from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS, StructureChain
+from interplm_plugins.core.interpret.chains import ChainActivations, chain_activations, matched_activations
+from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE, SCALES, scale_legend, unit_values
+from interplm_plugins.core.interpret.mutate import SCAN_COLUMNS, largest_drops, scan_chain, select_labels
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.napari_plugin._reader import METADATA_KEY
+from interplm_plugins.session import current_pipeline
 
 if TYPE_CHECKING:
     import napari
@@ -132,11 +133,11 @@ def selected_rows(
 
 
 def session_database() -> Any:
-    """The session pipeline's :class:`~interplm_plugins.core.database.FeatureDatabase`; raises without one."""
+    """The session pipeline's :class:`~interplm_plugins.core.database.schema.FeatureDatabase`; raises without one."""
     database = current_pipeline().database
     if database is None:
         raise InterPLMError(
-            "the session's pipeline has no feature database (choose one with core.activations.use_pipeline(database=...))"
+            "the session's pipeline has no feature database (choose one with interplm_plugins.session.use_pipeline(database=...))"
         )
     return database
 
@@ -325,7 +326,7 @@ class ColorByFeatureWidget(_StructureWidget):
         values = point_values(layer, activations, feature)
         known = values[~np.isnan(values)]
         low, high = (float(known.min()), float(known.max())) if known.size else (0.0, 0.0)
-        # one scale with PyMOL (core.colorscale): 0..1 of the feature, or each chain to its own maximum
+        # one scale with PyMOL (core.interpret.colorscale): 0..1 of the feature, or each chain to its own maximum
         unit, tops = np.full(len(values), np.nan), []
         chain_of_point = layer.features["chain"].to_numpy()
         for chain_id in activations:

@@ -1,7 +1,7 @@
 """The ``interplm`` PyMOL command and its subcommands (also the plugin's Python API).
 
 Each subcommand is a plain function taking PyMOL-style arguments (strings are converted), the
-session pipeline by default (``core.activations.current_pipeline()``) and ``_self`` (the PyMOL
+session pipeline by default (``interplm_plugins.session.current_pipeline()``) and ``_self`` (the PyMOL
 ``cmd`` to act on: the global one, or a ``pymol2.PyMOL().cmd`` for headless rendering).
 :func:`interplm` dispatches ``interplm SUBCOMMAND ...`` typed at the prompt or in a ``.pml`` script
 and turns the project's :class:`InterPLMError` into one line and a ``pymol.CmdException``.
@@ -19,15 +19,16 @@ import pandas as pd
 from pymol import CmdException, cmd
 from pymol.shortcut import Shortcut
 
-from interplm_plugins.core.activations import Pipeline, current_pipeline, loaded_pipeline, use_pipeline
-from interplm_plugins.core.database import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
+from interplm_plugins.core.database.schema import ConceptMatch, FeatureDatabase, FeatureHit, concept_label, concept_match_lines
+from interplm_plugins.core.inputs.references import read_references
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.inputs.structure import STANDARD_AMINO_ACIDS
+from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
+from interplm_plugins.core.interpret.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
-from interplm_plugins.core.colorscale import DEFAULT_SCALE, SCALES, check_scale, scale_legend, unit_values
-from interplm_plugins.core.mutate import largest_drops, mutant_letters, scan_chain, write_scan_table
-from interplm_plugins.core.references import read_references
-from interplm_plugins.core.sequences import ProteinRecord
-from interplm_plugins.core.structure import STANDARD_AMINO_ACIDS
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, check_selection, paint, palette_rgb, reference_note, restore as restore_atoms, selected_chains
+from interplm_plugins.session import current_pipeline, loaded_pipeline, use_pipeline
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -129,7 +130,7 @@ def top(selection: str | None = None, k: Any = 10, uniprot: str | None = None, *
     """The ``k`` features most active (highest mean) on the selected residues, with their best concept.
 
     ``selection`` defaults to ``sele`` (PyMOL's clicked residues) when it exists, else ``all``.
-    Prints a table and returns :class:`~interplm_plugins.core.database.FeatureHit` objects.
+    Prints a table and returns :class:`~interplm_plugins.core.database.schema.FeatureHit` objects.
     """
     pipeline = pipeline or current_pipeline()
     k = _positive_int(k, "k")
@@ -259,11 +260,11 @@ def info(*, pipeline: Pipeline | None = None, _self=cmd) -> dict[str, str]:
 def export(selection: str = "all", feature: Any = None, out: str = "interplm_export", uniprot: str | None = None,
            *, pipeline: Pipeline | None = None, _self=cmd) -> list[str]:
     """Write the per-residue activations of the selection's protein chains for other viewers (as
-    ``interplm export`` on the command line; core/export.py): ``OUT.interplm.tsv``, ``OUT.interplm.defattr``
+    ``interplm export`` on the command line; core/interpret/export.py): ``OUT.interplm.tsv``, ``OUT.interplm.defattr``
     (ChimeraX) and, per object and feature, ``OUT.OBJECT.interplm_N.pdb`` with the activation as B-factor.
     ``feature`` is one index or several separated by spaces or ``+``. Returns the paths written."""
     from interplm_plugins.core.atomic import atomic_path
-    from interplm_plugins.core.export import activation_table, attribute_name, write_defattr, write_tsv
+    from interplm_plugins.core.interpret.export import activation_table, attribute_name, write_defattr, write_tsv
     from interplm_plugins.pymol_plugin.mapping import ATOM_FIELDS, ResidueKey
 
     pipeline = pipeline or current_pipeline()

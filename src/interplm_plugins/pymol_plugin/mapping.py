@@ -1,6 +1,6 @@
 """PyMOL atoms to protein chains and back: which residue of which object gets which activation.
 
-The residue rules are core's (:func:`interplm_plugins.core.structure.chain_from_atoms`), applied to
+The residue rules are core's (:func:`interplm_plugins.core.inputs.structure.chain_from_atoms`), applied to
 the atom table PyMOL holds, so a structure coloured in PyMOL maps exactly as ``read_structure`` maps
 the file. PyMOL-specific points:
 
@@ -28,10 +28,11 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from interplm_plugins.core.activations import ChainActivations, Pipeline, chain_activations
-from interplm_plugins.core.references import ReferenceMatch, check_matches, match_chain, matched_activations
-from interplm_plugins.core.sequences import ProteinRecord
-from interplm_plugins.core.structure import StructureChain, chain_from_atoms, parse_resi, residue_letter
+from interplm_plugins.core.inputs.references import ReferenceMatch, check_matches, match_chain
+from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.inputs.structure import StructureChain, chain_from_atoms, parse_resi, residue_letter
+from interplm_plugins.core.interpret.chains import ChainActivations, chain_activations, matched_activations
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 
 #: Spectrum of the feature activation, 0 (inactive: white, as most residues are for a sparse feature) to 1
@@ -120,7 +121,7 @@ def selected_chains(
     """Activations of every protein chain that has a residue in ``selection``.
 
     With ``references`` (full-length sequences) each chain is aligned to the one it matches best
-    (:mod:`interplm_plugins.core.references`, counting its selected residues) and that is embedded,
+    (:mod:`interplm_plugins.core.inputs.references`, counting its selected residues) and that is embedded,
     so the structure's residues get the whole protein's context; a chain matching none gets no
     values. ``sources`` names the file each object came from, for errors (default: the object).
     """

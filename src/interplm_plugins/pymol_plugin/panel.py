@@ -15,11 +15,12 @@ from typing import Any, Callable
 from pymol import CmdException, cmd
 from pymol.Qt import QtCore, QtWidgets
 
-from interplm_plugins.core.activations import Pipeline, current_pipeline
-from interplm_plugins.core.database import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
+from interplm_plugins.core.database.schema import NO_CONCEPT_MATCH, ConceptMatch, Example, FeatureHit, concept_label
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE
+from interplm_plugins.session import current_pipeline
 
 _CONTEXT = 6  # residues shown either side of an example's peak
 

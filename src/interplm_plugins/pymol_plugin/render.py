@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from interplm_plugins.core.activations import Pipeline, current_pipeline
 from interplm_plugins.core.atomic import atomic_path
-from interplm_plugins.core.colorscale import DEFAULT_SCALE
+from interplm_plugins.core.interpret.colorscale import DEFAULT_SCALE
+from interplm_plugins.core.interpret.pipeline import Pipeline
 from interplm_plugins.errors import InterPLMError
 from interplm_plugins.pymol_plugin import commands
 from interplm_plugins.pymol_plugin.mapping import DEFAULT_PALETTE, NEUTRAL_COLOR, palette_rgb
+from interplm_plugins.session import current_pipeline
 
 _OBJECT = "structure"
 _CHAIN_ID = re.compile(r"^[A-Za-z0-9]{1,4}$")
