@@ -26,7 +26,7 @@ Every measured point is one row of the JSON's ``rows``; ``results/scaling.png`` 
    bench_concepts.py) against the demo SAE's activations of the same proteins, stacked protein by
    protein and cut at increasing residue counts up to all of them (~470,000). Time per residue
    and the peak of numpy's allocations during the count (``tracemalloc``).
-4. *build-db* (``core.annotate.build_database``, what ``interplm build-db --concepts`` runs): on
+4. *build-db* (``core.database.from_pipeline.build_database``, what ``interplm build-db --concepts`` runs): on
    increasing numbers of annotated proteins (50, 200, all 856), halves as the demo's shipped
    ``concept_halves.tsv``: wall time (embedding, SAE, statistics, concept table) and file size.
 5. *Corpus streaming*: ``python -m interplm_plugins.cli embed SLICE --dtype float16`` (the demo
@@ -39,7 +39,7 @@ Every measured point is one row of the JSON's ``rows``; ``results/scaling.png`` 
    residues: the store writer holds up to a shard in memory) when there are two such. ``--full-corpus`` really embeds the whole corpus instead of extrapolating it:
    well over 30 minutes more on 2 cores (the extrapolated row estimates it) and ~26 GB of disk for the float16 store (it checks the free
    space in the work folder first and refuses in one line if there is not enough).
-6. *Mutation scan* (``core.mutate.mutation_scan``, as bench_mutate.py): 10, 25, 50 and 100
+6. *Mutation scan* (``core.interpret.mutate.mutation_scan``, as bench_mutate.py): 10, 25, 50 and 100
    positions x 19 mutants of one real 300-residue Swiss-Prot protein, each scan cold (a fresh
    cache folder).
 
@@ -87,7 +87,7 @@ def corpus_files(data: Path) -> list[Path]:
 
 def read_corpus(data: Path):
     """Every protein of the corpus, in file order (``iter_fasta`` streams and validates each file)."""
-    from interplm_plugins.core.sequences import ProteinRecord, iter_fasta
+    from interplm_plugins.core.inputs.sequences import ProteinRecord, iter_fasta
 
     out, seen = [], set()
     for path in corpus_files(data):
@@ -117,7 +117,7 @@ def proteins_of_length(pool, length: int, count: int) -> tuple[list, str]:
     """``count`` real proteins of exactly ``length`` residues: the first proteins of ``pool`` with at
     least ``length`` residues cropped to their first ``length``; if there are too few, the rest are
     real proteins joined end to end, then cropped. Returns the records and a note saying which."""
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
 
     cropped, short = [], []
     for r in pool:
@@ -147,7 +147,7 @@ def annotated_files(data: Path) -> list[Path]:
 def annotated_labels(data: Path):
     """Concept labels of every annotated protein (>= 3 instances in >= 2 proteins, as bench_concepts.py)."""
     from interplm_plugins.core.concepts import build_concept_labels
-    from interplm_plugins.core.uniprot import read_uniprot_files
+    from interplm_plugins.core.inputs.uniprot import read_uniprot_files
 
     entries, _ = read_uniprot_files(annotated_files(data))
     return build_concept_labels(entries, min_instances=3, min_proteins=2)
@@ -180,9 +180,9 @@ def child(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from interplm_plugins.core.embed import embed_sequences
-    from interplm_plugins.core.plm import load_plm
-    from interplm_plugins.core.sequences import ProteinRecord, read_fasta
+    from interplm_plugins.core.plm.embed import embed_sequences
+    from interplm_plugins.core.plm.loading import load_plm
+    from interplm_plugins.core.inputs.sequences import ProteinRecord, read_fasta
 
     plm = load_plm(spec["model"])
     records = read_fasta(spec["fasta"])
@@ -216,7 +216,7 @@ def length_curve(model: str, model_label: str, layer: int, lengths, residues_per
 
 
 def _window_starts(length: int) -> list[int]:
-    from interplm_plugins.core.embed import MAX_WINDOW, window_starts
+    from interplm_plugins.core.plm.embed import MAX_WINDOW, window_starts
 
     return window_starts(length, MAX_WINDOW, 256)
 
@@ -225,7 +225,7 @@ def _window_starts(length: int) -> list[int]:
 
 
 def count_curve(plm, layer: int, sample, counts) -> list[dict]:
-    from interplm_plugins.core.embed import embed_sequences
+    from interplm_plugins.core.plm.embed import embed_sequences
 
     rows = []
     for n in counts:
@@ -246,8 +246,8 @@ def demo_activations(pipeline, labels, proteins):
     """The demo SAE's activations of ``proteins`` stacked in that order (sparse: SAE activations are >= 0)."""
     from scipy import sparse
 
-    from interplm_plugins.core.activations import iter_feature_activations
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.sae.encode import iter_feature_activations
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
 
     records = [ProteinRecord(p, labels.sequences[p]) for p in proteins]
     by_id = {r.id: sparse.csr_matrix(a) for r, a in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, records)}
@@ -299,8 +299,8 @@ def concept_halves_of(labels, proteins):
 
 
 def build_db_curve(pipeline, labels, proteins, counts, work: Path) -> list[dict]:
-    from interplm_plugins.core.annotate import build_database
-    from interplm_plugins.core.sequences import ProteinRecord
+    from interplm_plugins.core.database.from_pipeline import build_database
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
 
     rows = []
     for n in counts:
@@ -424,7 +424,7 @@ def full_corpus_run(corpus, layer: int, work: Path) -> dict:
 
 
 def mutation_curve(pipeline, record, positions_list, work: Path) -> list[dict]:
-    from interplm_plugins.core.mutate import mutation_scan
+    from interplm_plugins.core.interpret.mutate import mutation_scan
 
     sequence = record.sequence[:SCAN_LENGTH]
     feature = int(pipeline.activations(sequence).max(axis=0).argmax())
@@ -580,9 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with _common.Workdir(args.workdir) as work:
         os.environ["INTERPLM_CACHE_DIR"] = str(work / "cache")
-        from interplm_plugins.core.activations import load_pipeline
-        from interplm_plugins.core.plm import new_esm2, save_esm2_checkpoint
-        from interplm_plugins.core.sequences import read_fasta
+        from interplm_plugins.core.interpret.pipeline import load_pipeline
+        from interplm_plugins.core.plm.model import new_esm2, save_esm2_checkpoint
+        from interplm_plugins.core.inputs.sequences import read_fasta
 
         corpus = read_corpus(args.data)
         corpus_residues = sum(len(r.sequence) for r in corpus)
