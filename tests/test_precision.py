@@ -17,7 +17,7 @@ from interplm_plugins.cli import main
 from interplm_plugins.core.inputs.sequences import read_fasta, write_fasta
 from interplm_plugins.core.inputs.uniprot import read_uniprot
 from interplm_plugins.core.interpret.features import _top_features
-from interplm_plugins.core.interpret.pipeline import DEMO_SHOWCASE_ENTRY, DEMO_SHOWCASE_STRUCTURE, ActivationCache, load_pipeline
+from interplm_plugins.core.interpret.pipeline import ActivationCache, load_pipeline
 from interplm_plugins.core.plm.embed import embed_sequences, embed_to_store
 from interplm_plugins.core.plm.loading import load_plm
 from interplm_plugins.core.plm.precision import PRECISIONS, check_precision, compute_precision
@@ -52,8 +52,9 @@ def proteins(swissprot_fasta):
 
 
 @pytest.fixture(scope="module")
-def demo_protein():
-    return read_uniprot(DEMO_SHOWCASE_ENTRY)[0]
+def demo_protein(shared_data):
+    """MTC7_YEAST, the demo's protein, from ../shared/data's Swiss-Prot entries (not the shipped copy)."""
+    return next(e for e in read_uniprot(shared_data / "uniprot" / "swissprot_train.dat.gz") if e.accession == "P32633")
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +212,13 @@ def test_features_command_gives_the_same_top_features_in_bf16(demo_session, demo
     assert list(both["concept_fp32"].fillna("-").astype(object)) == list(both["concept_bf16"].fillna("-").astype(object))
 
 
-def test_color_command_runs_in_bf16_and_colours_like_fp32(demo_session, pipelines, demo_protein, tmp_path, capsys):
+def test_color_command_runs_in_bf16_and_colours_like_fp32(demo_session, pipelines, demo_protein, shared_data, tmp_path, capsys):
     pytest.importorskip("pymol")
     feature = int(_top_features(pipelines[0].activations(demo_protein.sequence), 1)[0])
     printed = {}
     for precision in PRECISIONS:
         out = tmp_path / f"{precision}.png"
-        argv = ["-q", "color", str(DEMO_SHOWCASE_STRUCTURE), "--feature", str(feature), "--out", str(out), "--width", "200", "--height", "160",
+        argv = ["-q", "color", str(shared_data / "structures" / "P32633_AF.pdb"), "--feature", str(feature), "--out", str(out), "--width", "200", "--height", "160",
                 "--precision", precision]  # fmt: skip
         assert main(argv) == 0 and out.is_file()
         printed[precision] = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{out}: feature {feature}"))
