@@ -128,11 +128,12 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
-    """This CPU's (or GPU's) float32 matrix-product rate: best of ``repeats`` ``size``-cubed products."""
+def matmul_peak_gflops(size: int = 4096, repeats: int = 5, dtype=None) -> float:
+    """This CPU's (or GPU's) matrix-product rate in ``dtype`` (default float32): best of ``repeats``
+    ``size``-cubed products."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b))[0] for _ in range(repeats))
     return 2 * size**3 / best / 1e9

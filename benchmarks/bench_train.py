@@ -4,7 +4,8 @@ ReLU-L1 SAE 320 -> 10,240 on stored embeddings (layer 3 of an ESM-2 8M-architect
 random weights, real proteins from ../shared/data/sequences), the same batches, batch size,
 learning rate, L1 coefficient and warm-ups for every trainer:
 
-- ours: ``train_step`` (the loop ``train_sae`` runs; ReLU gradients written out by hand);
+- ours: ``train_step`` (the loop ``train_sae`` runs; ReLU gradients written out by hand), in fp32
+  and with ``precision="bf16"`` (bfloat16 matrix products, float32 master weights and Adam state);
 - ``dictionary_learning`` 0.1.0 (PyPI ``dictionary-learning``, the code InterPLM trained with):
   ``StandardTrainer`` (ConstrainedAdam, unit-norm decoder, plain L1) and
   ``StandardTrainerAprilUpdate`` (the loss ours optimises: L1 weighted by decoder norms, gradient
@@ -12,8 +13,9 @@ learning rate, L1 coefficient and warm-ups for every trainer:
 
 Steps are interleaved (ours, theirs, theirs, ours, ...) so that a busy machine slows all alike;
 the median step time gives tokens/s. Model FLOPs per token are counted as 6 * d_in * d_hidden
-(forward and backward of both matrices) and compared with the float32 matrix-product rate of this
-CPU, measured in the same run. Also timed: ``train_sae`` end to end (streaming from the store,
+(forward and backward of both matrices) and compared with the float32 and bfloat16 matrix-product
+rates of this CPU, measured in the same run. Targets: ours (fp32) >= 1.5x StandardTrainer; ours
+(fastest precision) >= 2x StandardTrainerAprilUpdate. Also timed: ``train_sae`` end to end (streaming from the store,
 logging, the final checkpoint and SAE file).
 
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
@@ -22,6 +24,7 @@ time; it is replaced by an empty module so that the package's trainers import wi
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import types
@@ -80,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         train_config = TrainConfig(steps=total + 1, batch_size=args.batch_size, lr=args.lr, warmup_steps=lr_warmup,
                                    l1_warmup_fraction=l1_ramp / (total + 1), checkpoint_every=10**6, log_every=10**6)  # fmt: skip
         ours = make_training_state(sae_config, train_config)
+        ours_bf16 = make_training_state(sae_config, dataclasses.replace(train_config, precision="bf16"))
         common = dict(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, layer=3, lm_name="esm2_t6_8M_random",
                       lr=args.lr, l1_penalty=args.l1, warmup_steps=lr_warmup, sparsity_warmup_steps=l1_ramp, device="cpu", seed=0)  # fmt: skip
         theirs = {"dictionary_learning StandardTrainer": StandardTrainer(**common),
                   "dictionary_learning StandardTrainerAprilUpdate": StandardTrainerAprilUpdate(**common)}  # fmt: skip
-        runners = {"ours: train_step": lambda step, x: train_step(ours, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
+        runners = {"ours: train_step": lambda step, x: train_step(ours, x), "ours: train_step bf16": lambda step, x: train_step(ours_bf16, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
         times: dict[str, list[float]] = {name: [] for name in runners}
         names = list(runners)
         for step, x in enumerate(batches):
@@ -95,29 +99,32 @@ def main(argv: list[str] | None = None) -> int:
                     times[name].append(time.perf_counter() - start)
         end_to_end_s, _ = _common.timed(lambda: train_sae(store, sae_config, train_config.__class__(**{**train_config.to_dict(), "steps": total}), work / "sae", resume=False, progress=False))
         peak = _common.matmul_peak_gflops(1024 if args.quick else 4096)
+        peak_bf16 = _common.matmul_peak_gflops(1024 if args.quick else 4096, dtype=torch.bfloat16)
     flops_per_token = 6 * store.dim * args.d_hidden
     rows = []
     ours_rate = args.batch_size / _common.median(times[names[0]])
+    ours_bf16_rate = args.batch_size / _common.median(times[names[1]])
     for name in names:
         rate = args.batch_size / _common.median(times[name])
         rows.append({
-            "trainer": name, "tokens_per_s": rate, "ours_speedup": ours_rate / rate,
+            "trainer": name, "tokens_per_s": rate, "ours_speedup": ours_rate / rate, "ours_bf16_speedup": ours_bf16_rate / rate,
             "ms_per_step": 1e3 * _common.median(times[name]),
-            "model_gflops": rate * flops_per_token / 1e9, "fraction_of_peak": rate * flops_per_token / 1e9 / peak,
+            "model_gflops": rate * flops_per_token / 1e9,
+            "fraction_of_peak": rate * flops_per_token / 1e9 / (peak_bf16 if "bf16" in name else peak),
         })  # fmt: skip
     rows.append({"trainer": "ours: train_sae end to end", "tokens_per_s": total * args.batch_size / end_to_end_s,
-                 "ours_speedup": None, "ms_per_step": 1e3 * end_to_end_s / total,
+                 "ours_speedup": None, "ours_bf16_speedup": None, "ms_per_step": 1e3 * end_to_end_s / total,
                  "model_gflops": total * args.batch_size / end_to_end_s * flops_per_token / 1e9,
                  "fraction_of_peak": total * args.batch_size / end_to_end_s * flops_per_token / 1e9 / peak})  # fmt: skip
     _common.print_table(
         f"SAE training, ReLU {store.dim} -> {args.d_hidden}, batch {args.batch_size} (median of {args.steps} steps; "
-        f"matmul peak {peak:.0f} GFLOP/s; model FLOPs = 6*d_in*d_hidden per token)",
-        rows, ["trainer", "tokens_per_s", "ours_speedup", "ms_per_step", "model_gflops", "fraction_of_peak"],
+        f"matmul peak {peak:.0f} GFLOP/s fp32, {peak_bf16:.0f} bf16 (the bf16 row's fraction); model FLOPs = 6*d_in*d_hidden per token)",
+        rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step", "model_gflops", "fraction_of_peak"],
     )  # fmt: skip
     _common.write_result(args, "train", {
-        "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer",
+        "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer; ours_bf16_speedup >= 2 over StandardTrainerAprilUpdate",
         "d_in": store.dim, "d_hidden": args.d_hidden, "batch_size": args.batch_size, "lr": args.lr, "l1": args.l1,
-        "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak,
+        "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16,
         "flops_per_token": flops_per_token, "rows": rows,
         "step_times_s": times,
     })  # fmt: skip

@@ -56,8 +56,15 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"{_fmt(ours['tokens_per_s'])} vs {_fmt(std['tokens_per_s'])} = **{std['ours_speedup']:.2f}x**", ">= 1.5x"))  # fmt: skip
         rows.append(("SAE training", "... vs StandardTrainerAprilUpdate (the same loss as ours)",
                      f"{_fmt(april['tokens_per_s'])} = **{april['ours_speedup']:.2f}x**", ""))  # fmt: skip
+        bf16 = by.get("ours: train_step bf16")
+        if bf16 is not None:
+            rows.append(("SAE training", "... ours `--precision bf16` vs StandardTrainerAprilUpdate",
+                         f"{_fmt(bf16['tokens_per_s'])} vs {_fmt(april['tokens_per_s'])} = **{april['ours_bf16_speedup']:.2f}x** ({bf16['tokens_per_s'] / ours['tokens_per_s']:.2f}x our fp32)", ">= 2x"))  # fmt: skip
         rows.append(("SAE training", f"fraction of this CPU's float32 matmul peak ({_fmt(t['matmul_peak_gflops'])} GFLOP/s), model FLOPs 6*d*h/token",
                      f"ours {ours['fraction_of_peak']:.0%}, StandardTrainer {std['fraction_of_peak']:.0%}", ""))  # fmt: skip
+        if bf16 is not None:
+            rows.append(("SAE training", f"... ours bf16, of the bfloat16 matmul peak ({_fmt(t['matmul_peak_gflops_bf16'])} GFLOP/s)",
+                         f"{bf16['fraction_of_peak']:.0%}", ""))  # fmt: skip
     if "concepts" in results:
         c = results["concepts"]
         ours, interplm, row = c["rows"]

@@ -343,6 +343,10 @@ def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], like: tor
     return workspace[key]
 
 
+#: The integer type of each float's width, to count nonzero floats by their bits.
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
+
+
 @torch.no_grad()
 def relu_loss_and_grads(
     sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: float, workspace: dict | None = None, precision: str = DEFAULT_PRECISION
@@ -370,9 +374,11 @@ def relu_loss_and_grads(
     centred = torch.cat([x - b_pre, ones], dim=1)  # [n, d_in + 1]
     encoder = torch.cat([w_enc, b_enc[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
     centred_low = centred.to(low)
-    f = torch.mm(centred_low, encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low)).relu_()
-    active = torch.gt(f, 0, out=_buffer(workspace, "mask", (n, d_hidden), x, torch.bool))
-    l0 = torch.count_nonzero(active).to(x.dtype) / n  # (counting a bool tensor is many times faster)
+    f = torch.mm(centred_low, encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low))
+    torch.threshold_(f, 0.0, 0.0)  # the ReLU, writing +0.0 where relu_ would keep a -0.0
+    # Active = nonzero bits: with no -0.0 left, counting f's bits as integers is the exact count
+    # (several times faster than comparing floats, or than count_nonzero on them).
+    l0 = torch.count_nonzero(f.view(_SAME_WIDTH_INT[f.dtype])).to(x.dtype) / n
     if low == x.dtype:
         error = torch.addmm(b_pre, f, w_dec.t()).sub_(x)  # x_hat - x
     else:  # the product in bf16, the bias and the error in x's dtype
@@ -383,7 +389,7 @@ def relu_loss_and_grads(
     # The decoder's gradient and, in the row of ones, f summed over the batch.
     product = torch.mm(grad_out_low.t(), f, out=_buffer(workspace, "decoder_product", (d_in + 1, d_hidden), x, low)).to(x.dtype)
     grad_w_dec, f_sum = product[:-1], product[-1]
-    norms = w_dec.norm(dim=0)
+    norms = (w_dec * w_dec).sum(dim=0).sqrt_()  # the columns' norms (norm(dim=0) is 7x slower on a row-major matrix)
     l1 = f_sum.dot(norms) / n
     grad_w_dec.addcmul_(w_dec, (f_sum * (l1_coefficient / n) / norms.clamp_min(torch.finfo(norms.dtype).tiny))[None, :])
     # d loss / d f (the L1 term enters through the row of ones), then back through the ReLU in place.
