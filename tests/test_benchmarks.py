@@ -30,6 +30,9 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert engines["agreement"]["max_abs_esm_cpp_fp32_vs_ours_fp32"] < 1e-3 and engines["agreement"]["max_abs_transformers_vs_ours_fp32"] < 1e-3
     assert {"ours fp32", "ours bf16", "transformers eager fp32"} <= set(engines["residues_per_s"]) and engines["esm_cpp_best_mode"].startswith("esm.cpp")
     assert [row["counts"] for row in results["concepts"]["rows"][1:]] == ["identical", "identical"]
+    if "train" in results:  # ours in both precisions against both dictionary_learning trainers
+        assert {row["trainer"] for row in results["train"]["rows"]} >= {"ours: train_step", "ours: train_step bf16", "dictionary_learning StandardTrainerAprilUpdate"}
+        assert results["train"]["matmul_peak_gflops_bf16"] > 0
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
     scaling, rows = results["scaling"], results["scaling"]["rows"]
