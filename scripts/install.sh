@@ -93,6 +93,9 @@ pip_install -e ".[${extras}]"
 # esm.cpp, the embedding benchmark's C++ peer (its smoke run is in the tests): without its dependencies,
 # because its metadata asks for numpy < 2 (its wheel runs with numpy 2) and pip would downgrade numpy.
 [ "$want_test" = 1 ] && pip_install --no-deps "esm-cpp==0.2.1"
+# dictionary_learning, the training benchmark's peer (its smoke run is in the tests): without its
+# dependencies, which include nnsight, whose torchvision requirement would replace the CPU torch build.
+[ "$want_test" = 1 ] && pip_install --no-deps "dictionary-learning==0.1.0"
 "$PY" -c "import interplm_plugins, esm, torch; print('interplm-plugins', interplm_plugins.__version__, '| torch', torch.__version__)"
 if [ "$mode" = venv ]; then
     echo "install: installed into $VENV; use it with: source $VENV/bin/activate (then pymol, napari, interplm find the plugins)"

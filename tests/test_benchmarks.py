@@ -4,7 +4,6 @@ distributed results) and writes its JSON and the summary. Timings are never asse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,11 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, shared_data):
-    names = ["embed", "concepts", "memory", "distributed", "scaling"]
-    if importlib.util.find_spec("dictionary_learning") is not None:  # the optional peer of the training benchmark
-        names.append("train")
-    if importlib.util.find_spec("pymol") is not None:
-        names.append("pymol")
+    names = ["embed", "train", "concepts", "pymol", "memory", "distributed", "scaling"]
     cmd = [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--results-dir", str(tmp_path), "--only", ",".join(names)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -30,9 +25,9 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert engines["agreement"]["max_abs_esm_cpp_fp32_vs_ours_fp32"] < 1e-3 and engines["agreement"]["max_abs_transformers_vs_ours_fp32"] < 1e-3
     assert {"ours fp32", "ours bf16", "transformers eager fp32"} <= set(engines["residues_per_s"]) and engines["esm_cpp_best_mode"].startswith("esm.cpp")
     assert [row["counts"] for row in results["concepts"]["rows"][1:]] == ["identical", "identical"]
-    if "train" in results:  # ours in both precisions against both dictionary_learning trainers
-        assert {row["trainer"] for row in results["train"]["rows"]} >= {"ours: train_step", "ours: train_step bf16", "dictionary_learning StandardTrainerAprilUpdate"}
-        assert results["train"]["matmul_peak_gflops_bf16"] > 0
+    # ours in both precisions against both dictionary_learning trainers
+    assert {row["trainer"] for row in results["train"]["rows"]} >= {"ours: train_step", "ours: train_step bf16", "dictionary_learning StandardTrainerAprilUpdate"}
+    assert results["train"]["matmul_peak_gflops_bf16"] > 0
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
     scaling, rows = results["scaling"], results["scaling"]["rows"]
