@@ -110,6 +110,7 @@ def test_cli_stores_clusters_and_writes_the_plot(planted_sae_path, db_copy, tmp_
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "64 features:" in out and "clusters" in out and str(plot) in out
+    assert f"{sum(len(g) - 1 for g in PLANTED)} near-duplicates share another feature's map point" in out
     assert plot.is_file()
     with FeatureDatabase(db_copy) as db:
         first = [db.feature_info(f)["cluster"] for f in range(64)]
@@ -163,3 +164,31 @@ def test_few_features_still_cluster(n):
     assert clusters.cluster.shape == clusters.x.shape == clusters.y.shape == (n,)
     assert np.isfinite(clusters.x).all() and np.isfinite(clusters.y).all()
     assert clusters.params["n_neighbors"] <= max(2, n - 1)
+
+
+def test_near_duplicates_are_grouped_across_blocks():
+    """Chains of near-duplicates are one group, found across row blocks; zero rows and mere neighbours are not."""
+    from interplm_plugins.core.interpret.clusters import duplicate_groups
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 32))
+    vectors[33] = vectors[2] * 3  # same direction, other length
+    step = rng.standard_normal(32) * 0.08 * np.linalg.norm(vectors[5]) / np.sqrt(32)
+    vectors[20], vectors[37] = vectors[5] + step, vectors[5] + 2 * step  # 5~20~37 a chain (5 and 37 less close)
+    vectors[[10, 11]] = 0.0  # all-zero rows: nobody's duplicate, not even each other's
+    vectors[12] = vectors[13] + 0.5 * rng.standard_normal(32)  # similar (cosine ~0.9) but not a duplicate
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    assert unit[5] @ unit[37] < 0.99 < min(unit[5] @ unit[20], unit[20] @ unit[37]) and unit[12] @ unit[13] < 0.99
+    groups = duplicate_groups(vectors, block=7)  # blocks of 7 rows: every pair crosses a block boundary
+    expected = np.arange(40)
+    expected[[33]] = 2
+    expected[[20, 37]] = 5
+    np.testing.assert_array_equal(groups, expected)
+    np.testing.assert_array_equal(duplicate_groups(vectors, block=4096), expected)
+
+
+def test_duplicates_share_one_map_point(planted_clusters):
+    _, _, clusters = planted_clusters
+    assert clusters.params["duplicates_merged"] == sum(len(g) - 1 for g in PLANTED)
+    for group in PLANTED:
+        assert len({(clusters.x[f], clusters.y[f]) for f in group}) == 1

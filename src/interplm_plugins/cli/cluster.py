@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     sizes = sorted((int((clusters.cluster == c).sum()) for c in range(clusters.num_clusters)), reverse=True)
     shown = f" (sizes {', '.join(map(str, sizes[:10]))}{', ...' if len(sizes) > 10 else ''})" if sizes else ""
-    print(f"{clusters.cluster.size} features: {clusters.num_clusters} clusters{shown}, {clusters.num_noise} unclustered; stored in {args.database}")
+    merged = clusters.params["duplicates_merged"]
+    twins = f", {merged} near-duplicates share another feature's map point" if merged else ""
+    print(f"{clusters.cluster.size} features: {clusters.num_clusters} clusters{shown}, {clusters.num_noise} unclustered{twins}; stored in {args.database}")
     if args.out:
         print(f"map written to {args.out}")
     return 0

@@ -8,6 +8,13 @@ that HDBSCAN clusters (low enough for density estimates to work, high enough to 
 and a 2-D one (``min_dist=0.1``) that is the map shown and stored. HDBSCAN labels sparse features
 ``-1`` (noise, no cluster).
 
+Features whose vectors are near-duplicates (cosine >= :data:`DUPLICATE_COSINE`, a known SAE
+failure: several features learning one direction) are embedded as one point and share its map
+position; HDBSCAN then sees each member at that point. UMAP does not keep coinciding points
+together (umap-learn's ``unique`` option exists for exact duplicates): on a 64-feature SAE, planted
+twins at cosine 0.9999 landed as far apart in the 10-D space as unrelated features, and in
+different clusters.
+
 Very small SAEs (fewer than :data:`MIN_UMAP_FEATURES` features) are embedded by PCA instead,
 since UMAP's spectral initialisation and neighbour graph need more points; ``n_neighbors`` is
 capped at ``F - 1`` for the same reason.
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Below this many features the maps come from PCA, not UMAP.
 MIN_UMAP_FEATURES = 10
+#: Features whose vectors have at least this cosine are one point of the maps (see the module docstring).
+DUPLICATE_COSINE = 0.99
 #: Concepts given their own colour in the plot; the rest share "other concepts".
 PLOT_CONCEPTS = 9
 
@@ -104,6 +113,31 @@ def feature_vectors(sae: SparseAutoencoder, profiles: np.ndarray | None = None, 
     return np.hstack([np.sqrt(1.0 - profile_weight) * directions, np.sqrt(profile_weight) * _unit_rows(profiles)])
 
 
+def duplicate_groups(vectors: np.ndarray, min_cosine: float = DUPLICATE_COSINE, block: int = 2048) -> np.ndarray:
+    """For each row, the first row of its group of near-duplicates (linked by cosine >= ``min_cosine``).
+
+    Groups are connected components, so a chain of near-duplicates is one group; all-zero rows are
+    nobody's duplicate. Works in row blocks, so memory is ``block x F``, not ``F x F``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    unit = _unit_rows(np.asarray(vectors, dtype=np.float32))
+    n = unit.shape[0]
+    rows, cols = [], []
+    for start in range(0, n, block):
+        sims = unit[start : start + block] @ unit.T
+        i, j = np.nonzero(sims >= min_cosine)
+        keep = start + i < j  # each pair once, no self-pairs
+        rows.append(start + i[keep])
+        cols.append(j[keep])
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    _, component = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(n, n)), directed=False)
+    first = np.full(component.max() + 1, n)
+    np.minimum.at(first, component, np.arange(n))
+    return first[component]
+
+
 def _embed(vectors: np.ndarray, dims: int, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
     if vectors.shape[0] < MIN_UMAP_FEATURES:
         centred = vectors - vectors.mean(axis=0)
@@ -141,20 +175,24 @@ def cluster_features(
         raise InterPLMError(f"min cluster size must be >= 2, got {min_cluster_size}")
     if min_samples is not None and int(min_samples) < 1:
         raise InterPLMError(f"min samples must be >= 1, got {min_samples}")
+    # near-duplicates are embedded once (UMAP pulls coinciding points apart) and share the position
+    firsts, point = np.unique(duplicate_groups(vectors), return_inverse=True)
+    m = firsts.size
     # UMAP's neighbour graph cannot have more neighbours than other points
-    neighbours = max(2, min(int(n_neighbors), n - 1))
+    neighbours = max(2, min(int(n_neighbors), m - 1))
     # a spectral layout needs fewer dimensions than points; few features need few dimensions
-    dims = max(2, min(int(cluster_dims), n // 4))
+    dims = max(2, min(int(cluster_dims), m // 4))
     min_cluster_size = min(int(min_cluster_size), n)
     min_samples = None if min_samples is None else min(int(min_samples), n)
 
     import hdbscan
 
-    cluster_space = _embed(vectors, dims, neighbours, 0.0, seed)
+    cluster_space = _embed(vectors[firsts], dims, neighbours, 0.0, seed)[point]
     labels = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples).fit_predict(cluster_space)
-    xy = _embed(vectors, 2, neighbours, 0.1, seed)
+    xy = _embed(vectors[firsts], 2, neighbours, 0.1, seed)[point]
     params = {
-        "method": "umap+hdbscan" if n >= MIN_UMAP_FEATURES else "pca+hdbscan",
+        "method": "umap+hdbscan" if m >= MIN_UMAP_FEATURES else "pca+hdbscan",
+        "duplicates_merged": int(n - m),
         "n_neighbors": neighbours,
         "cluster_dims": dims,
         "min_cluster_size": min_cluster_size,
