@@ -63,3 +63,13 @@ def test_cached_projection_follows_weight_changes(plm):
             attn.q_proj.weight.div_(1.5)
     assert not torch.allclose(changed, before)
     torch.testing.assert_close(changed, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_lengths_come_from_a_short_ladder():
+    """Batches past 128 tokens are padded to one of 24 lengths, so oneDNN caches at most 150 shapes, not one per length."""
+    from interplm_plugins.core.plm.embed import padded_length
+
+    lengths = {padded_length(t) for t in range(3, 1025)}
+    assert len(lengths) == 150 and max(lengths) == 1024
+    for t in range(3, 1025):
+        assert t <= padded_length(t) <= (t if t <= 128 else t + t // 8)
