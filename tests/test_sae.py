@@ -96,7 +96,9 @@ def test_normalisation_keeps_reconstructions_and_scales_to_one(store):
         torch.testing.assert_close(norm(x)[0], sae(x)[0], rtol=1e-4, atol=1e-4)
         f = norm.encode(x)
     alive = maxes > 0
-    np.testing.assert_allclose(f.max(dim=0).values.numpy()[alive], 1.0, rtol=1e-5)
+    # 1 to float32 rounding: the maxima came from batched encodes, this is one big matmul, and a
+    # feature whose maximum is a small difference of large terms rounds to ~1e-4 relative (6.6e-5 seen)
+    np.testing.assert_allclose(f.max(dim=0).values.numpy()[alive], 1.0, rtol=2e-4)
     assert norm.config.normalized
 
 
