@@ -18,6 +18,12 @@ rates of this CPU, measured in the same run. Targets: ours (fp32) >= 1.5x Standa
 (fastest precision) >= 2x StandardTrainerAprilUpdate. Also timed: ``train_sae`` end to end (streaming from the store,
 logging, the final checkpoint and SAE file).
 
+A second table times TopK SAEs of the same shape (``--k`` features per token, AuxK weight 1/32) on
+the same batches: ours (sparse products: one dense product per step, see
+``core/sae/sparse_topk.py``), fp32 and bf16, against dictionary_learning's ``TopKTrainer`` (dense
+autograd), interleaved the same way. No target is set for it; the model-FLOPs fraction is not
+given because the sparse path does not do the dense path's FLOPs.
+
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
 time; it is replaced by an empty module so that the package's trainers import without it.
 """
@@ -39,8 +45,23 @@ import _common  # noqa: E402
 def _dictionary_learning():
     sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=object))
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
+    from dictionary_learning.trainers.top_k import TopKTrainer
 
-    return StandardTrainer, StandardTrainerAprilUpdate
+    return StandardTrainer, StandardTrainerAprilUpdate, TopKTrainer
+
+
+def interleaved_step_times(runners: dict, batches: list, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each ``runners[name](step, x)`` after ``warmup`` steps, the order
+    reversed every other step (ours, theirs, theirs, ours, ...) so that a busy machine slows all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for step, x in enumerate(batches):
+        for name in names if step % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runners[name](step, x)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def make_store(args, work: Path):
@@ -61,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l1", type=float, default=0.06)
+    p.add_argument("--k", type=int, default=32, help="features per token of the TopK SAEs (default 32)")
     p.add_argument("--proteins", type=int, default=300, help="real proteins embedded for the store (default 300)")
     args = p.parse_args(argv)
     if args.quick:
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from interplm_plugins.core.sae.model import SAEConfig
     from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
-    StandardTrainer, StandardTrainerAprilUpdate = _dictionary_learning()
+    StandardTrainer, StandardTrainerAprilUpdate, TopKTrainer = _dictionary_learning()
     total = args.warmup + args.steps
     lr_warmup = max(1, total // 10)
     l1_ramp = max(1, total // 5)
@@ -89,14 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         theirs = {"dictionary_learning StandardTrainer": StandardTrainer(**common),
                   "dictionary_learning StandardTrainerAprilUpdate": StandardTrainerAprilUpdate(**common)}  # fmt: skip
         runners = {"ours: train_step": lambda step, x: train_step(ours, x), "ours: train_step bf16": lambda step, x: train_step(ours_bf16, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
-        times: dict[str, list[float]] = {name: [] for name in runners}
+        times = interleaved_step_times(runners, batches, args.warmup)
         names = list(runners)
-        for step, x in enumerate(batches):
-            for name in names if step % 2 == 0 else names[::-1]:
-                start = time.perf_counter()
-                runners[name](step, x)
-                if step >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
+        topk_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind="topk", k=args.k)
+        ours_topk = make_training_state(topk_config, train_config)
+        ours_topk_bf16 = make_training_state(topk_config, dataclasses.replace(train_config, precision="bf16"))
+        their_topk = TopKTrainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, k=args.k, layer=3, lm_name="esm2_t6_8M_random",
+                                 lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0)  # fmt: skip
+        topk_times = interleaved_step_times({
+            "ours: train_step TopK": lambda step, x: train_step(ours_topk, x),
+            "ours: train_step TopK bf16": lambda step, x: train_step(ours_topk_bf16, x),
+            "dictionary_learning TopKTrainer": lambda step, x: their_topk.update(step, x),
+        }, batches, args.warmup)  # fmt: skip
         end_to_end_s, _ = _common.timed(lambda: train_sae(store, sae_config, train_config.__class__(**{**train_config.to_dict(), "steps": total}), work / "sae", resume=False, progress=False))
         peak = _common.matmul_peak_gflops(1024 if args.quick else 4096)
         peak_bf16 = _common.matmul_peak_gflops(1024 if args.quick else 4096, dtype=torch.bfloat16)
@@ -121,12 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         f"matmul peak {peak:.0f} GFLOP/s fp32, {peak_bf16:.0f} bf16 (the bf16 row's fraction); model FLOPs = 6*d_in*d_hidden per token)",
         rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step", "model_gflops", "fraction_of_peak"],
     )  # fmt: skip
+    topk_rows = []
+    ours_topk_rate = args.batch_size / _common.median(topk_times["ours: train_step TopK"])
+    ours_topk_bf16_rate = args.batch_size / _common.median(topk_times["ours: train_step TopK bf16"])
+    for name, seconds in topk_times.items():
+        rate = args.batch_size / _common.median(seconds)
+        topk_rows.append({"trainer": name, "tokens_per_s": rate, "ours_speedup": ours_topk_rate / rate,
+                          "ours_bf16_speedup": ours_topk_bf16_rate / rate, "ms_per_step": 1e3 * _common.median(seconds)})  # fmt: skip
+    _common.print_table(f"SAE training, TopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
+                        topk_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.write_result(args, "train", {
         "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer; ours_bf16_speedup >= 2 over StandardTrainerAprilUpdate",
         "d_in": store.dim, "d_hidden": args.d_hidden, "batch_size": args.batch_size, "lr": args.lr, "l1": args.l1,
         "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16,
         "flops_per_token": flops_per_token, "rows": rows,
-        "step_times_s": times,
+        "step_times_s": times, "topk_k": args.k, "topk_rows": topk_rows, "topk_step_times_s": topk_times,
     })  # fmt: skip
     return 0
 
