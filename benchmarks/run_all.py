@@ -165,14 +165,19 @@ def summarise(results_dir: Path) -> str:
             results[name] = json.loads(path.read_text())
     if not results:
         return "(no results yet)\n"
-    first = next(iter(results.values()))
     modes = sorted({r["mode"] for r in results.values()})
     dates = sorted(r["date"] for r in results.values())
-    m = first["machine"]
+    machines: dict[str, list[str]] = {}  # results of separate runs may come from different machines: name each
+    for name, r in results.items():
+        m = r["machine"]
+        machines.setdefault(f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
+                            f"Python {m['python']}{', GPU ' + m['gpu'] if m.get('gpu') else ''}", []).append(name)  # fmt: skip
+    if len(machines) == 1:
+        machine_line = f"Machine: {next(iter(machines))}"
+    else:
+        machine_line = "Machines: " + "; ".join(f"{described} ({', '.join(names)})" for described, names in machines.items())
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"Python {m['python']}{', GPU ' + m['gpu'] if m.get('gpu') else ''}; load average at start "
-        f"{', '.join(str(r['machine']['load_average_at_start']) for r in results.values())}.",
+        f"{machine_line}; load average at start {', '.join(str(r['machine']['load_average_at_start']) for r in results.values())}.",
         f"Mode: **{' + '.join(modes)}**{' (small sizes: smoke-run numbers, not the measurement)' if 'quick' in modes else ''}; results written {dates[0]} to {dates[-1]}.",
         "",
         "| benchmark | what | result | target |",

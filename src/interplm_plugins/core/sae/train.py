@@ -17,7 +17,8 @@ Losses (per residue, averaged over the batch):
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
   threshold, so inference never depends on the batch. TopK trains through sparse products
   (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the encoder's forward product is dense,
-  the gradients are the dense path's (about 5x faster per step at 256 -> 10,240, k = 32).
+  the gradients are the dense path's, several times faster at realistic widths
+  (``benchmarks/bench_train.py``).
 - Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae.matryoshka`): as BatchTopK, with the
   reconstruction error averaged over the nested prefixes of the dictionary.
 - JumpReLU (:mod:`~interplm_plugins.core.sae.jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
