@@ -18,11 +18,11 @@ rates of this CPU, measured in the same run. Targets: ours (fp32) >= 1.5x Standa
 (fastest precision) >= 2x StandardTrainerAprilUpdate. Also timed: ``train_sae`` end to end (streaming from the store,
 logging, the final checkpoint and SAE file).
 
-A second table times TopK SAEs of the same shape (``--k`` features per token, AuxK weight 1/32) on
-the same batches: ours (sparse products: one dense product per step, see
-``core/sae/sparse_topk.py``), fp32 and bf16, against dictionary_learning's ``TopKTrainer`` (dense
-autograd), interleaved the same way. No target is set for it; the model-FLOPs fraction is not
-given because the sparse path does not do the dense path's FLOPs.
+A second table times TopK and BatchTopK SAEs of the same shape (``--k`` features per token, AuxK
+weight 1/32) on the same batches: ours (sparse products: one dense product per step, see
+``core/sae/sparse_topk.py``), fp32 and bf16, against dictionary_learning's ``TopKTrainer`` and
+``BatchTopKTrainer`` (dense autograd), interleaved the same way. No target is set for it; the
+model-FLOPs fraction is not given because the sparse path does not do the dense path's FLOPs.
 
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
 time; it is replaced by an empty module so that the package's trainers import without it.
@@ -45,9 +45,10 @@ import _common  # noqa: E402
 def _dictionary_learning():
     sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=object))
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
+    from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
     from dictionary_learning.trainers.top_k import TopKTrainer
 
-    return StandardTrainer, StandardTrainerAprilUpdate, TopKTrainer
+    return StandardTrainer, StandardTrainerAprilUpdate, {"TopK": ("topk", TopKTrainer), "BatchTopK": ("batchtopk", BatchTopKTrainer)}
 
 
 def interleaved_step_times(runners: dict, batches: list, warmup: int) -> dict[str, list[float]]:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from interplm_plugins.core.sae.model import SAEConfig
     from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
-    StandardTrainer, StandardTrainerAprilUpdate, TopKTrainer = _dictionary_learning()
+    StandardTrainer, StandardTrainerAprilUpdate, sparse_kinds = _dictionary_learning()
     total = args.warmup + args.steps
     lr_warmup = max(1, total // 10)
     l1_ramp = max(1, total // 5)
@@ -113,16 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         runners = {"ours: train_step": lambda step, x: train_step(ours, x), "ours: train_step bf16": lambda step, x: train_step(ours_bf16, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
         times = interleaved_step_times(runners, batches, args.warmup)
         names = list(runners)
-        topk_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind="topk", k=args.k)
-        ours_topk = make_training_state(topk_config, train_config)
-        ours_topk_bf16 = make_training_state(topk_config, dataclasses.replace(train_config, precision="bf16"))
-        their_topk = TopKTrainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, k=args.k, layer=3, lm_name="esm2_t6_8M_random",
-                                 lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0)  # fmt: skip
-        topk_times = interleaved_step_times({
-            "ours: train_step TopK": lambda step, x: train_step(ours_topk, x),
-            "ours: train_step TopK bf16": lambda step, x: train_step(ours_topk_bf16, x),
-            "dictionary_learning TopKTrainer": lambda step, x: their_topk.update(step, x),
-        }, batches, args.warmup)  # fmt: skip
+        topk_times = {}
+        for label, (kind, Trainer) in sparse_kinds.items():
+            kind_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind=kind, k=args.k)
+            fp32_state = make_training_state(kind_config, train_config)
+            bf16_state = make_training_state(kind_config, dataclasses.replace(train_config, precision="bf16"))
+            theirs_kind = Trainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, k=args.k, layer=3, lm_name="esm2_t6_8M_random",
+                                  lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0)  # fmt: skip
+            topk_times.update(interleaved_step_times({
+                f"ours: train_step {label}": lambda step, x, state=fp32_state: train_step(state, x),
+                f"ours: train_step {label} bf16": lambda step, x, state=bf16_state: train_step(state, x),
+                f"dictionary_learning {Trainer.__name__}": lambda step, x, t=theirs_kind: t.update(step, x),
+            }, batches, args.warmup))  # fmt: skip
         end_to_end_s, _ = _common.timed(lambda: train_sae(store, sae_config, train_config.__class__(**{**train_config.to_dict(), "steps": total}), work / "sae", resume=False, progress=False))
         peak = _common.matmul_peak_gflops(1024 if args.quick else 4096)
         peak_bf16 = _common.matmul_peak_gflops(1024 if args.quick else 4096, dtype=torch.bfloat16)
@@ -148,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step", "model_gflops", "fraction_of_peak"],
     )  # fmt: skip
     topk_rows = []
-    ours_topk_rate = args.batch_size / _common.median(topk_times["ours: train_step TopK"])
-    ours_topk_bf16_rate = args.batch_size / _common.median(topk_times["ours: train_step TopK bf16"])
-    for name, seconds in topk_times.items():
-        rate = args.batch_size / _common.median(seconds)
-        topk_rows.append({"trainer": name, "tokens_per_s": rate, "ours_speedup": ours_topk_rate / rate,
-                          "ours_bf16_speedup": ours_topk_bf16_rate / rate, "ms_per_step": 1e3 * _common.median(seconds)})  # fmt: skip
-    _common.print_table(f"SAE training, TopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
+    for label, (kind, Trainer) in sparse_kinds.items():
+        ours_s, ours_bf16_s = _common.median(topk_times[f"ours: train_step {label}"]), _common.median(topk_times[f"ours: train_step {label} bf16"])
+        for name in (f"ours: train_step {label}", f"ours: train_step {label} bf16", f"dictionary_learning {Trainer.__name__}"):
+            seconds = _common.median(topk_times[name])
+            topk_rows.append({"trainer": name, "sae": kind, "tokens_per_s": args.batch_size / seconds, "ours_speedup": seconds / ours_s,
+                              "ours_bf16_speedup": seconds / ours_bf16_s, "ms_per_step": 1e3 * seconds})  # fmt: skip
+    _common.print_table(f"SAE training, TopK and BatchTopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
                         topk_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.write_result(args, "train", {
         "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer; ours_bf16_speedup >= 2 over StandardTrainerAprilUpdate",

@@ -66,10 +66,12 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             rows.append(("SAE training", f"... ours bf16, of the bfloat16 matmul peak ({_fmt(t['matmul_peak_gflops_bf16'])} GFLOP/s)",
                          f"{bf16['fraction_of_peak']:.0%}", ""))  # fmt: skip
         topk = {r["trainer"]: r for r in t.get("topk_rows", [])}
-        if topk:
-            theirs, ours_topk, ours_topk_bf16 = topk["dictionary_learning TopKTrainer"], topk["ours: train_step TopK"], topk["ours: train_step TopK bf16"]
-            rows.append(("SAE training", f"TopK (k = {t['topk_k']}) {t['d_in']}->{t['d_hidden']}, same batches: tokens/s ours (sparse products) fp32 / bf16 vs dictionary_learning TopKTrainer",
-                         f"{_fmt(ours_topk['tokens_per_s'])} / {_fmt(ours_topk_bf16['tokens_per_s'])} vs {_fmt(theirs['tokens_per_s'])} = "
+        for label in ("TopK", "BatchTopK"):
+            if f"dictionary_learning {label}Trainer" not in topk:
+                continue
+            theirs, ours_k, ours_k_bf16 = topk[f"dictionary_learning {label}Trainer"], topk[f"ours: train_step {label}"], topk[f"ours: train_step {label} bf16"]
+            rows.append(("SAE training", f"{label} (k = {t['topk_k']}) {t['d_in']}->{t['d_hidden']}, same batches: tokens/s ours (sparse products) fp32 / bf16 vs dictionary_learning {label}Trainer",
+                         f"{_fmt(ours_k['tokens_per_s'])} / {_fmt(ours_k_bf16['tokens_per_s'])} vs {_fmt(theirs['tokens_per_s'])} = "
                          f"**{theirs['ours_speedup']:.2f}x** / **{theirs['ours_bf16_speedup']:.2f}x**", ""))  # fmt: skip
     if "concepts" in results:
         c = results["concepts"]

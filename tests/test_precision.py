@@ -209,7 +209,7 @@ def test_features_command_gives_the_same_top_features_in_bf16(demo_session, demo
     both = fp32.merge(bf16, on="feature", suffixes=("_fp32", "_bf16"))
     np.testing.assert_allclose(both["max_activation_bf16"], both["max_activation_fp32"], atol=0.05)
     # The database's concept of a feature is the feature's, whatever computed its activations.
-    assert list(both["concept_fp32"].fillna("-").astype(object)) == list(both["concept_bf16"].fillna("-").astype(object))
+    assert list(both["concept_fp32"].astype(object).fillna("-")) == list(both["concept_bf16"].astype(object).fillna("-"))
 
 
 def test_color_command_runs_in_bf16_and_colours_like_fp32(demo_session, pipelines, demo_protein, shared_data, tmp_path, capsys):

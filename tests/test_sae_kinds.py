@@ -365,11 +365,12 @@ def test_cli_trains_the_new_kinds(stores, tmp_path, capsys):
     assert "prefixes must increase strictly within 1..63" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_sparse_topk_training_equals_dense_autograd(precision):
-    """The sparse TopK products give the dense autograd path's loss and gradients, AuxK included
-    (30 of 96 features dead, so AuxK ranks and reconstructs from them too)."""
-    sae_config = SAEConfig(d_in=24, d_hidden=96, kind="topk", k=5)
+def test_sparse_training_equals_dense_autograd(kind, precision):
+    """The sparse products of TopK and BatchTopK give the dense autograd path's loss and gradients,
+    AuxK included (30 of 96 features dead, so AuxK ranks and reconstructs from them too)."""
+    sae_config = SAEConfig(d_in=24, d_hidden=96, kind=kind, k=5)
     config = TrainConfig(steps=1, batch_size=64, auxk_k=7, precision=precision)
     state = train_module.make_training_state(sae_config, config)
     x = torch.randn(64, 24, generator=torch.Generator().manual_seed(3))
@@ -393,7 +394,7 @@ def test_sparse_topk_training_equals_dense_autograd(precision):
             return train_module._sparse_loss(state, x, sync, dead)
 
     dense_values, dense_grads = loss_and_grads(dense)
-    sparse_values, sparse_grads = loss_and_grads(lambda: train_module._topk_loss(state, x, sync, dead))
+    sparse_values, sparse_grads = loss_and_grads(lambda: train_module._kept_loss(state, x, sync, dead))
     assert dense_values[2] > 0  # AuxK is part of both losses
     # fp32: equal up to the order of sums; bf16: autocast also rounds the dense path's decoder
     # products to bfloat16, which the sparse path computes in float32 (the kept values are the same)

@@ -212,12 +212,13 @@ class SparseAutoencoder(nn.Module):
                 "activations would depend on the rest of the batch"
             )
         if use_batch:
-            flat_rank = ranking.reshape(-1)
-            n_keep = min(self.config.k * (flat_rank.numel() // self.d_hidden), flat_rank.numel())
-            top = flat_rank.topk(n_keep, sorted=False)
-            kept = torch.zeros_like(flat_rank).scatter_(0, top.indices, torch.relu(pre.reshape(-1)[top.indices]))
-            return kept.reshape(pre.shape)
+            return torch.where(ranking >= self.batch_cut(ranking), torch.relu(pre), torch.zeros_like(pre))
         return torch.relu(pre) * (ranking > self.threshold)
+
+    def batch_cut(self, ranking: torch.Tensor) -> torch.Tensor:
+        """BatchTopK's training cut-off: the ``k * residues``-th largest of ``ranking`` (a batch's
+        ranked pre-activations); the entries at or above it are kept (ties with it too)."""
+        return batch_cutoff(ranking, min(self.config.k * (ranking.numel() // self.d_hidden), ranking.numel()))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[..., d_in]`` of activations ``[..., d_hidden]``."""
@@ -226,6 +227,28 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
         return self.decode(f), f
+
+
+def batch_cutoff(ranking: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """The ``n_keep``-th largest value of ``ranking`` ``[..., d_hidden]``: BatchTopK's cut-off.
+
+    Exact without a top-k over every entry (the slow part of a BatchTopK step: about 250 ms at
+    2,048 x 10,240 on 2 cores): the cut-off is first found among each row's ``4 n_keep / rows``
+    largest values; a row whose smallest candidate is not below it may hold more entries above
+    it, so that whole row joins the candidates and the cut-off is found again (it can only rise,
+    so the other rows stay settled and once suffices).
+    """
+    rows = ranking.reshape(-1, ranking.shape[-1])
+    per_row = 4 * -(-n_keep // len(rows))
+    if 2 * per_row >= rows.shape[1]:
+        return rows.reshape(-1).topk(n_keep, sorted=False).values.min()
+    candidates = rows.topk(per_row, dim=-1, sorted=False).values
+    cut = candidates.reshape(-1).topk(n_keep, sorted=False).values.min()
+    unsettled = candidates.min(dim=-1).values >= cut
+    if bool(unsettled.any()):
+        pool = torch.cat([candidates[~unsettled].reshape(-1), rows[unsettled].reshape(-1)])
+        cut = pool.topk(n_keep, sorted=False).values.min()
+    return cut
 
 
 # ------------------------------------------------------------------------------ fit checks

@@ -15,7 +15,7 @@ Losses (per residue, averaged over the batch):
   training (dictionary_learning's) remembers cut-offs of weights long gone: on the demo PLM after
   1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
-  threshold, so inference never depends on the batch. TopK trains through sparse products
+  threshold, so inference never depends on the batch. TopK and BatchTopK train through sparse products
   (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the encoder's forward product is dense,
   the gradients are the dense path's, several times faster at realistic widths
   (``benchmarks/bench_train.py``).
@@ -42,8 +42,8 @@ Compute precision (``TrainConfig.precision``, ``interplm train --precision``): `
 default) or ``"bf16"``, bfloat16 matrix products with float32 master weights, Adam state,
 reconstruction error and loss; the saved SAE is float32 either way
 (:mod:`~interplm_plugins.core.plm.precision` says what runs in which). The ReLU SAE's hand-written
-products are cast explicitly (:func:`relu_loss_and_grads`); TopK's one dense product (the
-encoder's forward) runs in the precision and its sparse products in float32; the other kinds run
+products are cast explicitly (:func:`relu_loss_and_grads`); TopK's and BatchTopK's one dense
+product (the encoder's forward) runs in the precision, their sparse products in float32; the other kinds run
 their forward pass under autocast and backpropagate outside it. The precision is part of the training settings, so
 the checkpoint records it and a run resumes only in the precision it started in.
 """
@@ -69,7 +69,7 @@ from interplm_plugins.core.sae.jumprelu import initialise_thresholds, jumprelu_t
 from interplm_plugins.core.sae.kinds import BATCH_KINDS
 from interplm_plugins.core.sae.matryoshka import nested_reconstruction_losses
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.sae.sparse_topk import TopKForward, kept_reconstruction, topk_forward
+from interplm_plugins.core.sae.sparse_topk import SparseForward, kept_reconstruction, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -167,14 +167,14 @@ def auxk_loss(
     return _normalised_error(sae.decoder(acts), residual, sync)
 
 
-def sparse_auxk_loss(sae: SparseAutoencoder, forward: TopKForward, residual: torch.Tensor, dead: torch.Tensor, k_aux: int, sync: "StepSync | None" = None) -> torch.Tensor:
-    """:func:`auxk_loss` for the sparse TopK path: the dead features ranked within the dead columns
-    only, their reconstruction from the kept entries (:func:`kept_reconstruction`)."""
+def sparse_auxk_loss(sae: SparseAutoencoder, forward: SparseForward, residual: torch.Tensor, dead: torch.Tensor, k_aux: int, sync: "StepSync | None" = None) -> torch.Tensor:
+    """:func:`auxk_loss` for the sparse path: the dead features ranked within the dead columns
+    only, their reconstruction from those entries (:func:`kept_reconstruction`)."""
     dead_ids = dead.nonzero().squeeze(1)
     if len(dead_ids) == 0:
         return residual.new_zeros(())
     local = torch.relu(forward.pre.index_select(1, dead_ids)).topk(min(k_aux, len(dead_ids)), dim=-1, sorted=False).indices
-    reconstruction, _, _ = kept_reconstruction(sae, forward.centred, forward.pre, dead_ids[local])
+    reconstruction, _ = kept_reconstruction(sae, forward.centred, forward.pre, *rows_of_indices(dead_ids[local]))
     return _normalised_error(reconstruction, residual, sync)
 
 
@@ -447,40 +447,47 @@ AUXK_KINDS = ("topk", *BATCH_KINDS)
 
 def _sparse_loss_and_backward(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor, extra: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss of a TopK, BatchTopK, Matryoshka or JumpReLU SAE on ``x``, backpropagated (autograd);
-    returns the detached ``(loss, mse, l0, fired, activations)`` (the dense activations, ``None``
-    for TopK) and adds extra metrics to ``extra``.
+    returns the detached ``(loss, mse, l0, fired, kept)`` (``kept``: the positive activations, for
+    BatchTopK's threshold) and adds extra metrics to ``extra``.
 
-    TopK runs the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk` (which keeps
-    the precision to its one dense product). The others run their forward pass in
+    TopK and BatchTopK run the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk`
+    (which keeps the precision to its one dense product). The others run their forward pass in
     ``config.precision`` (bf16: the encoder and decoder products under autocast; pre-activations
     cast to float32 before the selection; the error against the float32 ``x`` and the loss in
     float32), the backward pass outside the autocast block, as autocast asks.
     """
-    if state.sae.kind == "topk":
-        loss, mse, forward, extra_terms = _topk_loss(state, x, sync, dead)
+    if state.sae.kind in SPARSE_KINDS:
+        loss, mse, forward, extra_terms = _kept_loss(state, x, sync, dead)
         extra.update(extra_terms)
         loss.backward()
         active = forward.activations > 0
         fired = torch.zeros(state.sae.d_hidden, dtype=torch.bool, device=x.device)
-        fired[forward.indices[active]] = True
-        return loss.detach(), mse.detach(), active.sum(dim=-1).to(mse.dtype).mean(), fired, None
+        fired[forward.cols[active]] = True
+        return loss.detach(), mse.detach(), active.sum().to(mse.dtype) / len(x), fired, forward.activations[active]
     with compute_precision(state.config.precision, x):
         loss, mse, f, extra_terms = _sparse_loss(state, x, sync, dead)
     extra.update(extra_terms)
     loss.backward()
     f = f.detach()
     l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
-    return loss.detach(), mse.detach(), l0, (f > 0).any(dim=0), f
+    return loss.detach(), mse.detach(), l0, (f > 0).any(dim=0), f[f > 0]
 
 
-def _topk_loss(
+#: Kinds trained through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`).
+SPARSE_KINDS = ("topk", "batchtopk")
+
+
+def _kept_loss(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, TopKForward, dict[str, torch.Tensor]]:
-    """A TopK SAE's ``(loss, mse, forward pass, extra metrics)``: :func:`_sparse_loss`'s loss, from sparse products."""
+) -> tuple[torch.Tensor, torch.Tensor, SparseForward, dict[str, torch.Tensor]]:
+    """A TopK or BatchTopK SAE's ``(loss, mse, forward pass, extra metrics)``: :func:`_sparse_loss`'s loss, from sparse products."""
     sae, config = state.sae, state.config
-    forward = topk_forward(sae, x, config.precision)
+    if sae.kind == "topk":
+        forward = topk_forward(sae, x, config.precision)
+    else:
+        forward = sparse_forward(sae, x, config.precision, lambda pre: _batch_kept(sae, pre, sync))
     mse = (x - forward.reconstruction).pow(2).sum(dim=-1).mean()
     loss, extra = mse, {}
     if config.dead_feature_remedy and config.auxk_alpha > 0:
@@ -491,11 +498,25 @@ def _topk_loss(
     return loss, mse, forward, extra
 
 
+def _batch_kept(sae: SparseAutoencoder, pre: torch.Tensor, sync: StepSync) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries of ``pre`` that BatchTopK keeps with a positive activation, as CSR ``(crow, cols)``:
+    :func:`_batch_selection`'s, found in one pass over ``pre`` where the ranking is ``pre`` itself."""
+    if not sync.single or not bool((sae.activation_scale == 1).all()):
+        return rows_of_mask(_batch_selection(sae, pre.to(torch.float32), sync) > 0)
+    cut = sae.batch_cut(pre)
+    return rows_of_mask(pre >= cut if cut > 0 else pre > 0)
+
+
+def _batch_selection(sae: SparseAutoencoder, pre: torch.Tensor, sync: StepSync) -> torch.Tensor:
+    """BatchTopK's training activations of ``pre``: over the global batch when ``sync`` has several processes."""
+    return global_batch_topk(sae, pre, sync) if not sync.single else sae.sparsify(pre)
+
+
 def _sparse_loss(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The dense forward pass of :func:`_sparse_loss_and_backward`: ``(loss, mse, activations, extra metrics)``
-    (TopK trains through :func:`_topk_loss`; this dense form of it is the reference the tests compare with)."""
+    (TopK and BatchTopK train through :func:`_kept_loss`; this dense form of theirs is the reference the tests compare with)."""
     sae, config, step = state.sae, state.config, state.step
     extra: dict[str, torch.Tensor] = {}
     pre = sae.pre_activations(x).to(x.dtype)  # (a bf16 product's output: selection and thresholds in float32)
@@ -504,8 +525,8 @@ def _sparse_loss(
         if step == 0:
             initialise_thresholds(sae, sync.global_batch(x))
         f, l0_estimate = jumprelu_training(pre, sae.threshold, sae.bandwidth)
-    elif sae.kind in BATCH_KINDS and not sync.single:
-        f = global_batch_topk(sae, pre, sync)
+    elif sae.kind in BATCH_KINDS:
+        f = _batch_selection(sae, pre, sync)
     else:
         f = sae.sparsify(pre)
     if sae.kind == "matryoshka":
@@ -551,7 +572,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         fired = parts["f_sum"] > 0
         extra["l1"] = parts["l1"]
     else:
-        loss, mse, l0, fired, f = _sparse_loss_and_backward(state, x, sync, dead_before, extra)
+        loss, mse, l0, fired, kept = _sparse_loss_and_backward(state, x, sync, dead_before, extra)
         _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
     sync.reduce_gradients([p for p in sae.parameters() if p.grad is not None], weight)
     if config.grad_clip > 0:
@@ -567,8 +588,7 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
         state.tokens_since_fired[fired] = 0
         start = threshold_estimate_start(config)
         if sae.kind in BATCH_KINDS and step >= start:
-            kept = f[f > 0]
-            smallest = sync.reduce_min(kept.min() if kept.numel() else f.new_zeros(()))
+            smallest = sync.reduce_min(kept.min() if kept.numel() else kept.new_zeros(()))
             # the running mean of the cut-offs since ``start`` (a function of the step: exact on resume)
             sae.threshold.copy_(smallest if step == start else sae.threshold + (smallest - sae.threshold) / (step - start + 1))
         if sae.kind == "relu" and config.dead_feature_remedy and resampling_allowed(config, step):
