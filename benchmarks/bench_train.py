@@ -18,10 +18,11 @@ rates of this CPU, measured in the same run. Targets: ours (fp32) >= 1.5x Standa
 (fastest precision) >= 2x StandardTrainerAprilUpdate. Also timed: ``train_sae`` end to end (streaming from the store,
 logging, the final checkpoint and SAE file).
 
-A second table times TopK and BatchTopK SAEs of the same shape (``--k`` features per token, AuxK
-weight 1/32) on the same batches: ours (sparse products: one dense product per step, see
-``core/sae/sparse_topk.py``), fp32 and bf16, against dictionary_learning's ``TopKTrainer`` and
-``BatchTopKTrainer`` (dense autograd), interleaved the same way. No target is set for it; the
+A second table times TopK, BatchTopK and Matryoshka BatchTopK SAEs of the same shape (``--k``
+features per token, AuxK weight 1/32; Matryoshka nested at d/8, d/4, d/2) on the same batches:
+ours (sparse products: one dense product per step, see ``core/sae/sparse_topk.py``), fp32 and
+bf16, against dictionary_learning's ``TopKTrainer``, ``BatchTopKTrainer`` and
+``MatryoshkaBatchTopKTrainer`` (dense autograd), interleaved the same way. No target is set for it; the
 model-FLOPs fraction is not given because the sparse path does not do the dense path's FLOPs.
 
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
@@ -46,9 +47,20 @@ def _dictionary_learning():
     sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=object))
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.top_k import TopKTrainer
 
-    return StandardTrainer, StandardTrainerAprilUpdate, {"TopK": ("topk", TopKTrainer), "BatchTopK": ("batchtopk", BatchTopKTrainer)}
+    sparse = {"TopK": ("topk", TopKTrainer), "BatchTopK": ("batchtopk", BatchTopKTrainer), "MatryoshkaBatchTopK": ("matryoshka", MatryoshkaBatchTopKTrainer)}
+    return StandardTrainer, StandardTrainerAprilUpdate, sparse
+
+
+def matryoshka_settings(d_hidden: int) -> tuple[list[int], list[float]]:
+    """Our prefix ends (the default nesting) and the same nesting as dictionary_learning's group fractions."""
+    from interplm_plugins.core.sae.matryoshka import default_prefixes
+
+    prefixes = default_prefixes(d_hidden)
+    ends = [*prefixes, d_hidden]
+    return prefixes, [(end - start) / d_hidden for start, end in zip([0, *prefixes], ends)]
 
 
 def interleaved_step_times(runners: dict, batches: list, warmup: int) -> dict[str, list[float]]:
@@ -115,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         times = interleaved_step_times(runners, batches, args.warmup)
         names = list(runners)
         topk_times = {}
+        prefixes, group_fractions = matryoshka_settings(args.d_hidden)
         for label, (kind, Trainer) in sparse_kinds.items():
-            kind_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind=kind, k=args.k)
+            nesting = kind == "matryoshka"
+            kind_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind=kind, k=args.k, prefixes=prefixes if nesting else None)
             fp32_state = make_training_state(kind_config, train_config)
             bf16_state = make_training_state(kind_config, dataclasses.replace(train_config, precision="bf16"))
             theirs_kind = Trainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, k=args.k, layer=3, lm_name="esm2_t6_8M_random",
-                                  lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0)  # fmt: skip
+                                  lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0, **({"group_fractions": group_fractions} if nesting else {}))  # fmt: skip
             topk_times.update(interleaved_step_times({
                 f"ours: train_step {label}": lambda step, x, state=fp32_state: train_step(state, x),
                 f"ours: train_step {label} bf16": lambda step, x, state=bf16_state: train_step(state, x),
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = _common.median(topk_times[name])
             topk_rows.append({"trainer": name, "sae": kind, "tokens_per_s": args.batch_size / seconds, "ours_speedup": seconds / ours_s,
                               "ours_bf16_speedup": seconds / ours_bf16_s, "ms_per_step": 1e3 * seconds})  # fmt: skip
-    _common.print_table(f"SAE training, TopK and BatchTopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
+    _common.print_table(f"SAE training, TopK, BatchTopK and Matryoshka BatchTopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
                         topk_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.write_result(args, "train", {
         "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer; ours_bf16_speedup >= 2 over StandardTrainerAprilUpdate",

@@ -66,7 +66,7 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             rows.append(("SAE training", f"... ours bf16, of the bfloat16 matmul peak ({_fmt(t['matmul_peak_gflops_bf16'])} GFLOP/s)",
                          f"{bf16['fraction_of_peak']:.0%}", ""))  # fmt: skip
         topk = {r["trainer"]: r for r in t.get("topk_rows", [])}
-        for label in ("TopK", "BatchTopK"):
+        for label in ("TopK", "BatchTopK", "MatryoshkaBatchTopK"):
             if f"dictionary_learning {label}Trainer" not in topk:
                 continue
             theirs, ours_k, ours_k_bf16 = topk[f"dictionary_learning {label}Trainer"], topk[f"ours: train_step {label}"], topk[f"ours: train_step {label} bf16"]

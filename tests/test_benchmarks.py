@@ -29,7 +29,7 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert {row["trainer"] for row in results["train"]["rows"]} >= {"ours: train_step", "ours: train_step bf16", "dictionary_learning StandardTrainerAprilUpdate"}
     assert results["train"]["matmul_peak_gflops_bf16"] > 0
     assert {row["trainer"] for row in results["train"]["topk_rows"]} == {
-        name for kind in ("TopK", "BatchTopK") for name in (f"ours: train_step {kind}", f"ours: train_step {kind} bf16", f"dictionary_learning {kind}Trainer")
+        name for kind in ("TopK", "BatchTopK", "MatryoshkaBatchTopK") for name in (f"ours: train_step {kind}", f"ours: train_step {kind} bf16", f"dictionary_learning {kind}Trainer")
     }
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])

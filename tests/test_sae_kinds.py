@@ -365,12 +365,12 @@ def test_cli_trains_the_new_kinds(stores, tmp_path, capsys):
     assert "prefixes must increase strictly within 1..63" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_sparse_training_equals_dense_autograd(kind, precision):
-    """The sparse products of TopK and BatchTopK give the dense autograd path's loss and gradients,
-    AuxK included (30 of 96 features dead, so AuxK ranks and reconstructs from them too)."""
-    sae_config = SAEConfig(d_in=24, d_hidden=96, kind=kind, k=5)
+    """The sparse products of TopK, BatchTopK and Matryoshka give the dense autograd path's loss and
+    gradients, AuxK included (30 of 96 features dead, so AuxK ranks and reconstructs from them too)."""
+    sae_config = SAEConfig(d_in=24, d_hidden=96, kind=kind, k=5, prefixes=[12, 40] if kind == "matryoshka" else None)
     config = TrainConfig(steps=1, batch_size=64, auxk_k=7, precision=precision)
     state = train_module.make_training_state(sae_config, config)
     x = torch.randn(64, 24, generator=torch.Generator().manual_seed(3))

@@ -28,9 +28,9 @@ SAE training (:func:`~interplm_plugins.core.sae.train.train_step`, ``interplm tr
 
 - in bf16: the matrix products of the forward and backward pass (encoder, decoder and, for the
   ReLU SAE's hand-written gradients, the three gradient products), with float32 accumulation in
-  the kernels; the ``[batch, features]`` activations and their gradient are held in bf16. TopK
-  trains through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`): only its
-  encoder's forward product is bf16, the sparse products of the kept features run in float32.
+  the kernels; the ``[batch, features]`` activations and their gradient are held in bf16. TopK,
+  BatchTopK and Matryoshka train through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`):
+  only their encoder's forward product is bf16, the sparse products of the kept features run in float32.
 - in float32: the master weights, the Adam state, the gradients as the optimiser sees them, the
   reconstruction error ``x_hat - x`` and the loss, the L1 and decoder norms, the sparsity
   selection of TopK / BatchTopK / JumpReLU (pre-activations are cast to float32 first), dead-

@@ -28,16 +28,24 @@ def default_prefixes(d_hidden: int, levels: int = 4) -> list[int]:
     return sorted({d_hidden >> i for i in range(1, levels) if d_hidden >> i >= 1})
 
 
-def nested_reconstruction_losses(sae, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean over prefixes of the prefix MSEs, full-dictionary MSE, full reconstruction)``; the
-    decoder runs once, in pieces."""
+def prefix_segments(sae) -> list[tuple[int, int]]:
+    """The dictionary's column ranges ``[start, end)`` between consecutive prefix ends, in order."""
     ends = [*sae.config.prefixes, sae.d_hidden]
-    weight = sae.decoder.weight
-    reconstruction = sae.bias.expand_as(x)
+    return list(zip([0, *ends[:-1]], ends))
+
+
+def nested_losses(x: torch.Tensor, bias: torch.Tensor, pieces) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean over prefixes of the prefix MSEs, full-dictionary MSE, full reconstruction)`` from
+    ``pieces``, the decoder's output of each of :func:`prefix_segments`' ranges, in order."""
+    reconstruction = bias.expand_as(x)
     losses = []
-    start = 0
-    for end in ends:
-        reconstruction = reconstruction + f[:, start:end] @ weight[:, start:end].T
+    for piece in pieces:
+        reconstruction = reconstruction + piece
         losses.append((x - reconstruction).pow(2).sum(dim=-1).mean())
-        start = end
     return torch.stack(losses).mean(), losses[-1], reconstruction
+
+
+def nested_reconstruction_losses(sae, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`nested_losses` of the dense activations ``f``; the decoder runs once, in pieces."""
+    weight = sae.decoder.weight
+    return nested_losses(x, sae.bias, (f[:, start:end] @ weight[:, start:end].T for start, end in prefix_segments(sae)))

@@ -1,7 +1,7 @@
-"""TopK and BatchTopK SAE training with sparse products: only the encoder's forward product is dense.
+"""TopK, BatchTopK and Matryoshka training with sparse products: only the encoder's forward product is dense.
 
 A TopK SAE keeps ``k`` of ``d_hidden`` features per residue (32 of 10,240 in the benchmarks;
-BatchTopK ``k`` per residue on average, chosen over the batch), yet
+BatchTopK and Matryoshka BatchTopK ``k`` per residue on average, chosen over the batch), yet
 autograd through ``decoder(zeros.scatter(top))`` runs five more dense ``[B, d_in] x [d_in, d_hidden]``
 products: the decoder's forward, both of its backward products, and the encoder's two backward
 products (its gradient is zero outside the kept entries). Here the dense encoder output is used only
@@ -61,10 +61,18 @@ def rows_of_indices(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def rows_of_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(crow, cols)`` of the True entries of ``mask`` ``[B, width]``."""
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: columns sorted within each row
-    counts = torch.bincount(rows, minlength=mask.shape[0])
-    crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return crow, cols
+    return _crow(rows, mask.shape[0]), cols
+
+
+def _crow(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row pointers ``[n + 1]`` of entries whose (sorted) row indices are ``rows``."""
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    return crow
+
+
+def _row_ids(crow: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
 
 
 class _KeptReconstruction(torch.autograd.Function):
@@ -107,8 +115,7 @@ def kept_reconstruction(
 
     Returns ``(output, activations)``: the output differentiable in ``xc`` and the SAE's weights,
     the activations (one per kept entry) detached."""
-    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
-    kept_pre = pre[rows, cols].to(xc.dtype)
+    kept_pre = pre[_row_ids(crow), cols].to(xc.dtype)
     output, activations = _KeptReconstruction.apply(xc, sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, crow, cols, kept_pre)
     return output, activations.detach()
 
@@ -138,3 +145,15 @@ def topk_forward(sae: SparseAutoencoder, x: torch.Tensor, precision: str) -> Spa
         return rows_of_indices(ranking.topk(sae.config.k, dim=-1, sorted=False).indices)
 
     return sparse_forward(sae, x, precision, select)
+
+
+def kept_segments(sae: SparseAutoencoder, forward: SparseForward, segments: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The decoder's output ``[B, d_in]`` (no pre-encoder bias) from the kept entries of ``forward``
+    in each column range ``[start, end)`` of ``segments`` (Matryoshka's prefix pieces); differentiable."""
+    rows = _row_ids(forward.crow)
+    pieces = []
+    for start, end in segments:
+        inside = (forward.cols >= start) & (forward.cols < end)
+        crow = _crow(rows[inside], len(forward.crow) - 1)
+        pieces.append(kept_reconstruction(sae, forward.centred, forward.pre, crow, forward.cols[inside])[0])
+    return pieces

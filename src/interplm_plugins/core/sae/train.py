@@ -15,7 +15,7 @@ Losses (per residue, averaged over the batch):
   training (dictionary_learning's) remembers cut-offs of weights long gone: on the demo PLM after
   1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
-  threshold, so inference never depends on the batch. TopK and BatchTopK train through sparse products
+  threshold, so inference never depends on the batch. TopK, BatchTopK and Matryoshka train through sparse products
   (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the encoder's forward product is dense,
   the gradients are the dense path's, several times faster at realistic widths
   (``benchmarks/bench_train.py``).
@@ -42,10 +42,11 @@ Compute precision (``TrainConfig.precision``, ``interplm train --precision``): `
 default) or ``"bf16"``, bfloat16 matrix products with float32 master weights, Adam state,
 reconstruction error and loss; the saved SAE is float32 either way
 (:mod:`~interplm_plugins.core.plm.precision` says what runs in which). The ReLU SAE's hand-written
-products are cast explicitly (:func:`relu_loss_and_grads`); TopK's and BatchTopK's one dense
-product (the encoder's forward) runs in the precision, their sparse products in float32; the other kinds run
-their forward pass under autocast and backpropagate outside it. The precision is part of the training settings, so
-the checkpoint records it and a run resumes only in the precision it started in.
+products are cast explicitly (:func:`relu_loss_and_grads`); the TopK kinds' one dense product
+(the encoder's forward; TopK, BatchTopK, Matryoshka) runs in the precision, their sparse products
+in float32; JumpReLU runs its forward pass under autocast and backpropagates outside it. The
+precision is part of the training settings, so the checkpoint records it and a run resumes only
+in the precision it started in.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precisi
 from interplm_plugins.core.sae.files import save_sae
 from interplm_plugins.core.sae.jumprelu import initialise_thresholds, jumprelu_training
 from interplm_plugins.core.sae.kinds import BATCH_KINDS
-from interplm_plugins.core.sae.matryoshka import nested_reconstruction_losses
+from interplm_plugins.core.sae.matryoshka import nested_losses, nested_reconstruction_losses, prefix_segments
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.sae.sparse_topk import SparseForward, kept_reconstruction, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
+from interplm_plugins.core.sae.sparse_topk import SparseForward, kept_reconstruction, kept_segments, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -452,7 +453,7 @@ def _sparse_loss_and_backward(
     returns the detached ``(loss, mse, l0, fired, kept)`` (``kept``: the positive activations, for
     BatchTopK's threshold) and adds extra metrics to ``extra``.
 
-    TopK and BatchTopK run the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk`
+    TopK, BatchTopK and Matryoshka run the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk`
     (which keeps the precision to its one dense product). The others run their forward pass in
     ``config.precision`` (bf16: the encoder and decoder products under autocast; pre-activations
     cast to float32 before the selection; the error against the float32 ``x`` and the loss in
@@ -476,22 +477,27 @@ def _sparse_loss_and_backward(
 
 
 #: Kinds trained through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`).
-SPARSE_KINDS = ("topk", "batchtopk")
+SPARSE_KINDS = ("topk", "batchtopk", "matryoshka")
 
 
 def _kept_loss(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, SparseForward, dict[str, torch.Tensor]]:
-    """A TopK or BatchTopK SAE's ``(loss, mse, forward pass, extra metrics)``: :func:`_sparse_loss`'s loss, from sparse products."""
+    """A TopK, BatchTopK or Matryoshka SAE's ``(loss, mse, forward pass, extra metrics)``: :func:`_sparse_loss`'s loss, from sparse products."""
     sae, config = state.sae, state.config
     if sae.kind == "topk":
         forward = topk_forward(sae, x, config.precision)
     else:
         forward = sparse_forward(sae, x, config.precision, lambda pre: _batch_kept(sae, pre, sync))
-    mse = (x - forward.reconstruction).pow(2).sum(dim=-1).mean()
-    loss, extra = mse, {}
+    if sae.kind == "matryoshka":
+        loss, mse, x_hat = nested_losses(x, sae.bias, kept_segments(sae, forward, prefix_segments(sae)))
+    else:
+        x_hat = forward.reconstruction
+        mse = (x - x_hat).pow(2).sum(dim=-1).mean()
+        loss = mse
+    extra = {}
     if config.dead_feature_remedy and config.auxk_alpha > 0:
-        residual = (x - forward.reconstruction).detach()
+        residual = (x - x_hat).detach()
         aux = sparse_auxk_loss(sae, forward, residual, dead, config.auxk_k or max(1, sae.d_in // 2), sync)
         loss = loss + config.auxk_alpha * aux
         extra["auxk"] = aux.detach()
@@ -516,7 +522,7 @@ def _sparse_loss(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The dense forward pass of :func:`_sparse_loss_and_backward`: ``(loss, mse, activations, extra metrics)``
-    (TopK and BatchTopK train through :func:`_kept_loss`; this dense form of theirs is the reference the tests compare with)."""
+    (TopK, BatchTopK and Matryoshka train through :func:`_kept_loss`; this dense form of theirs is the reference the tests compare with)."""
     sae, config, step = state.sae, state.config, state.step
     extra: dict[str, torch.Tensor] = {}
     pre = sae.pre_activations(x).to(x.dtype)  # (a bf16 product's output: selection and thresholds in float32)
