@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "d_in": store.dim, "d_hidden": args.d_hidden, "batch_size": args.batch_size, "lr": args.lr, "l1": args.l1,
         "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16,
         "flops_per_token": flops_per_token, "rows": rows,
-        "step_times_s": times, "topk_k": args.k, "topk_rows": topk_rows, "topk_step_times_s": topk_times,
+        "step_times_s": times, "topk_k": args.k, "matryoshka_prefixes": prefixes, "topk_rows": topk_rows, "topk_step_times_s": topk_times,
     })  # fmt: skip
     return 0
 
