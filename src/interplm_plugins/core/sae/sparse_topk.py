@@ -15,6 +15,9 @@ The values are the dense path's: each kept activation is ``relu`` of the encoder
 entry, in the compute precision (bf16: the encoder product in bfloat16, as autocast would run it);
 the sparse products run in float32. Gradients equal autograd's through the dense path up to the
 order of float32 sums (``tests/test_sae_kinds.py``).
+
+:func:`~interplm_plugins.core.sae.train.train_step` uses these on CPUs, where they were measured
+(``benchmarks/bench_train.py``); on a GPU it keeps the dense products until they are measured there.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Losses (per residue, averaged over the batch):
   training (dictionary_learning's) remembers cut-offs of weights long gone: on the demo PLM after
   1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
-  threshold, so inference never depends on the batch. TopK, BatchTopK and Matryoshka train through sparse products
+  threshold, so inference never depends on the batch. On the CPU, TopK, BatchTopK and Matryoshka train through sparse products
   (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the encoder's forward product is dense,
   the gradients are the dense path's, several times faster at realistic widths
   (``benchmarks/bench_train.py``).
@@ -454,12 +454,13 @@ def _sparse_loss_and_backward(
     BatchTopK's threshold) and adds extra metrics to ``extra``.
 
     TopK, BatchTopK and Matryoshka run the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk`
-    (which keeps the precision to its one dense product). The others run their forward pass in
+    on the CPU (which keeps the precision to its one dense product). The others, and those on a
+    GPU, run their forward pass in
     ``config.precision`` (bf16: the encoder and decoder products under autocast; pre-activations
     cast to float32 before the selection; the error against the float32 ``x`` and the loss in
     float32), the backward pass outside the autocast block, as autocast asks.
     """
-    if state.sae.kind in SPARSE_KINDS:
+    if state.sae.kind in SPARSE_KINDS and x.device.type in SPARSE_DEVICES:
         loss, mse, forward, extra_terms = _kept_loss(state, x, sync, dead)
         extra.update(extra_terms)
         loss.backward()
@@ -476,8 +477,10 @@ def _sparse_loss_and_backward(
     return loss.detach(), mse.detach(), l0, (f > 0).any(dim=0), f[f > 0]
 
 
-#: Kinds trained through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`).
+#: Kinds trained through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`), and the
+#: devices where: measured on CPUs only; elsewhere (CUDA) the dense products, until measured there.
 SPARSE_KINDS = ("topk", "batchtopk", "matryoshka")
+SPARSE_DEVICES = ("cpu",)
 
 
 def _kept_loss(
