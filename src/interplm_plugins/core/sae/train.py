@@ -15,10 +15,10 @@ Losses (per residue, averaged over the batch):
   training (dictionary_learning's) remembers cut-offs of weights long gone: on the demo PLM after
   1,500 steps it left the threshold at 3x the final cut-off, 42 instead of 60 features per
   residue and 362 features ever active instead of 1,272. An SAE always leaves training with a
-  threshold, so inference never depends on the batch. On the CPU, TopK, BatchTopK and Matryoshka train through sparse products
-  (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the encoder's forward product is dense,
-  the gradients are the dense path's, several times faster at realistic widths
-  (``benchmarks/bench_train.py``).
+  threshold, so inference never depends on the batch. On the CPU, TopK, BatchTopK and Matryoshka
+  train through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`): only the
+  encoder's forward product is dense, the gradients are the dense path's, several times faster
+  at realistic widths (``benchmarks/bench_train.py``).
 - Matryoshka BatchTopK (:mod:`~interplm_plugins.core.sae.matryoshka`): as BatchTopK, with the
   reconstruction error averaged over the nested prefixes of the dictionary.
 - JumpReLU (:mod:`~interplm_plugins.core.sae.jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
@@ -453,12 +453,12 @@ def _sparse_loss_and_backward(
     returns the detached ``(loss, mse, l0, fired, kept)`` (``kept``: the positive activations, for
     BatchTopK's threshold) and adds extra metrics to ``extra``.
 
-    TopK, BatchTopK and Matryoshka run the sparse products of :mod:`~interplm_plugins.core.sae.sparse_topk`
-    on the CPU (which keeps the precision to its one dense product). The others, and those on a
-    GPU, run their forward pass in
-    ``config.precision`` (bf16: the encoder and decoder products under autocast; pre-activations
-    cast to float32 before the selection; the error against the float32 ``x`` and the loss in
-    float32), the backward pass outside the autocast block, as autocast asks.
+    On the CPU, TopK, BatchTopK and Matryoshka run the sparse products of
+    :mod:`~interplm_plugins.core.sae.sparse_topk` (which keeps the precision to its one dense
+    product). JumpReLU, and the others on a GPU, run their forward pass in ``config.precision``
+    (bf16: the encoder and decoder products under autocast; pre-activations cast to float32 before
+    the selection; the error against the float32 ``x`` and the loss in float32), the backward pass
+    outside the autocast block, as autocast asks.
     """
     if state.sae.kind in SPARSE_KINDS and x.device.type in SPARSE_DEVICES:
         loss, mse, forward, extra_terms = _kept_loss(state, x, sync, dead)
@@ -486,7 +486,8 @@ SPARSE_DEVICES = ("cpu",)
 def _kept_loss(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, SparseForward, dict[str, torch.Tensor]]:
-    """A TopK, BatchTopK or Matryoshka SAE's ``(loss, mse, forward pass, extra metrics)``: :func:`_sparse_loss`'s loss, from sparse products."""
+    """A TopK, BatchTopK or Matryoshka SAE's ``(loss, mse, forward pass, extra metrics)``:
+    :func:`_sparse_loss`'s loss, from sparse products."""
     sae, config = state.sae, state.config
     if sae.kind == "topk":
         forward = topk_forward(sae, x, config.precision)
