@@ -11,7 +11,10 @@ Speed (the two precisions alternate, so a busy machine slows both alike):
   shapes only). Target: bf16 >= 1.8x fp32.
 - SAE training, tokens/s: ``train_step`` in fp32 and in bf16 on the same batches of the demo's
   layer-3 embeddings, steps interleaved, median step time; ReLU (hand-written products) and TopK
-  (autograd under autocast). Target: bf16 >= 1.5x fp32.
+  (sparse products, bf16 in its one dense product). Target: bf16 >= 1.5x fp32.
+- where embedding time goes: one extra pass per model and precision under ``torch.profiler``
+  (first ``--profile-proteins``), the CPU seconds of the fused attention kernel, of the matrix
+  products and of everything else, so the speed-up of each part is a number, not a guess.
 
 Error where users feel it (the embedded default, fp32 as the reference):
 
@@ -105,6 +108,35 @@ def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
     fp32_s, bf16_s = min(times["fp32"]), min(times["bf16"])
     return {"layer": layer, "fp32_res_per_s": residues / fp32_s, "bf16_res_per_s": residues / bf16_s, "speedup": fp32_s / bf16_s,
             "fp32_runs_s": times["fp32"], "bf16_runs_s": times["bf16"]}  # fmt: skip
+
+
+#: Profiler op names of the fused attention kernel (CPU flash attention, or any other SDPA backend).
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention")
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def embedding_profile(plm, records, toks_per_batch: int) -> dict:
+    """CPU seconds (self time, both threads summed) of attention, matrix products and the rest, per precision."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from interplm_plugins.core.plm.embed import embed_sequences
+
+    layer = max(1, plm.num_layers - 1)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, precision=precision):
+                pass
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / 1e6
+        attention = sum(e.self_cpu_time_total for e in events if any(op in e.key for op in ATTENTION_OPS)) / 1e6
+        matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
+        out[precision] = {"attention_s": attention, "matmul_s": matmul, "other_s": total - attention - matmul, "total_s": total}
+    for part in ("attention_s", "matmul_s", "other_s", "total_s"):
+        out[f"{part.removesuffix('_s')}_speedup"] = out["fp32"][part] / out["bf16"][part]
+    out["fp32_attention_share"] = out["fp32"]["attention_s"] / out["fp32"]["total_s"]
+    out["bf16_attention_share"] = out["bf16"]["attention_s"] / out["bf16"]["total_s"]
+    return out
 
 
 def training_speed(store, kind: str, width: int, batch_size: int, steps: int, warmup: int) -> dict:
@@ -235,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="demo,8M,35M", help="comma-separated: demo (the embedded default), 8M, 35M (default all)")
     p.add_argument("--repeats", type=int, default=2, help="embedding runs per precision, alternating; the best is kept (default 2)")
     p.add_argument("--toks-per-batch", type=int, default=4096)
+    p.add_argument("--profile-proteins", type=int, default=100, help="proteins of the profiled embedding pass (default 100)")
     p.add_argument("--train", default="relu:2048,relu:10240,topk:10240", help="SAEs to time, kind:width (default relu:2048,relu:10240,topk:10240)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per precision (default 20)")
@@ -264,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             plm = fp32.plm if name == "demo" else random_plm(name, work)
             row = embedding_speed(plm, records, args.repeats, args.toks_per_batch)
+            row["profile"] = embedding_profile(plm, records[: args.profile_proteins], args.toks_per_batch)
             embed_rows.append({"model": "embedded default (4x256)" if name == "demo" else f"ESM-2 {name} ({MODELS[name][0]}x{MODELS[name][1]})", **row})
         error = activation_error(pipelines, records)
         store = embed_to_store(fp32.plm, records, fp32.layer, work / "store", shard_residues=50_000)[fp32.layer]
@@ -276,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _common.print_table("Embedding throughput (residues/s, in process, best of the runs)", embed_rows,
                         ["model", "layer", "fp32_res_per_s", "bf16_res_per_s", "speedup"])  # fmt: skip
+    profile_rows = [{"model": r["model"], **{f"{p}_{part}": r["profile"][p][part] for p in ("fp32", "bf16") for part in ("attention_s", "matmul_s", "other_s")},
+                     "attention_speedup": r["profile"]["attention_speedup"], "matmul_speedup": r["profile"]["matmul_speedup"]} for r in embed_rows]  # fmt: skip
+    _common.print_table(f"Where embedding time goes (CPU seconds under torch.profiler, first {min(args.profile_proteins, len(records))} proteins)", profile_rows,
+                        list(profile_rows[0]))  # fmt: skip
     _common.print_table(f"SAE training throughput (tokens/s, median of {args.steps} interleaved steps)", train_rows,
                         ["sae", "batch_size", "fp32_tokens_per_s", "bf16_tokens_per_s", "speedup", "fp32_mse_last", "bf16_mse_last"])  # fmt: skip
     error_rows = [{"measure": k, "value": v} for k, v in error.items() if k not in ("proteins", "residues")]
@@ -304,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.write_result(args, "precision", {
         "target": f"bf16 >= {EMBED_TARGET}x fp32 embedding, >= {TRAIN_TARGET}x training; concept F1 change <= {F1_TOLERANCE}",
         "bf16_matrix_units": bool(bf16_is_fast("cpu")), "proteins": len(records), "residues": residues, "torch_threads": torch.get_num_threads(),
-        "rows": embed_rows + train_rows, "embedding": embed_rows, "training": train_rows, "error": error, "concepts": concepts,
+        "profile_proteins": min(args.profile_proteins, len(records)), "rows": embed_rows + train_rows, "embedding": embed_rows, "training": train_rows, "error": error, "concepts": concepts,
         "changes_a_conclusion": bool(changed), "verdict": verdict, "speed": speed, "seconds": time.perf_counter() - start,
     })  # fmt: skip
     return 0

@@ -109,6 +109,12 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         for r in pr["embedding"]:
             rows.append(("bf16 compute", f"embedding, {r['model']}: residues/s bf16 vs fp32",
                          f"{_fmt(r['bf16_res_per_s'])} vs {_fmt(r['fp32_res_per_s'])} = **{r['speedup']:.2f}x**", ">= 1.8x"))  # fmt: skip
+            if "profile" in r:
+                pf = r["profile"]
+                rows.append(("bf16 compute", "... where the time goes (CPU s under the profiler, fp32 -> bf16)",
+                             f"attention {pf['fp32']['attention_s']:.2f} -> {pf['bf16']['attention_s']:.2f} ({pf['attention_speedup']:.2f}x); "
+                             f"matrix products {pf['fp32']['matmul_s']:.2f} -> {pf['bf16']['matmul_s']:.2f} ({pf['matmul_speedup']:.2f}x); "
+                             f"the rest {pf['fp32']['other_s']:.2f} -> {pf['bf16']['other_s']:.2f}", ""))  # fmt: skip
         for r in pr["training"]:
             rows.append(("bf16 compute", f"SAE training {r['sae']}, batch {r['batch_size']}: tokens/s bf16 vs fp32",
                          f"{_fmt(r['bf16_tokens_per_s'])} vs {_fmt(r['fp32_tokens_per_s'])} = **{r['speedup']:.2f}x**", ">= 1.5x"))  # fmt: skip
