@@ -160,3 +160,24 @@ def test_loss_recovered_of_an_identity_sae_is_one(tiny_plm, swissprot_fasta):
     result = loss_recovered(tiny_plm, sae, records, layer=1)
     assert result["fidelity"] == pytest.approx(1.0, abs=1e-4)
     assert result["ce_zero"] != pytest.approx(result["ce_clean"])
+
+
+def test_batch_cutoff_is_the_full_top_k_cut_off():
+    """BatchTopK's cut-off from per-row candidates equals the n-th largest of all entries, also when
+    one row holds many of the largest values (its candidates are not enough) and with ties."""
+    from interplm_plugins.core.sae.model import batch_cutoff
+
+    generator = torch.Generator().manual_seed(0)
+    crowded = 0
+    for trial in range(200):
+        rows, width = int(torch.randint(1, 50, (1,), generator=generator)), int(torch.randint(8, 400, (1,), generator=generator))
+        k = int(torch.randint(1, max(2, width // 3), (1,), generator=generator))
+        ranking = torch.randn(rows, width, generator=generator)
+        if trial % 3 == 0:
+            ranking[0] += 5  # one row crowds the top of the batch
+            crowded += 1
+        if trial % 5 == 0:
+            ranking = ranking.round()  # many ties
+        n_keep = min(k * rows, rows * width)
+        assert batch_cutoff(ranking, n_keep) == ranking.reshape(-1).topk(n_keep).values.min(), (rows, width, k)
+    assert crowded > 50
