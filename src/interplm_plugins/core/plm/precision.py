@@ -33,8 +33,9 @@ SAE training (:func:`~interplm_plugins.core.sae.train.train_step`, ``interplm tr
   only their encoder's forward product is bf16, the sparse products of the kept features run in float32.
 - in float32: the master weights, the Adam state, the gradients as the optimiser sees them, the
   reconstruction error ``x_hat - x`` and the loss, the L1 and decoder norms, the sparsity
-  selection of TopK / BatchTopK / JumpReLU (pre-activations are cast to float32 first), dead-
-  feature resampling and the saved SAE, which is always float32.
+  selection of TopK / BatchTopK / JumpReLU (pre-activations are cast to float32 first; the
+  sparse path ranks the bfloat16 ones as they are, since the exact cast would not change which
+  win), dead-feature resampling and the saved SAE, which is always float32.
 
 bf16 pays where the hardware has bf16 matrix units: CPUs with AVX512-BF16 or AMX, and GPUs from
 NVIDIA Ampere on; elsewhere it is emulated and may be slower than float32. What it costs in
