@@ -367,9 +367,11 @@ def test_cli_trains_the_new_kinds(stores, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_sparse_training_equals_dense_autograd(kind, precision):
+@pytest.mark.parametrize("scaled", [False, True], ids=["unit-scale", "scaled"])
+def test_sparse_training_equals_dense_autograd(kind, precision, scaled):
     """The sparse products of TopK, BatchTopK and Matryoshka give the dense autograd path's loss and
-    gradients, AuxK included (30 of 96 features dead, so AuxK ranks and reconstructs from them too)."""
+    gradients, AuxK included (30 of 96 features dead, so AuxK ranks and reconstructs from them too);
+    also when an activation scale other than ones changes which features rank highest."""
     sae_config = SAEConfig(d_in=24, d_hidden=96, kind=kind, k=5, prefixes=[12, 40] if kind == "matryoshka" else None)
     config = TrainConfig(steps=1, batch_size=64, auxk_k=7, precision=precision)
     state = train_module.make_training_state(sae_config, config)
@@ -377,6 +379,8 @@ def test_sparse_training_equals_dense_autograd(kind, precision):
     with torch.no_grad():
         state.sae.bias.copy_(x.mean(dim=0) + 0.1)
         state.sae.encoder.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(4))
+        if scaled:
+            state.sae.activation_scale.copy_(torch.linspace(0.25, 4.0, 96))
     dead = torch.zeros(96, dtype=torch.bool)
     dead[torch.randperm(96, generator=torch.Generator().manual_seed(5))[:30]] = True
     sync = train_module.StepSync()
@@ -401,6 +405,8 @@ def test_sparse_training_equals_dense_autograd(kind, precision):
     tolerance = 1e-5 if precision == "fp32" else 1e-2
     for got, expected in zip(sparse_values + sparse_grads, dense_values + dense_grads):
         assert float((got - expected).norm() / expected.norm()) < tolerance
+    if scaled:  # (training itself runs at unit scale: the scale is folded in after it)
+        return
     # and one whole step through train_step with the sparse path learns (finite, falling loss)
     losses = [train_module.train_step(state, x)["loss"] for _ in range(20)]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]

@@ -215,6 +215,11 @@ class SparseAutoencoder(nn.Module):
             return torch.where(ranking >= self.batch_cut(ranking), torch.relu(pre), torch.zeros_like(pre))
         return torch.relu(pre) * (ranking > self.threshold)
 
+    def ranking_of(self, pre: torch.Tensor) -> torch.Tensor:
+        """The values :meth:`sparsify` ranks ``pre`` by (``pre * activation_scale``), or ``pre``
+        itself while the scale is all ones, as in training (saving a product over the batch)."""
+        return pre if bool((self.activation_scale == 1).all()) else pre * self.activation_scale
+
     def batch_cut(self, ranking: torch.Tensor) -> torch.Tensor:
         """BatchTopK's training cut-off: the ``k * residues``-th largest of ``ranking`` (a batch's
         ranked pre-activations); the entries at or above it are kept (ties with it too)."""

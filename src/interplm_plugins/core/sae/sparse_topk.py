@@ -143,9 +143,7 @@ def topk_forward(sae: SparseAutoencoder, x: torch.Tensor, precision: str) -> Spa
     unscaled as :meth:`SparseAutoencoder.sparsify` ranks them (the scale is all ones while training)."""
 
     def select(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = sae.activation_scale
-        ranking = pre if bool((scale == 1).all()) else pre * scale
-        return rows_of_indices(ranking.topk(sae.config.k, dim=-1, sorted=False).indices)
+        return rows_of_indices(sae.ranking_of(pre).topk(sae.config.k, dim=-1, sorted=False).indices)
 
     return sparse_forward(sae, x, precision, select)
 

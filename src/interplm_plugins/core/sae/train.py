@@ -510,11 +510,15 @@ def _kept_loss(
 
 def _batch_kept(sae: SparseAutoencoder, pre: torch.Tensor, sync: StepSync) -> tuple[torch.Tensor, torch.Tensor]:
     """The entries of ``pre`` that BatchTopK keeps with a positive activation, as CSR ``(crow, cols)``:
-    :func:`_batch_selection`'s, found in one pass over ``pre`` where the ranking is ``pre`` itself."""
-    if not sync.single or not bool((sae.activation_scale == 1).all()):
+    :func:`_batch_selection`'s, found in one pass over ``pre`` on one process."""
+    if not sync.single:
         return rows_of_mask(_batch_selection(sae, pre.to(torch.float32), sync) > 0)
-    cut = sae.batch_cut(pre)
-    return rows_of_mask(pre >= cut if cut > 0 else pre > 0)
+    ranking = sae.ranking_of(pre)
+    cut = sae.batch_cut(ranking)
+    kept = ranking >= cut
+    if ranking is not pre or cut <= 0:  # (ranking is pre and cut > 0: every kept entry is positive)
+        kept &= pre > 0
+    return rows_of_mask(kept)
 
 
 def _batch_selection(sae: SparseAutoencoder, pre: torch.Tensor, sync: StepSync) -> torch.Tensor:
