@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     all_concepts = np.arange(c)
     sample = all_concepts if args.reference_concepts <= 0 or args.reference_concepts >= c else np.sort(rng.choice(c, args.reference_concepts, replace=False))
-    # One untimed call first: a fresh process pays for the first touch of the ~1 GB our counts
-    # allocate (seconds on a VM), which the methods timed after it would not; then alternating
+    # One untimed call first: a fresh process pays for the first touch of the ~1 GB (peak) our
+    # counts allocate (seconds on a VM), which the methods timed after it would not; then alternating
     # rounds, median of each.
     ours = count_matches(acts, labels, THRESHOLDS)
     runs: dict[str, list[float]] = {"ours": [], "row_loop": [], "interplm_loop": []}
