@@ -36,13 +36,14 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 
 
 class SparseForward(NamedTuple):
-    """What one training forward pass through the kept features leaves: the reconstruction (with
-    the pre-encoder bias, differentiable); the kept entries as CSR structure, ``crow`` ``[B + 1]``
+    """What one training forward pass through the kept features leaves: the decoder's output
+    ``[B, d_in]`` (no pre-encoder bias, differentiable) of each column range it was asked for, in
+    order (one piece, the whole dictionary, unless Matryoshka's prefix segments); the kept entries as CSR structure, ``crow`` ``[B + 1]``
     and ``cols`` (sorted within each row), with their activations (detached, same length as
     ``cols``); the dense pre-activations (no gradient; for AuxK's choice of dead features and
     BatchTopK's selection) and the centred input ``x - bias`` (differentiable; AuxK starts from it too)."""
 
-    reconstruction: torch.Tensor
+    pieces: list[torch.Tensor]
     crow: torch.Tensor
     cols: torch.Tensor
     activations: torch.Tensor
@@ -124,18 +125,31 @@ def kept_reconstruction(
 
 
 def sparse_forward(
-    sae: SparseAutoencoder, x: torch.Tensor, precision: str, select: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    precision: str,
+    select: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    segments: list[tuple[int, int]] | None = None,
 ) -> SparseForward:
     """A training forward pass on ``x`` ``[B, d_in]`` through the entries ``select(pre)`` keeps
     (``(crow, cols)`` of the pre-activations, bfloat16 in bf16: casting them would not change their
-    order; see :func:`rows_of_indices`, :func:`rows_of_mask`)."""
+    order; see :func:`rows_of_indices`, :func:`rows_of_mask`), decoded in one piece, or in one
+    piece per column range ``[start, end)`` of ``segments`` (Matryoshka's prefix pieces)."""
     xc = x - sae.bias
     with torch.no_grad(), compute_precision(precision, x):
         pre = sae.encoder(xc)
     with torch.no_grad():
         crow, cols = select(pre)
-    output, activations = kept_reconstruction(sae, xc, pre, crow, cols)
-    return SparseForward(output + sae.bias, crow, cols, activations, pre, xc)
+    if segments is None:
+        output, activations = kept_reconstruction(sae, xc, pre, crow, cols)
+        return SparseForward([output], crow, cols, activations, pre, xc)
+    rows = _row_ids(crow)
+    pieces = []
+    for start, end in segments:
+        inside = (cols >= start) & (cols < end)
+        pieces.append(kept_reconstruction(sae, xc, pre, _crow(rows[inside], len(crow) - 1), cols[inside])[0])
+    activations = torch.relu(pre[rows, cols].to(xc.dtype))  # as kept_reconstruction's, for all kept entries
+    return SparseForward(pieces, crow, cols, activations, pre, xc)
 
 
 def topk_forward(sae: SparseAutoencoder, x: torch.Tensor, precision: str) -> SparseForward:
@@ -146,15 +160,3 @@ def topk_forward(sae: SparseAutoencoder, x: torch.Tensor, precision: str) -> Spa
         return rows_of_indices(sae.ranking_of(pre).topk(sae.config.k, dim=-1, sorted=False).indices)
 
     return sparse_forward(sae, x, precision, select)
-
-
-def kept_segments(sae: SparseAutoencoder, forward: SparseForward, segments: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """The decoder's output ``[B, d_in]`` (no pre-encoder bias) from the kept entries of ``forward``
-    in each column range ``[start, end)`` of ``segments`` (Matryoshka's prefix pieces); differentiable."""
-    rows = _row_ids(forward.crow)
-    pieces = []
-    for start, end in segments:
-        inside = (forward.cols >= start) & (forward.cols < end)
-        crow = _crow(rows[inside], len(forward.crow) - 1)
-        pieces.append(kept_reconstruction(sae, forward.centred, forward.pre, crow, forward.cols[inside])[0])
-    return pieces

@@ -70,7 +70,7 @@ from interplm_plugins.core.sae.jumprelu import initialise_thresholds, jumprelu_t
 from interplm_plugins.core.sae.kinds import BATCH_KINDS
 from interplm_plugins.core.sae.matryoshka import nested_losses, nested_reconstruction_losses, prefix_segments
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.sae.sparse_topk import SparseForward, kept_reconstruction, kept_segments, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
+from interplm_plugins.core.sae.sparse_topk import SparseForward, kept_reconstruction, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -492,11 +492,13 @@ def _kept_loss(
     if sae.kind == "topk":
         forward = topk_forward(sae, x, config.precision)
     else:
-        forward = sparse_forward(sae, x, config.precision, lambda pre: _batch_kept(sae, pre, sync))
+        segments = prefix_segments(sae) if sae.kind == "matryoshka" else None
+        forward = sparse_forward(sae, x, config.precision, lambda pre: _batch_kept(sae, pre, sync), segments)
     if sae.kind == "matryoshka":
-        loss, mse, x_hat = nested_losses(x, sae.bias, kept_segments(sae, forward, prefix_segments(sae)))
+        loss, mse, x_hat = nested_losses(x, sae.bias, forward.pieces)
     else:
-        x_hat = forward.reconstruction
+        (piece,) = forward.pieces
+        x_hat = piece + sae.bias
         mse = (x - x_hat).pow(2).sum(dim=-1).mean()
         loss = mse
     extra = {}
