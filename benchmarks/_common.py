@@ -128,6 +128,20 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def interleaved_step_times(runners: dict, batches: list, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each ``runners[name](step, x)`` after ``warmup`` steps, the order
+    reversed every other step (ours, theirs, theirs, ours, ...) so that a busy machine slows all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for step, x in enumerate(batches):
+        for name in names if step % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runners[name](step, x)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5, dtype=None) -> float:
     """This CPU's (or GPU's) matrix-product rate in ``dtype`` (default float32): best of ``repeats``
     ``size``-cubed products."""

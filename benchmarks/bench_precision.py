@@ -152,14 +152,15 @@ def training_speed(store, kind: str, width: int, batch_size: int, steps: int, wa
     states = {p: make_training_state(config, TrainConfig(steps=total + 1, batch_size=batch_size, warmup_steps=max(1, total // 10),
                                                           checkpoint_every=10**6, log_every=10**6, precision=p))
               for p in ("fp32", "bf16")}  # fmt: skip
-    times: dict[str, list[float]] = {p: [] for p in states}
     last: dict[str, dict] = {}
-    for step, x in enumerate(batches):
-        for precision in ("fp32", "bf16") if step % 2 == 0 else ("bf16", "fp32"):
-            start = time.perf_counter()
+
+    def runner(precision: str):
+        def run(step: int, x) -> None:
             last[precision] = train_step(states[precision], x)
-            if step >= warmup:
-                times[precision].append(time.perf_counter() - start)
+
+        return run
+
+    times = _common.interleaved_step_times({p: runner(p) for p in ("fp32", "bf16")}, batches, warmup)
     rate = {p: batch_size / _common.median(t) for p, t in times.items()}
     return {"sae": f"{kind} {store.dim}->{width}", "batch_size": batch_size, "fp32_tokens_per_s": rate["fp32"], "bf16_tokens_per_s": rate["bf16"],
             "speedup": rate["bf16"] / rate["fp32"], "fp32_mse_last": last["fp32"]["mse"], "bf16_mse_last": last["bf16"]["mse"],

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -61,20 +60,6 @@ def matryoshka_settings(d_hidden: int) -> tuple[list[int], list[float]]:
     prefixes = default_prefixes(d_hidden)
     ends = [*prefixes, d_hidden]
     return prefixes, [(end - start) / d_hidden for start, end in zip([0, *prefixes], ends)]
-
-
-def interleaved_step_times(runners: dict, batches: list, warmup: int) -> dict[str, list[float]]:
-    """Seconds per step of each ``runners[name](step, x)`` after ``warmup`` steps, the order
-    reversed every other step (ours, theirs, theirs, ours, ...) so that a busy machine slows all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for step, x in enumerate(batches):
-        for name in names if step % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            runners[name](step, x)
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def make_store(args, work: Path):
@@ -124,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         theirs = {"dictionary_learning StandardTrainer": StandardTrainer(**common),
                   "dictionary_learning StandardTrainerAprilUpdate": StandardTrainerAprilUpdate(**common)}  # fmt: skip
         runners = {"ours: train_step": lambda step, x: train_step(ours, x), "ours: train_step bf16": lambda step, x: train_step(ours_bf16, x), **{name: (lambda t: lambda step, x: t.update(step, x))(t) for name, t in theirs.items()}}
-        times = interleaved_step_times(runners, batches, args.warmup)
+        times = _common.interleaved_step_times(runners, batches, args.warmup)
         names = list(runners)
         topk_times = {}
         prefixes, group_fractions = matryoshka_settings(args.d_hidden)
@@ -135,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             bf16_state = make_training_state(kind_config, dataclasses.replace(train_config, precision="bf16"))
             theirs_kind = Trainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, k=args.k, layer=3, lm_name="esm2_t6_8M_random",
                                   lr=args.lr, warmup_steps=lr_warmup, device="cpu", seed=0, **({"group_fractions": group_fractions} if nesting else {}))  # fmt: skip
-            topk_times.update(interleaved_step_times({
+            topk_times.update(_common.interleaved_step_times({
                 f"ours: train_step {label}": lambda step, x, state=fp32_state: train_step(state, x),
                 f"ours: train_step {label} bf16": lambda step, x, state=bf16_state: train_step(state, x),
                 f"dictionary_learning {Trainer.__name__}": lambda step, x, t=theirs_kind: t.update(step, x),
