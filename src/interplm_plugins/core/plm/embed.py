@@ -1,6 +1,7 @@
 """Per-residue ESM-2 embeddings, in memory or written to an embedding store that SAE training streams from.
 
-``embed_sequences`` batches proteins by a token budget over length-sorted sequences, runs the
+``embed_sequences`` batches proteins by a token budget over length-sorted sequences, lays each
+batch's sequences end to end (:class:`Packing`: no padding; attention runs per sequence), runs the
 forward pass only as deep as the deepest requested layer, drops BOS/EOS, and embeds proteins
 longer than the model's 1,022-residue window as overlapping windows: each residue takes its
 vector from the window in which it lies furthest from an edge, so every residue has context on
@@ -78,81 +79,173 @@ def _fused_attention_weights(attn) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
-def _rotation(attn, length: int, like: torch.Tensor) -> torch.Tensor:
-    """``exp(i * position * inv_freq)`` as a complex ``(length, 1, head_dim/2)`` tensor (cached)."""
-    cached = getattr(attn, "_interplm_rotation", None)
-    if cached is not None and cached.shape[0] >= length and cached.device == like.device:
-        return cached[:length]
-    inv_freq = attn.rot_emb.inv_freq.to(like.device, torch.float32)
-    angles = torch.outer(torch.arange(max(length, 1024), device=like.device, dtype=torch.float32), inv_freq)
-    rotation = torch.polar(torch.ones_like(angles), angles)[:, None, :]
-    attn._interplm_rotation = rotation
-    return rotation[:length]
+def _rotation(attn, positions: torch.Tensor) -> torch.Tensor:
+    """``exp(i * position * inv_freq)`` for each row's ``positions``, a complex ``(rows, 1, head_dim/2)`` tensor (table cached)."""
+    length = int(positions.max()) + 1 if positions.numel() else 1
+    table = getattr(attn, "_interplm_rotation", None)
+    if table is None or table.shape[0] < length or table.device != positions.device:
+        inv_freq = attn.rot_emb.inv_freq.to(positions.device, torch.float32)
+        angles = torch.outer(torch.arange(max(length, 1024), device=positions.device, dtype=torch.float32), inv_freq)
+        table = torch.polar(torch.ones_like(angles), angles)[:, None, :]
+        attn._interplm_rotation = table
+    return table[positions]
 
 
-def _block_forward(layer, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """fair-esm's ``TransformerLayer.forward`` on batch-first ``x`` ``(B, T, E)``, with fewer passes.
+@dataclass(frozen=True)
+class Packing:
+    """Sequences laid end to end as token rows: sequence ``i`` has ``lengths[i]`` rows (BOS and EOS
+    included), then ``tail`` rows of padding that belong to no sequence (they keep the number of
+    rows on a short ladder, see :func:`padded_length`; nothing attends to them)."""
 
-    The same operations on the same weights (pre-norm, q scaled, rotary q/k, attention masked at
-    padding keys, exact-erf GELU feed-forward), computed as: one matrix product for q, k and v;
-    the rotary rotation as one complex multiplication (q and k features reordered so that each
-    rotated pair is adjacent: dot products are unchanged); PyTorch's fused
-    ``scaled_dot_product_attention``, which never builds the ``(B, heads, T, T)`` weight tensors
-    fair-esm materialises several times; a fused GELU. Results agree with fair-esm's to float32
-    rounding. ``keep``: ``(B, 1, 1, T)``, True at real tokens.
+    lengths: tuple[int, ...]
+    tail: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.lengths) + self.tail
+
+    def starts(self) -> list[int]:
+        """The first row of each sequence."""
+        return np.concatenate([[0], np.cumsum(self.lengths[:-1])]).astype(int).tolist() if self.lengths else []
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """``(first row, sequences, length)`` of each run of consecutive sequences of one length:
+        attention runs once per run, on a ``(sequences, heads, length, head_dim)`` view, unmasked."""
+        out: list[tuple[int, int, int]] = []
+        row = 0
+        for length in self.lengths:
+            if out and out[-1][2] == length:
+                out[-1] = (out[-1][0], out[-1][1] + 1, length)
+            else:
+                out.append((row, 1, length))
+            row += length
+        return out
+
+    def sequence_of_rows(self, device) -> torch.Tensor:
+        """The sequence index of each row (``len(lengths)`` for tail rows)."""
+        counts = torch.tensor([*self.lengths, self.tail], device=device)
+        return torch.repeat_interleave(torch.arange(len(self.lengths) + 1, device=device), counts)
+
+    def positions(self, device) -> torch.Tensor:
+        """Each row's position within its sequence (tail rows count on from the last sequence's end)."""
+        sequence = self.sequence_of_rows(device)
+        starts = torch.tensor([*self.starts(), sum(self.lengths)], device=device)
+        return torch.arange(self.rows, device=device) - starts[sequence]
+
+    def pad(self, x: torch.Tensor, value: float = 0) -> torch.Tensor:
+        """Rows ``(N, ...)`` as a batch ``(sequences, longest, ...)``, padded with ``value``."""
+        out = x.new_full((len(self.lengths), max(self.lengths), *x.shape[1:]), value)
+        out[self.padding_mask(x.device).logical_not()] = x[: sum(self.lengths)]
+        return out
+
+    def unpad(self, batch: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`pad` (tail rows zero)."""
+        real = batch[self.padding_mask(batch.device).logical_not()]
+        return torch.cat([real, real.new_zeros((self.tail, *real.shape[1:]))]) if self.tail else real
+
+    def padding_mask(self, device) -> torch.Tensor:
+        """``(sequences, longest)``, True past each sequence's end (fair-esm's padding mask)."""
+        return torch.arange(max(self.lengths), device=device)[None, :] >= torch.tensor(self.lengths, device=device)[:, None]
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Softmax attention of each sequence's rows over its own rows; ``(N, heads, head_dim)`` in and out.
+
+    One fused ``scaled_dot_product_attention`` per run of equal-length sequences, without a mask:
+    no padded keys and no masked kernel (a padded batch pays for both, 10-25 % of a forward pass
+    on real proteins). Tail rows stay zero."""
+    out = q.new_zeros(q.shape)
+    for first, count, length in packing.runs():
+        rows = slice(first, first + count * length)
+        view = lambda t: t[rows].unflatten(0, (count, length)).transpose(1, 2)  # noqa: E731  (count, heads, length, head_dim)
+        out[rows] = torch.nn.functional.scaled_dot_product_attention(view(q), view(k), view(v), scale=1.0).transpose(1, 2).flatten(0, 1)
+    return out
+
+
+def _block_forward(layer, x: torch.Tensor, rotation: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """fair-esm's ``TransformerLayer.forward`` on packed rows ``x`` ``(N, E)``, with fewer passes.
+
+    The same operations on the same weights (pre-norm, q scaled, rotary q/k, each sequence
+    attending over its own tokens, exact-erf GELU feed-forward), computed as: one matrix product
+    for q, k and v; the rotary rotation as one complex multiplication (q and k features reordered
+    so that each rotated pair is adjacent: dot products are unchanged); PyTorch's fused
+    ``scaled_dot_product_attention`` per run of equal-length sequences (:func:`_attention`),
+    which never builds the ``(B, heads, T, T)`` weight tensors fair-esm materialises several
+    times; a fused GELU. Results agree with fair-esm's to float32 rounding.
     """
     attn = layer.self_attn
-    batch, length, dim = x.shape
+    dim = x.shape[-1]
     heads, head_dim = attn.num_heads, attn.head_dim
     weight, bias = _fused_attention_weights(attn)
-    qkv = torch.nn.functional.linear(layer.self_attn_layer_norm(x), weight, bias)  # (B, T, 3E)
-    rotation = _rotation(attn, length, x)
+    qkv = torch.nn.functional.linear(layer.self_attn_layer_norm(x), weight, bias)  # (N, 3E)
     # The rotation is complex float32 (there is no complex bfloat16): under bf16 autocast q and k
     # are rotated in float32 (``.float()`` is a no-op otherwise) and attention casts them back.
-    q = torch.view_as_real(torch.view_as_complex(qkv[..., :dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
-    k = torch.view_as_real(torch.view_as_complex(qkv[..., dim : 2 * dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation)
-    v = qkv[..., 2 * dim :].unflatten(-1, (heads, head_dim))
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.flatten(-2).transpose(1, 2), k.flatten(-2).transpose(1, 2), v.transpose(1, 2), attn_mask=keep, scale=1.0
-    )
-    x = x + attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+    q = torch.view_as_real(torch.view_as_complex(qkv[:, :dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation).flatten(-2)
+    k = torch.view_as_real(torch.view_as_complex(qkv[:, dim : 2 * dim].float().unflatten(-1, (heads, head_dim // 2, 2))) * rotation).flatten(-2)
+    v = qkv[:, 2 * dim :].unflatten(-1, (heads, head_dim))
+    x = x + attn.out_proj(_attention(q, k, v, packing).flatten(1))
     return x + layer.fc2(torch.nn.functional.gelu(layer.fc1(layer.final_layer_norm(x))))
 
 
-def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """fair-esm's ``ESM2.forward`` representations for ``layers``, stopping after the deepest one.
+def forward_packed(plm: PLM, tokens: torch.Tensor, packing: Packing, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """fair-esm's ``ESM2.forward`` representations for ``layers`` of sequences packed end to end.
 
-    Returns ``{layer: (B, T, E)}`` as ``model(tokens, repr_layers=layers)["representations"]``
-    would (the last layer after ``emb_layer_norm_after``), without computing deeper blocks or
-    logits, and with fused attention (:func:`_block_forward`; equal to float32 rounding).
+    ``tokens``: ``(N,)``, each sequence's tokens (BOS and EOS included) one after another as
+    ``packing`` says. Returns ``{layer: (N, E)}``, row for row what ``model(tokens,
+    repr_layers=layers)["representations"]`` gives each sequence's tokens (the last layer after
+    ``emb_layer_norm_after``), without padding, deeper blocks or logits, with fused attention
+    (:func:`_block_forward`; equal to float32 rounding). Tail rows are padding: ignore them.
     """
     model = plm.model
     wanted = sorted({plm.check_layer(layer) for layer in layers})
     deepest = wanted[-1]
-    padding_mask = tokens.eq(model.padding_idx)
     x = model.embed_scale * model.embed_tokens(tokens)
-    if model.token_dropout:  # the same rescaling ESM2.forward applies (it depends on <mask> counts)
-        x = x.masked_fill((tokens == model.mask_idx).unsqueeze(-1), 0.0)
-        mask_ratio_train = 0.15 * 0.8
-        src_lengths = (~padding_mask).sum(-1)
-        mask_ratio_observed = (tokens == model.mask_idx).sum(-1).to(x.dtype) / src_lengths
-        x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
-    x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+    if model.token_dropout:  # the same rescaling ESM2.forward applies (it depends on each sequence's <mask> count)
+        masked = tokens == model.mask_idx
+        x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+        sequence = packing.sequence_of_rows(tokens.device)
+        lengths = torch.tensor([*packing.lengths, max(packing.tail, 1)], device=tokens.device, dtype=x.dtype)
+        mask_ratio_observed = torch.zeros(len(lengths), device=tokens.device, dtype=x.dtype).index_add_(0, sequence, masked.to(x.dtype)) / lengths
+        x = x * (1 - 0.15 * 0.8) / (1 - mask_ratio_observed)[sequence, None]
     out: dict[int, torch.Tensor] = {}
     if 0 in wanted:
         out[0] = x
-    has_padding = bool(padding_mask.any())
-    keep = (~padding_mask)[:, None, None, :] if has_padding else None
+    positions = packing.positions(tokens.device)
+    rotations: dict[int, torch.Tensor] = {}  # (blocks share one inv_freq in ESM-2, but each has its own buffer)
     for index, block in enumerate(model.layers[:deepest]):
         if _fast_path_ok(block):
-            x = _block_forward(block, x, keep)
-        else:  # fair-esm's own block, time-first
-            x = block(x.transpose(0, 1), self_attn_padding_mask=padding_mask if has_padding else None, need_head_weights=False)[0]
-            x = x.transpose(0, 1)
+            rotation = rotations.get(id(block.self_attn.rot_emb.inv_freq))
+            if rotation is None:
+                rotation = rotations[id(block.self_attn.rot_emb.inv_freq)] = _rotation(block.self_attn, positions)
+            x = _block_forward(block, x, rotation, packing)
+        else:  # fair-esm's own block, time-first on the padded batch
+            padded = packing.pad(x).transpose(0, 1)
+            padding_mask = packing.padding_mask(x.device)
+            padded = block(padded, self_attn_padding_mask=padding_mask if bool(padding_mask.any()) else None, need_head_weights=False)[0]
+            x = packing.unpad(padded.transpose(0, 1))
         if index + 1 in wanted and index + 1 != model.num_layers:
             out[index + 1] = x
     if deepest == model.num_layers:
         out[deepest] = model.emb_layer_norm_after(x)
+    return out
+
+
+def forward_layers(plm: PLM, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """fair-esm's ``ESM2.forward`` representations for ``layers`` of a padded batch ``tokens`` ``(B, T)``.
+
+    Returns ``{layer: (B, T, E)}`` as ``model(tokens, repr_layers=layers)["representations"]``
+    would at every real token (:func:`forward_packed` on the batch's sequences); padding
+    positions are zero.
+    """
+    lengths = tokens.ne(plm.model.padding_idx).sum(1)
+    packing = Packing(tuple(int(n) for n in lengths))
+    real = packing.padding_mask(tokens.device).logical_not()
+    reps = forward_packed(plm, tokens[:, : max(packing.lengths)][real], packing, layers)
+    out = {}
+    for layer, rows in reps.items():
+        full = rows.new_zeros((*tokens.shape, rows.shape[-1]))
+        full[:, : max(packing.lengths)][real] = rows
+        out[layer] = full
     return out
 
 
@@ -193,13 +286,11 @@ def _window_owner(starts: list[int], window: int, length: int) -> np.ndarray:
 def padded_length(tokens: int) -> int:
     """``tokens`` past 128 rounded up to the next step of a ladder (16 up to 256, 32 up to 512, then 64).
 
-    Every distinct batch shape makes oneDNN (PyTorch's CPU kernels) build and cache a primitive, and
-    its cache keeps up to 1,024 of them: length-sorted batches of every length from 3 to 1,024
-    tokens grew the resident memory of ``interplm embed`` by ~1 KB per residue embedded until that
+    A batch's rows are padded to it. Every distinct batch shape makes oneDNN (PyTorch's CPU
+    kernels) build and cache a primitive, and its cache keeps up to 1,024 of them: batches of every
+    size grew the resident memory of ``interplm embed`` by ~1 KB per residue embedded until that
     cache was full (1.7 GB after 3,000 proteins with the demo model). With the ladder there are at
-    most 150 lengths, and the padding adds at most 1/8 more tokens (measured: as fast as exact
-    lengths at 400 residues, faster at 200). Shorter batches keep their length: padding them
-    forces the masked attention path, which cost 20 % at 50 residues, and their primitives are small.
+    most a few hundred sizes, and the tail adds at most 63 rows (1.5 % of a full 4,096-token batch).
     """
     if tokens <= 128:
         return tokens
@@ -208,16 +299,16 @@ def padded_length(tokens: int) -> int:
 
 
 def _token_batches(pieces: list[_Piece], toks_per_batch: int) -> Iterator[list[_Piece]]:
-    """Group length-sorted pieces so that ``padded_length(longest + 2) * count <= toks_per_batch`` (one piece at least)."""
+    """Group length-sorted pieces so that their tokens (BOS and EOS included) add up to at most ``toks_per_batch`` (one piece at least)."""
     batch: list[_Piece] = []
-    longest = 0
+    tokens = 0
     for piece in pieces:
-        size = padded_length(piece.end - piece.start + 2)
-        if batch and max(longest, size) * (len(batch) + 1) > toks_per_batch:
+        size = piece.end - piece.start + 2
+        if batch and tokens + size > toks_per_batch:
             yield batch
-            batch, longest = [], 0
+            batch, tokens = [], 0
         batch.append(piece)
-        longest = max(longest, size)
+        tokens += size
     if batch:
         yield batch
 
@@ -262,13 +353,15 @@ def embed_sequences(
     with tqdm(total=total, unit="res", desc="embed", disable=not progress) as bar:
         for batch in _token_batches(pieces, toks_per_batch):
             data = [(str(p.index), records[p.index].sequence[p.start : p.end]) for p in batch]
-            _, _, tokens = converter(data)
-            tokens = torch.nn.functional.pad(tokens, (0, padded_length(tokens.shape[1]) - tokens.shape[1]), value=plm.alphabet.padding_idx)
+            _, _, padded = converter(data)
+            lengths = padded.ne(plm.alphabet.padding_idx).sum(1).tolist()  # (BOS and EOS included)
+            packing = Packing(tuple(lengths), padded_length(sum(lengths)) - sum(lengths))
+            tokens = torch.cat([*(padded[row, :n] for row, n in enumerate(lengths)), padded.new_full((packing.tail,), plm.alphabet.padding_idx)])
             with compute_precision(precision, device):  # (only around the forward pass: never across the yield)
-                reps = forward_layers(plm, tokens.to(device), layer_list)
-            for row, piece in enumerate(batch):
+                reps = forward_packed(plm, tokens.to(device), packing, layer_list)
+            for first, piece in zip(packing.starts(), batch):
                 n = piece.end - piece.start
-                got = {layer: reps[layer][row, 1 : n + 1].float().cpu().numpy() for layer in layer_list}
+                got = {layer: reps[layer][first + 1 : first + 1 + n].float().cpu().numpy() for layer in layer_list}
                 pending.setdefault(piece.index, {})[piece.start] = got
                 bar.update(n)
                 starts, owner = owners[piece.index]
