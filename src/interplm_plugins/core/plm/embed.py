@@ -211,13 +211,9 @@ def forward_packed(plm: PLM, tokens: torch.Tensor, packing: Packing, layers: Seq
     if 0 in wanted:
         out[0] = x
     positions = packing.positions(tokens.device)
-    rotations: dict[int, torch.Tensor] = {}  # (blocks share one inv_freq in ESM-2, but each has its own buffer)
     for index, block in enumerate(model.layers[:deepest]):
         if _fast_path_ok(block):
-            rotation = rotations.get(id(block.self_attn.rot_emb.inv_freq))
-            if rotation is None:
-                rotation = rotations[id(block.self_attn.rot_emb.inv_freq)] = _rotation(block.self_attn, positions)
-            x = _block_forward(block, x, rotation, packing)
+            x = _block_forward(block, x, _rotation(block.self_attn, positions), packing)
         else:  # fair-esm's own block, time-first on the padded batch
             padded = packing.pad(x).transpose(0, 1)
             padding_mask = packing.padding_mask(x.device)
