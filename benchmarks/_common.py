@@ -79,14 +79,35 @@ class Workdir:
             self._tmp.cleanup()
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+# The instruction sets the precision and engine results depend on. A VM's model name can be as
+# bare as "AMD EPYC": family and model tell its generation (AMD family 25 model 17 is Zen 4, where
+# bf16 gained about half as much as on the Zen 5 of an earlier run, family 26).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def _cpu_generation() -> dict[str, Any]:
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"vendor": info.get("vendor_id"), "family": info.get("cpu family"), "model": info.get("model"),
+            "stepping": info.get("stepping"), "flags": [f for f in _CPU_FLAGS if f in flags]}  # fmt: skip
 
 
 def _memory_gib() -> float | None:
@@ -105,6 +126,7 @@ def machine() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
+        "cpu_generation": _cpu_generation(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": _memory_gib(),
         "torch": torch.__version__,
