@@ -93,8 +93,8 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def _cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+def _cpu_model(info: dict[str, str]) -> str:
+    return info.get("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets the precision and engine results depend on. A VM's model name can be as
@@ -103,8 +103,7 @@ def _cpu_model() -> str:
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
-def _cpu_generation() -> dict[str, Any]:
-    info = _cpuinfo()
+def _cpu_generation(info: dict[str, str]) -> dict[str, Any]:
     flags = set(info.get("flags", "").split())
     return {"vendor": info.get("vendor_id"), "family": info.get("cpu family"), "model": info.get("model"),
             "stepping": info.get("stepping"), "flags": [f for f in _CPU_FLAGS if f in flags]}  # fmt: skip
@@ -124,9 +123,10 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on (CPU, cores, memory, torch, load at the start)."""
     import torch
 
+    cpuinfo = _cpuinfo()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cpu_generation": _cpu_generation(),
+        "cpu": _cpu_model(cpuinfo),
+        "cpu_generation": _cpu_generation(cpuinfo),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": _memory_gib(),
         "torch": torch.__version__,
