@@ -239,7 +239,8 @@ def demo_store(demo_plm, swissprot_fasta, tmp_path_factory):
     return embed_to_store(demo_plm, records, DEMO_LAYER, tmp_path_factory.mktemp("store"))[DEMO_LAYER]
 
 
-def test_relu_gradients_in_bf16_are_close_and_float32(demo_store):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_relu_gradients_in_bf16_are_close_and_float32(demo_store, sparse):
     x = torch.from_numpy(np.ascontiguousarray(next(demo_store.iter_batches(512, seed=0)), dtype=np.float32))
     state = make_training_state(SAEConfig(d_in=demo_store.dim, d_hidden=1024, kind="relu", l1_coefficient=1.0), TrainConfig(steps=10))
     sae = state.sae
@@ -249,7 +250,7 @@ def test_relu_gradients_in_bf16_are_close_and_float32(demo_store):
     grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
     workspace: dict = {}
     for _ in range(2):  # the second call reuses the bf16 buffers
-        got = relu_loss_and_grads(sae, x, 1.0, workspace, precision="bf16")
+        got = relu_loss_and_grads(sae, x, 1.0, workspace, precision="bf16", sparse=sparse)
     assert any(v.dtype == torch.bfloat16 for v in workspace.values())  # the [batch, features] tensors were bf16
     assert float(got["loss"]) == pytest.approx(float(want["loss"]), rel=1e-2) and got["loss"].dtype == torch.float32
     for name, p in sae.named_parameters():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.sae.train import TrainConfig, make_training_state, relu_loss_and_grads, train_step, weighted_l1
+from interplm_plugins.core.sae.train import SPARSE_RELU_MAX_DENSITY, TrainConfig, make_training_state, relu_loss_and_grads, train_step, weighted_l1
 
 
 def _autograd(sae: SparseAutoencoder, x: torch.Tensor, l1: float):
@@ -20,8 +20,10 @@ def _autograd(sae: SparseAutoencoder, x: torch.Tensor, l1: float):
     return loss.detach(), {name: p.grad.clone() for name, p in sae.named_parameters()}, f.detach()
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_hand_written_gradients_equal_autograd(batch):
+def test_hand_written_gradients_equal_autograd(batch, sparse):
+    """Both ways of computing the products after the encoder's: dense, and over f's nonzero entries."""
     torch.manual_seed(batch)
     sae = SparseAutoencoder(SAEConfig(d_in=12, d_hidden=40, kind="relu"), generator=torch.Generator().manual_seed(0)).double()
     with torch.no_grad():
@@ -30,14 +32,41 @@ def test_hand_written_gradients_equal_autograd(batch):
         sae.decoder.weight.mul_(torch.rand(40, dtype=torch.float64) * 3)  # unequal column norms
     x = torch.randn(batch, 12, dtype=torch.float64)
     loss, grads, f = _autograd(sae, x, 0.3)
+    assert 0 < float((f > 0).double().mean()) < 1
     workspace: dict = {}
     for _ in range(2):  # the second call reuses the workspace buffers
-        out = relu_loss_and_grads(sae, x, 0.3, workspace)
+        out = relu_loss_and_grads(sae, x, 0.3, workspace, sparse=sparse)
         torch.testing.assert_close(out["loss"], loss)
         torch.testing.assert_close(out["f_sum"], f.sum(dim=0))
         assert float(out["l0"]) == float((f > 0).sum()) / batch  # (counted from f's bits: exact)
         for name, p in sae.named_parameters():
             torch.testing.assert_close(p.grad, grads[name], msg=name)
+
+
+def test_few_active_features_take_the_sparse_products():
+    """Under SPARSE_RELU_MAX_DENSITY active, the default is the sparse path: the same numbers as
+    the dense path (float32 sums in another order), and as autograd; a dense f keeps dense products."""
+    generator = torch.Generator().manual_seed(3)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_hidden=512, kind="relu"), generator=generator)
+    x = torch.randn(256, 32, generator=generator)
+    for shift, sparse in ((-0.2, True), (0.0, False)):
+        with torch.no_grad():
+            sae.encoder.bias.fill_(shift)
+        density = float((sae.pre_activations(x) > 0).float().mean())
+        assert (density < SPARSE_RELU_MAX_DENSITY["fp32"]) == sparse and density > 0.002, density
+        results = {}
+        for mode in (None, not sparse):
+            out = relu_loss_and_grads(sae, x, 0.3, {}, sparse=mode)
+            results[mode] = (out, {name: p.grad.clone() for name, p in sae.named_parameters()})
+        loss, grads, _ = _autograd(sae, x, 0.3)
+        chosen, other = results[None], results[not sparse]
+        for name in grads:
+            torch.testing.assert_close(chosen[1][name], other[1][name], rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(chosen[1][name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert float(chosen[0]["l0"]) == float(other[0]["l0"])
+        torch.testing.assert_close(chosen[0]["loss"], loss)
+        # (identical results cannot tell which path ran: the products' float32 sums can)
+        assert not all(torch.equal(chosen[1][name], other[1][name]) for name in grads)
 
 
 def test_train_step_reduces_loss_and_is_deterministic():

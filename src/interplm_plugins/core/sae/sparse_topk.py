@@ -18,10 +18,14 @@ order of float32 sums (``tests/test_sae_kinds.py``).
 
 :func:`~interplm_plugins.core.sae.train.train_step` uses these on CPUs, where they were measured
 (``benchmarks/bench_train.py``); on a GPU it keeps the dense products until they are measured there.
+The ReLU SAE's hand-written step (:func:`~interplm_plugins.core.sae.train.relu_loss_and_grads`)
+runs its products over :class:`KeptEntries` too once few enough features fire (a trained one's
+1-4 %).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, NamedTuple
 
@@ -79,6 +83,52 @@ def _row_ids(crow: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff())
 
 
+class KeptEntries:
+    """The kept entries ``(crow, cols)`` of a ``[n, width]`` matrix, for the products a sparse
+    step needs with a value per entry: ``M @ right``, ``M.T @ right`` and ``(left @ right)`` read
+    at the entries. ``M.T`` products run on the entries sorted by column (one stable sort, made at
+    the first such product and reused: 1.4x faster than torch's own CSR transpose, measured)."""
+
+    def __init__(self, crow: torch.Tensor, cols: torch.Tensor, width: int):
+        self.crow, self.cols, self.width = crow, cols, width
+        self._by_column: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @functools.cached_property
+    def rows(self) -> torch.Tensor:
+        """The row of each entry."""
+        return _row_ids(self.crow)
+
+    @classmethod
+    def nonzero(cls, dense: torch.Tensor) -> KeptEntries:
+        """The nonzero entries of ``dense`` ``[n, width]``."""
+        return cls(*rows_of_mask(dense != 0), dense.shape[1])
+
+    def read(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense[row, col]`` at each entry."""
+        return dense[self.rows, self.cols]
+
+    def times(self, values: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``M @ right`` ``[n, d]``, ``M`` holding ``values`` at the entries."""
+        return _csr(self.crow, self.cols, values, self.width) @ right
+
+    def transpose_times(self, values: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``M.T @ right`` ``[width, d]``."""
+        if self._by_column is None:
+            order = torch.argsort(self.cols, stable=True)  # stable: rows stay sorted within each column
+            self._by_column = (order, _crow(self.cols[order], self.width), self.rows[order])
+        order, ccol, rows = self._by_column
+        return torch.sparse_csr_tensor(ccol, rows, values[order], (self.width, len(self.crow) - 1), check_invariants=False) @ right
+
+    def sampled(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``(left @ right)[row, col]`` at each entry, computed only there; ``left`` ``[n, d]``, ``right`` ``[d, width]``."""
+        pattern = _csr(self.crow, self.cols, left.new_zeros(len(self.cols)), self.width)
+        return torch.sparse.sampled_addmm(pattern, left.contiguous(), right, beta=0.0).values()
+
+    def column_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``M.sum(dim=0)`` ``[width]``."""
+        return values.new_zeros(self.width).index_add_(0, self.cols, values)
+
+
 class _KeptReconstruction(torch.autograd.Function):
     """``sum_j relu(pre[b, j]) W_dec[:, j]`` over the kept columns ``j`` of row ``b`` (CSR ``crow``,
     ``cols``), with ``pre = xc @ W_enc.T + b_enc`` read at those entries as ``kept_pre`` (computed
@@ -88,27 +138,23 @@ class _KeptReconstruction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xc, enc_weight, enc_bias, dec_weight, crow, cols, kept_pre):  # noqa: ARG004 (enc_bias: gradient only)
         activations = torch.relu(kept_pre)
-        reconstruction = _csr(crow, cols, activations, dec_weight.shape[1]) @ dec_weight.t()
+        reconstruction = KeptEntries(crow, cols, dec_weight.shape[1]).times(activations, dec_weight.t())
         ctx.save_for_backward(xc, enc_weight, dec_weight, crow, cols, activations)
         return reconstruction, activations
 
     @staticmethod
     def backward(ctx, grad_reconstruction, grad_activations):
         xc, enc_weight, dec_weight, crow, cols, activations = ctx.saved_tensors
-        width = dec_weight.shape[1]
-        grad_reconstruction = grad_reconstruction.contiguous()
-        pattern = _csr(crow, cols, torch.zeros_like(activations), width)
+        kept = KeptEntries(crow, cols, dec_weight.shape[1])
         # d loss / d activation at each kept entry (b, j): <grad_reconstruction[b], W_dec[:, j]>
-        grad_kept = torch.sparse.sampled_addmm(pattern, grad_reconstruction, dec_weight, beta=0.0).values()
+        grad_kept = kept.sampled(grad_reconstruction, dec_weight)
         if grad_activations is not None:
             grad_kept = grad_kept + grad_activations
         grad_pre = grad_kept * (activations > 0)
-        grad_dec = (_csr(crow, cols, activations, width).t() @ grad_reconstruction).t()
-        pre_rows = _csr(crow, cols, grad_pre, width)
-        grad_xc = pre_rows @ enc_weight
-        grad_enc_weight = pre_rows.t() @ xc
-        grad_enc_bias = torch.zeros(width, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
-        return grad_xc, grad_enc_weight, grad_enc_bias, grad_dec, None, None, None
+        grad_dec = kept.transpose_times(activations, grad_reconstruction).t()
+        grad_xc = kept.times(grad_pre, enc_weight)
+        grad_enc_weight = kept.transpose_times(grad_pre, xc)
+        return grad_xc, grad_enc_weight, kept.column_sums(grad_pre), grad_dec, None, None, None
 
 
 def kept_reconstruction(
