@@ -73,6 +73,15 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             rows.append(("SAE training", f"{label} (k = {t['topk_k']}) {t['d_in']}->{t['d_hidden']}, same batches: tokens/s ours (sparse products) fp32 / bf16 vs dictionary_learning {label}Trainer",
                          f"{_fmt(ours_k['tokens_per_s'])} / {_fmt(ours_k_bf16['tokens_per_s'])} vs {_fmt(theirs['tokens_per_s'])} = "
                          f"**{theirs['ours_speedup']:.2f}x** / **{theirs['ours_bf16_speedup']:.2f}x**", ""))  # fmt: skip
+        trained = t.get("trained")
+        if trained is not None:
+            tr = {r["trainer"]: r for r in trained["rows"]}
+            std_t, april_t = tr["dictionary_learning StandardTrainer"], tr["dictionary_learning StandardTrainerAprilUpdate"]
+            rows.append(("SAE training", f"ReLU resumed from a trained SAE, {trained['sae']}, {trained['active_fraction']:.1%} of activations nonzero (sparse products under {trained['sparse_relu_max_density']['fp32']:.0%} fp32, {trained['sparse_relu_max_density']['bf16']:.0%} bf16): ours fp32 / bf16 vs StandardTrainer",
+                         f"{_fmt(tr['ours: train_step']['tokens_per_s'])} / {_fmt(tr['ours: train_step bf16']['tokens_per_s'])} vs {_fmt(std_t['tokens_per_s'])} = "
+                         f"**{std_t['ours_speedup']:.2f}x** / **{std_t['ours_bf16_speedup']:.2f}x**", ">= 1.5x (fp32)"))  # fmt: skip
+            rows.append(("SAE training", "... vs StandardTrainerAprilUpdate",
+                         f"{_fmt(april_t['tokens_per_s'])} = **{april_t['ours_speedup']:.2f}x** / **{april_t['ours_bf16_speedup']:.2f}x**", ">= 2x (fastest)"))  # fmt: skip
     if "concepts" in results:
         c = results["concepts"]
         ours, interplm, row = c["rows"]
