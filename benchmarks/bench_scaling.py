@@ -7,7 +7,8 @@ Every measured point is one row of the JSON's ``rows``; ``results/scaling.png`` 
 
 1. *Embedding vs sequence length* (``embed_sequences``): lengths 50 to 3,000 residues, about
    20,000 residues at each length (so time per residue compares), each length in a fresh process
-   (``_common.run_child``) that loads the model, warms up on one short protein, then embeds; past
+   (``_common.run_child``) that loads the model, warms up on one short protein, then embeds them
+   ``LENGTH_REPEATS`` (3) times, the median time the point (all in ``runs_s``); past
    1,022 residues ``embed_sequences`` embeds overlapping windows (>= 256 shared) and stitches them.
    The proteins are real: the first proteins of the pool (Swiss-Prot training set, mmseqs2
    examples, then the corpus) with at least L residues, cropped to their first L; proteins joined
@@ -65,6 +66,7 @@ import _common  # noqa: E402
 
 LENGTHS = (50, 100, 200, 400, 800, 1022, 1500, 2000, 3000)
 RESIDUES_PER_LENGTH = 20_000
+LENGTH_REPEATS = 3  # embeddings of each length's proteins in its process; the median is the point
 PROTEIN_COUNTS = (10, 100, 1000, 3000)
 COUNT_RESIDUES = (25_000, 50_000, 100_000, 200_000)  # then all annotated residues
 DB_PROTEINS = (50, 200)  # then all annotated proteins
@@ -73,7 +75,7 @@ SHARD_RESIDUES = 200_000  # `interplm embed`'s default shard: the writer holds u
 SCAN_POSITIONS = (10, 25, 50, 100)
 SCAN_LENGTH = 300
 QUICK = {"lengths": (50, 400, 1500), "lengths_8m": (50, 1500), "residues_per_length": 3000, "protein_counts": (5, 20),
-         "count_proteins": 15, "count_residues": (2000, 4000), "db_proteins": (5, 10), "corpus_slices": (10, 30), "scan_positions": (1, 3)}  # fmt: skip
+         "length_repeats": 1, "count_proteins": 15, "count_residues": (2000, 4000), "db_proteins": (5, 10), "corpus_slices": (10, 30), "scan_positions": (1, 3)}  # fmt: skip
 DEMO_LAYER_8M = 6  # the 8M architecture is embedded to its last layer: the whole model's cost
 CORPUS_DTYPE_BYTES = 2  # float16 store
 
@@ -189,26 +191,29 @@ def child(spec: dict) -> dict:
     list(embed_sequences(plm, [ProteinRecord("warmup", records[0].sequence[:50])], spec["layer"]))
     baseline_kib = _proc_status_kib("VmRSS")
     reset = _reset_peak_rss()
-    cpu, start = time.process_time(), time.perf_counter()
-    residues = 0
-    for _, reps in embed_sequences(plm, records, spec["layer"]):
-        residues += len(reps[spec["layer"]])
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    runs = []  # (seconds, cpu seconds) of each repeat
+    for _ in range(spec["repeats"]):
+        cpu, start = time.process_time(), time.perf_counter()
+        residues = 0
+        for _, reps in embed_sequences(plm, records, spec["layer"]):
+            residues += len(reps[spec["layer"]])
+        runs.append((time.perf_counter() - start, time.process_time() - cpu))
+    seconds, cpu = sorted(runs)[len(runs) // 2]  # the median repeat
     peak_kib = _proc_status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "cpu_s": cpu, "residues": residues, "baseline_rss_mib": baseline_kib / 1024,
+    return {"seconds": seconds, "cpu_s": cpu, "runs_s": [r[0] for r in runs], "residues": residues, "baseline_rss_mib": baseline_kib / 1024,
             "peak_rss_mib": peak_kib / 1024, "extra_rss_mib": max(0, peak_kib - baseline_kib) / 1024, "peak_reset": reset}  # fmt: skip
 
 
-def length_curve(model: str, model_label: str, layer: int, lengths, residues_per_length: int, pool, work: Path, threads: int) -> list[dict]:
+def length_curve(model: str, model_label: str, layer: int, lengths, residues_per_length: int, pool, work: Path, threads: int, repeats: int) -> list[dict]:
     rows = []
     for length in lengths:
         count = max(1, round(residues_per_length / length))
         records, source = proteins_of_length(pool, length, count)
         fasta = write_plain_fasta(records, work / f"length_{model_label}_{length}.fasta")
-        r = _common.run_child(__file__, {"model": model, "layer": layer, "fasta": str(fasta), "threads": threads})
+        r = _common.run_child(__file__, {"model": model, "layer": layer, "fasta": str(fasta), "threads": threads, "repeats": repeats})
         rows.append({"curve": "embed vs length", "model": model_label, "layer": layer, "length": length, "proteins": len(records),
                      "residues": r["residues"], "seconds": r["seconds"], "cpu_s": r["cpu_s"], "residues_per_s": r["residues"] / r["seconds"],
-                     "s_per_residue": r["seconds"] / r["residues"], "windows": len(_window_starts(length)),
+                     "s_per_residue": r["seconds"] / r["residues"], "runs_s": r["runs_s"], "windows": len(_window_starts(length)),
                      "peak_rss_mib": r["peak_rss_mib"], "baseline_rss_mib": r["baseline_rss_mib"], "extra_rss_mib": r["extra_rss_mib"],
                      "source": source})  # fmt: skip
         print(f"  {model_label} L={length}: {r['residues'] / r['seconds']:,.0f} residues/s, +{r['extra_rss_mib']:.0f} MiB", flush=True)
@@ -575,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = args.lengths or q.get("lengths", LENGTHS)
     lengths_8m = args.lengths or q.get("lengths_8m", LENGTHS)
     residues_per_length = args.residues_per_length or q.get("residues_per_length", RESIDUES_PER_LENGTH)
+    repeats = q.get("length_repeats", LENGTH_REPEATS)
     slices = args.slices or q.get("corpus_slices", CORPUS_SLICES)
 
     started = time.perf_counter()
@@ -597,9 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         pool = small + corpus
 
         print("1. embedding vs sequence length (a fresh process per length)", flush=True)
-        rows = length_curve("demo", "demo 4x256", pipeline.layer, lengths, residues_per_length, pool, work, threads)
+        rows = length_curve("demo", "demo 4x256", pipeline.layer, lengths, residues_per_length, pool, work, threads, repeats)
         path_8m = save_esm2_checkpoint(new_esm2(6, 320, 20, seed=0), work / "esm2_t6_8M_random.pt")
-        rows += length_curve(str(path_8m), "ESM-2 8M 6x320", DEMO_LAYER_8M, lengths_8m, residues_per_length, pool, work, threads)
+        rows += length_curve(str(path_8m), "ESM-2 8M 6x320", DEMO_LAYER_8M, lengths_8m, residues_per_length, pool, work, threads, repeats)
 
         print("2. embedding vs number of proteins", flush=True)
         counts = q.get("protein_counts", PROTEIN_COUNTS)
@@ -638,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.print_table(f"Cost curves, {threads} threads ({total:.0f} s in all)", table_rows(rows),
                         ["curve", "size", "seconds", "cpu_s", "rate", "memory_mib", "note"])  # fmt: skip
     _common.write_result(args, "scaling", {
-        "plot": str(png), "total_s": total, "threads": threads, "residues_per_length": residues_per_length,
+        "plot": str(png), "total_s": total, "threads": threads, "residues_per_length": residues_per_length, "length_repeats": repeats,
         "corpus": {"files": [f.name for f in corpus_files(args.data)], "proteins": len(corpus), "residues": corpus_residues},
         "pipeline": {"plm": pipeline.plm.name, "layer": pipeline.layer, "features": pipeline.num_features},
         "rows": rows,
