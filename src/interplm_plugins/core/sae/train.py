@@ -397,8 +397,9 @@ def relu_loss_and_grads(
     encoder product either four dense products, biases and batch sums folded in as an extra row or
     column of ones, the ``[B, d_hidden]`` scratch tensors reused from ``workspace`` between steps;
     or, ``sparse`` (default: on a CPU, when under :data:`SPARSE_RELU_MAX_DENSITY` of ``f`` is
-    nonzero for the precision), the same four products over ``f``'s nonzero entries only (the ReLU's gradient is
-    zero elsewhere), in float32. Both give the same numbers up to the order of float32 sums.
+    nonzero for the precision), the same four products over ``f``'s nonzero entries only (the
+    ReLU's gradient is zero elsewhere), in float32. Both give the same numbers up to the order of
+    float32 sums.
     Returns 0-d ``loss``, ``mse``, ``l1``, ``l0`` (mean active features per row) and ``f_sum``
     ``[d_hidden]`` (activations summed over rows).
 
@@ -415,8 +416,7 @@ def relu_loss_and_grads(
     w_enc, b_enc, w_dec, b_pre = sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, sae.bias
     centred = torch.cat([x - b_pre, x.new_ones(n, 1)], dim=1)  # [n, d_in + 1]
     encoder = torch.cat([w_enc, b_enc[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
-    centred_low = centred.to(low)
-    f = torch.mm(centred_low, encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low))
+    f = torch.mm(centred.to(low), encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low))
     torch.threshold_(f, 0.0, 0.0)  # the ReLU, writing +0.0 where relu_ would keep a -0.0
     # Active = nonzero bits: with no -0.0 left, counting f's bits as integers is the exact count
     # (several times faster than comparing floats, or than count_nonzero on them).
@@ -443,6 +443,7 @@ _ReluProducts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, to
 
 
 def _relu_dense_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluProducts:
+    """Four dense products in ``low``, biases and batch sums as a row or column of ones."""
     n, (d_in_1, d_hidden) = len(x), (centred.shape[1], f.shape[1])
     w_dec, b_pre = sae.decoder.weight, sae.bias
     if low == x.dtype:
@@ -464,6 +465,7 @@ def _relu_dense_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluPr
 
 
 def _relu_sparse_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluProducts:  # noqa: ARG001 (low, workspace: the dense path's)
+    """The same four products over ``f``'s nonzero entries, in float32 (CSR, :class:`KeptEntries`)."""
     n = len(x)
     w_dec, b_pre = sae.decoder.weight, sae.bias
     kept = KeptEntries.nonzero(f)
