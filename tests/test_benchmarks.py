@@ -31,6 +31,9 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert {row["trainer"] for row in results["train"]["topk_rows"]} == {
         name for kind in ("TopK", "BatchTopK", "MatryoshkaBatchTopK") for name in (f"ours: train_step {kind}", f"ours: train_step {kind} bf16", f"dictionary_learning {kind}Trainer")
     }
+    trained = results["train"]["trained"]  # the four ReLU trainers resumed from the embedded default's trained SAE
+    assert {row["trainer"] for row in trained["rows"]} == {"ours: train_step", "ours: train_step bf16", "dictionary_learning StandardTrainer", "dictionary_learning StandardTrainerAprilUpdate"}
+    assert 0 < trained["active_fraction"] < trained["sparse_relu_max_density"]["fp32"]  # a trained SAE's sparsity: ours ran sparse products
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
     scaling, rows = results["scaling"], results["scaling"]["rows"]
@@ -38,6 +41,7 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert len({row["curve"] for row in rows}) == 6
     by_length = [row for row in rows if row["curve"] == "embed vs length"]
     assert all(row["residues"] == row["length"] * row["proteins"] and row["peak_rss_mib"] > row["baseline_rss_mib"] > 0 for row in by_length)
+    assert all(len(row["runs_s"]) == scaling["length_repeats"] and row["seconds"] in row["runs_s"] for row in by_length)
     assert {row["model"] for row in by_length} == {"demo 4x256", "ESM-2 8M 6x320"} and max(row["windows"] for row in by_length) > 1  # past 1,022
     corpus = [row for row in rows if row["curve"] == "interplm embed (corpus)"]
     measured = [row for row in corpus if row["kind"] == "measured"]
