@@ -128,6 +128,15 @@ def trained_relu_times(args, work: Path, StandardTrainer, StandardTrainerAprilUp
             "sparse_relu_max_density": SPARSE_RELU_MAX_DENSITY, "step_times_s": times}  # fmt: skip
 
 
+def speed_rows(times: dict[str, list[float]], names: list[str], batch_size: int, **extra) -> list[dict]:
+    """A table row per trainer of ``names`` (ours fp32 and ours bf16 first): tokens/s and each
+    speed-up of ours over it, from the median step times."""
+    seconds = {name: _common.median(times[name]) for name in names}
+    ours, ours_bf16 = seconds[names[0]], seconds[names[1]]
+    return [{"trainer": name, **extra, "tokens_per_s": batch_size / s, "ours_speedup": s / ours, "ours_bf16_speedup": s / ours_bf16,
+             "ms_per_step": 1e3 * s} for name, s in seconds.items()]  # fmt: skip
+
+
 #: The step ours resumes the trained SAE at (the embedded default's SAE trained 2,000 steps).
 TRAINED_STEPS = 2000
 
@@ -212,20 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     topk_rows = []
     for label, (kind, Trainer) in sparse_kinds.items():
-        ours_s, ours_bf16_s = _common.median(topk_times[f"ours: train_step {label}"]), _common.median(topk_times[f"ours: train_step {label} bf16"])
-        for name in (f"ours: train_step {label}", f"ours: train_step {label} bf16", f"dictionary_learning {Trainer.__name__}"):
-            seconds = _common.median(topk_times[name])
-            topk_rows.append({"trainer": name, "sae": kind, "tokens_per_s": args.batch_size / seconds, "ours_speedup": seconds / ours_s,
-                              "ours_bf16_speedup": seconds / ours_bf16_s, "ms_per_step": 1e3 * seconds})  # fmt: skip
+        names = [f"ours: train_step {label}", f"ours: train_step {label} bf16", f"dictionary_learning {Trainer.__name__}"]
+        topk_rows += speed_rows(topk_times, names, args.batch_size, sae=kind)
     _common.print_table(f"SAE training, TopK, BatchTopK and Matryoshka BatchTopK (k = {args.k}) {store.dim} -> {args.d_hidden}, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
                         topk_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
-    trained_names = list(trained["step_times_s"])
-    trained_rows = []
-    for name in trained_names:
-        seconds = _common.median(trained["step_times_s"][name])
-        trained_rows.append({"trainer": name, "tokens_per_s": args.batch_size / seconds,
-                             "ours_speedup": seconds / _common.median(trained["step_times_s"][trained_names[0]]),
-                             "ours_bf16_speedup": seconds / _common.median(trained["step_times_s"][trained_names[1]]), "ms_per_step": 1e3 * seconds})  # fmt: skip
+    trained_rows = speed_rows(trained["step_times_s"], list(trained["step_times_s"]), args.batch_size)
     _common.print_table(f"SAE training, ReLU from a trained SAE: {trained['sae']}, resumed at step {trained['resumed_at_step']}, "
                         f"{trained['active_fraction']:.1%} of its activations nonzero, batch {args.batch_size} (median of {args.steps} steps)",
                         trained_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
