@@ -410,3 +410,56 @@ def test_sparse_training_equals_dense_autograd(kind, precision, scaled):
     # and one whole step through train_step with the sparse path learns (finite, falling loss)
     losses = [train_module.train_step(state, x)["loss"] for _ in range(20)]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("thresholds", [(0.1, 1.5), (-0.3, 1.0)], ids=["above-half-band", "near-and-below-zero"])
+def test_sparse_jumprelu_equals_dense_autograd(precision, thresholds):
+    """JumpReLU's sparse products (fired entries, and the thresholds' band for their straight-through
+    gradient) give dense autograd's loss and gradients, the thresholds' included: with every
+    threshold at least half the bandwidth (the usual case, read in fewer passes) and with some below
+    zero or within half a bandwidth of it (where the JumpReLU's and the step's kernels differ)."""
+    state = train_module.make_training_state(SAEConfig(d_in=24, d_hidden=96, kind="jumprelu", l1_coefficient=0.3),
+                                             TrainConfig(steps=100, batch_size=64, precision=precision))  # fmt: skip
+    state.step = 50  # past the thresholds' initialisation and the L0 ramp's start
+    x = torch.randn(64, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        state.sae.bias.copy_(x.mean(dim=0) + 0.1)
+        state.sae.encoder.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(4))
+        state.sae.threshold.uniform_(*thresholds, generator=torch.Generator().manual_seed(5))
+        state.sae.bandwidth.fill_(0.2)
+    assert ((state.sae.threshold.abs() < 0.1).any() and (state.sae.threshold < 0).any()) == (thresholds[0] < 0)
+    sync = train_module.StepSync()
+    params = dict(state.sae.named_parameters())
+
+    def loss_and_grads(sparse):
+        for p in params.values():
+            p.grad = None
+        loss, mse, forward = train_module._jumprelu_loss(state, x, sync, sparse=sparse)
+        assert isinstance(forward, train_module.SparseForward) == sparse
+        loss.backward()
+        return {"loss": loss.detach(), "mse": mse.detach(), **{name: p.grad.clone() for name, p in params.items()}}
+
+    dense, sparse = loss_and_grads(False), loss_and_grads(True)
+    assert float(dense["threshold"].abs().min()) >= 0 and int((dense["threshold"] != 0).sum()) > 48  # most thresholds get a gradient
+    # fp32: equal up to the order of sums; bf16: autocast rounds the dense decoder's product to bfloat16
+    tolerance = 1e-5 if precision == "fp32" else 1e-2
+    for name, expected in dense.items():
+        assert float((sparse[name] - expected).norm() / expected.norm()) < tolerance, name
+
+
+def test_trained_jumprelu_steps_take_the_sparse_products():
+    """On a CPU a step runs sparse products once few entries fire and lie in the band (as in a trained
+    JumpReLU SAE), and the dense ones while many do (as at the start); training through both learns."""
+    state = train_module.make_training_state(SAEConfig(d_in=32, d_hidden=512, kind="jumprelu", l1_coefficient=0.3),
+                                             TrainConfig(steps=40, batch_size=256, warmup_steps=2, lr=1e-3))  # fmt: skip
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
+    sync = train_module.StepSync()
+    first = train_module.train_step(state, x)  # initialises the thresholds at 0.001 of the inputs' norm: half fire
+    assert isinstance(train_module._jumprelu_loss(state, x, sync)[2], torch.Tensor) and first["l0"] > 0.3 * 512
+    with torch.no_grad():
+        state.sae.threshold.fill_(float(torch.quantile(state.sae.pre_activations(x), 0.99)))
+    assert isinstance(train_module._jumprelu_loss(state, x, sync)[2], train_module.SparseForward)
+    losses = [train_module.train_step(state, x)["loss"] for _ in range(30)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert 0 < losses[-1] and train_module.train_step(state, x)["l0"] < 0.08 * 512
