@@ -34,6 +34,11 @@ bf16, against dictionary_learning's ``TopKTrainer``, ``BatchTopKTrainer`` and
 ``MatryoshkaBatchTopKTrainer`` (dense autograd), interleaved the same way. No target is set for it; the
 model-FLOPs fraction is not given because the sparse path does not do the dense path's FLOPs.
 
+A fourth table times JumpReLU SAEs the same way, from the embedded default's trained weights (so
+about as few entries fire as in a trained SAE): ours (sparse products over the entries that fire
+and those in the thresholds' band, ``SPARSE_JUMPRELU_MAX_DENSITY``), fp32 and bf16, against
+dictionary_learning's ``JumpReluTrainer`` (dense autograd). No target is set for it.
+
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
 time; it is replaced by an empty module so that the package's trainers import without it.
 """
@@ -55,11 +60,12 @@ def _dictionary_learning():
     sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=object))
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.jumprelu import JumpReluTrainer
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.top_k import TopKTrainer
 
     sparse = {"TopK": ("topk", TopKTrainer), "BatchTopK": ("batchtopk", BatchTopKTrainer), "MatryoshkaBatchTopK": ("matryoshka", MatryoshkaBatchTopKTrainer)}
-    return StandardTrainer, StandardTrainerAprilUpdate, sparse
+    return StandardTrainer, StandardTrainerAprilUpdate, sparse, JumpReluTrainer
 
 
 def matryoshka_settings(d_hidden: int) -> tuple[list[int], list[float]]:
@@ -81,40 +87,69 @@ def make_store(args, work: Path):
     return embed_to_store(load_plm(path), records, 3, work / "store", shard_residues=50_000)[3]
 
 
-def trained_relu_times(args, work: Path, StandardTrainer, StandardTrainerAprilUpdate) -> dict:
+def demo_batches(args, work: Path):
+    """``(pipeline, store, batches)``: the embedded default and its PLM's layer embeddings of the same real proteins."""
+    import torch
+
+    from interplm_plugins.core.interpret.pipeline import load_pipeline
+    from interplm_plugins.core.plm.embed import embed_to_store
+
+    pipeline = load_pipeline()
+    records = _common.benchmark_records(args.data, args.proteins, max_length=200 if args.quick else 1022)
+    store = embed_to_store(pipeline.plm, records, pipeline.layer, work / "demo_store", shard_residues=50_000)[pipeline.layer]
+    total = args.warmup + args.steps
+    batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(args.batch_size, seed=0))]
+    return pipeline, store, batches
+
+
+def trained_weights(pipeline) -> dict:
+    """The embedded default's trained SAE weights (not its normalisation scale, which training does not use)."""
+    return {name: pipeline.sae.state_dict()[name] for name in ("bias", "encoder.weight", "encoder.bias", "decoder.weight")}
+
+
+def ours_resumed(args, config, weights: dict, name: str, prepare=lambda sae: None) -> tuple[dict, list[float], list]:
+    """``(runners, nonzero, states)``: ours in fp32 and bf16 (``name``, ``name bf16``) with ``config``,
+    resumed at step :data:`TRAINED_STEPS` from ``weights`` (after ``prepare(sae)``), past the warm-ups
+    and ramps as a run spends most of its steps; the fp32 runner appends each step's share of
+    nonzero activations to ``nonzero``."""
+    from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_step
+
+    total = args.warmup + args.steps
+    train_config = TrainConfig(steps=TRAINED_STEPS + total + 1, batch_size=args.batch_size, lr=args.lr, checkpoint_every=10**6, log_every=10**6)
+    nonzero: list[float] = []
+    runners, states = {}, []
+    for precision in ("fp32", "bf16"):
+        state = make_training_state(config, dataclasses.replace(train_config, precision=precision))
+        state.sae.load_state_dict(weights, strict=False)
+        prepare(state.sae)
+        state.step = TRAINED_STEPS
+
+        def run(step, x, state=state, precision=precision):
+            metrics = train_step(state, x)
+            if precision == "fp32":
+                nonzero.append(metrics["l0"] / config.d_hidden)
+
+        runners[f"{name}{' bf16' if precision == 'bf16' else ''}"] = run
+        states.append(state)
+    return runners, nonzero, states
+
+
+def trained_relu_times(args, demo, StandardTrainer, StandardTrainerAprilUpdate) -> dict:
     """Step times of ours (fp32, bf16) and both dictionary_learning ReLU trainers resumed from the
     embedded default's trained SAE (its weights, not its normalisation scale, which training does not
     use), on the demo PLM's layer embeddings of the same real proteins; the share of active entries."""
     import torch
 
-    from interplm_plugins.core.interpret.pipeline import load_pipeline
-    from interplm_plugins.core.plm.embed import embed_to_store
     from interplm_plugins.core.sae.model import SAEConfig
-    from interplm_plugins.core.sae.train import SPARSE_RELU_MAX_DENSITY, TrainConfig, make_training_state, train_step
+    from interplm_plugins.core.sae.train import SPARSE_RELU_MAX_DENSITY
 
-    pipeline = load_pipeline()
+    pipeline, store, batches = demo
     trained = pipeline.sae
-    records = _common.benchmark_records(args.data, args.proteins, max_length=200 if args.quick else 1022)
-    store = embed_to_store(pipeline.plm, records, pipeline.layer, work / "demo_store", shard_residues=50_000)[pipeline.layer]
     total = args.warmup + args.steps
-    batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for _, b in zip(range(total), store.iter_batches(args.batch_size, seed=0))]
     config = SAEConfig(d_in=trained.d_in, d_hidden=trained.d_hidden, kind="relu", l1_coefficient=trained.config.l1_coefficient)
-    weights = {name: trained.state_dict()[name] for name in ("bias", "encoder.weight", "encoder.bias", "decoder.weight")}
+    weights = trained_weights(pipeline)
     resumed_at = TRAINED_STEPS  # past the learning-rate warm-up and the L1 ramp, as a run spends most of its steps
-    train_config = TrainConfig(steps=resumed_at + total + 1, batch_size=args.batch_size, lr=args.lr, checkpoint_every=10**6, log_every=10**6)
-    active: list[float] = []
-    runners = {}
-    for precision in ("fp32", "bf16"):
-        state = make_training_state(config, dataclasses.replace(train_config, precision=precision))
-        state.sae.load_state_dict(weights, strict=False)
-        state.step = resumed_at
-
-        def run(step, x, state=state, precision=precision):
-            metrics = train_step(state, x)
-            if precision == "fp32":
-                active.append(metrics["l0"] / config.d_hidden)
-
-        runners[f"ours: train_step{' bf16' if precision == 'bf16' else ''}"] = run
+    runners, active, _ = ours_resumed(args, config, weights, "ours: train_step")
     for Trainer in (StandardTrainer, StandardTrainerAprilUpdate):
         trainer = Trainer(steps=resumed_at + total + 1, activation_dim=config.d_in, dict_size=config.d_hidden, layer=pipeline.layer, lm_name=pipeline.plm.name,
                           lr=args.lr, l1_penalty=config.l1_coefficient, warmup_steps=1, sparsity_warmup_steps=1, device="cpu", seed=0)  # fmt: skip
@@ -126,6 +161,43 @@ def trained_relu_times(args, work: Path, StandardTrainer, StandardTrainerAprilUp
     return {"sae": f"{config.d_in}->{config.d_hidden} (the embedded default's)", "resumed_at_step": resumed_at,
             "store_residues": store.num_residues, "active_fraction": float(np.mean(active)),
             "sparse_relu_max_density": SPARSE_RELU_MAX_DENSITY, "step_times_s": times}  # fmt: skip
+
+
+def jumprelu_times(args, demo, JumpReluTrainer) -> dict:
+    """Step times of a JumpReLU SAE, ours (fp32, bf16) against dictionary_learning's
+    ``JumpReluTrainer``, started from the embedded default's trained weights (its encoder decides
+    who fires; thresholds and bandwidth at 0.001 of the first batch's norm, ours' initialisation and
+    the paper's; theirs' encoder bias takes in our pre-encoder bias so both compute the same
+    pre-activations), on the demo PLM's embeddings: so about as few entries fire as in a trained
+    SAE, and ours runs sparse products (``SPARSE_JUMPRELU_MAX_DENSITY``). Theirs penalises
+    ``(L0 / target - 1)^2`` where ours penalises L0; both take the same products."""
+    import torch
+
+    from interplm_plugins.core.sae.jumprelu import initialise_thresholds
+    from interplm_plugins.core.sae.model import SAEConfig
+    from interplm_plugins.core.sae.train import SPARSE_JUMPRELU_MAX_DENSITY
+
+    pipeline, store, batches = demo
+    trained = pipeline.sae
+    total = args.warmup + args.steps
+    config = SAEConfig(d_in=trained.d_in, d_hidden=trained.d_hidden, kind="jumprelu", l1_coefficient=args.l1)
+    weights = trained_weights(pipeline)
+    runners, fired, states = ours_resumed(args, config, weights, "ours: train_step JumpReLU", prepare=lambda sae: initialise_thresholds(sae, batches[0]))
+    state = states[0]
+    trainer = JumpReluTrainer(steps=TRAINED_STEPS + total + 1, activation_dim=config.d_in, dict_size=config.d_hidden, layer=pipeline.layer, lm_name=pipeline.plm.name,
+                              lr=args.lr, bandwidth=float(state.sae.bandwidth), warmup_steps=1, sparsity_warmup_steps=1, device="cpu", seed=0)  # fmt: skip
+    with torch.no_grad():
+        w_enc, bias = weights["encoder.weight"], weights["bias"]
+        trainer.ae.W_enc.copy_(w_enc.t())
+        trainer.ae.b_enc.copy_(weights["encoder.bias"] - w_enc @ bias)
+        trainer.ae.W_dec.copy_(weights["decoder.weight"].t())
+        trainer.ae.b_dec.copy_(bias)
+        trainer.ae.threshold.copy_(state.sae.threshold)
+    runners["dictionary_learning JumpReluTrainer"] = lambda step, x: trainer.update(TRAINED_STEPS + step, x)
+    times = _common.interleaved_step_times(runners, batches, args.warmup)
+    return {"sae": f"{config.d_in}->{config.d_hidden} (the embedded default's weights)", "store_residues": store.num_residues,
+            "fired_fraction": float(np.mean(fired)), "sparse_jumprelu_max_density": SPARSE_JUMPRELU_MAX_DENSITY,
+            "step_times_s": times, "rows": speed_rows(times, list(times), args.batch_size)}  # fmt: skip
 
 
 def speed_rows(times: dict[str, list[float]], names: list[str], batch_size: int, **extra) -> list[dict]:
@@ -160,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from interplm_plugins.core.sae.model import SAEConfig
     from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_sae, train_step
 
-    StandardTrainer, StandardTrainerAprilUpdate, sparse_kinds = _dictionary_learning()
+    StandardTrainer, StandardTrainerAprilUpdate, sparse_kinds, JumpReluTrainer = _dictionary_learning()
     total = args.warmup + args.steps
     lr_warmup = max(1, total // 10)
     l1_ramp = max(1, total // 5)
@@ -194,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"ours: train_step {label} bf16": lambda step, x, state=bf16_state: train_step(state, x),
                 f"dictionary_learning {Trainer.__name__}": lambda step, x, t=theirs_kind: t.update(step, x),
             }, batches, args.warmup))  # fmt: skip
-        trained = trained_relu_times(args, work, StandardTrainer, StandardTrainerAprilUpdate)
+        demo = demo_batches(args, work)
+        trained = trained_relu_times(args, demo, StandardTrainer, StandardTrainerAprilUpdate)
+        jumprelu = jumprelu_times(args, demo, JumpReluTrainer)
         end_to_end_s, _ = _common.timed(lambda: train_sae(store, sae_config, train_config.__class__(**{**train_config.to_dict(), "steps": total}), work / "sae", resume=False, progress=False))
         peak = _common.matmul_peak_gflops(1024 if args.quick else 4096)
         peak_bf16 = _common.matmul_peak_gflops(1024 if args.quick else 4096, dtype=torch.bfloat16)
@@ -229,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     _common.print_table(f"SAE training, ReLU from a trained SAE: {trained['sae']}, resumed at step {trained['resumed_at_step']}, "
                         f"{trained['active_fraction']:.1%} of its activations nonzero, batch {args.batch_size} (median of {args.steps} steps)",
                         trained_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
+    _common.print_table(f"SAE training, JumpReLU from the trained weights: {jumprelu['sae']}, {jumprelu['fired_fraction']:.1%} of its activations nonzero, "
+                        f"batch {args.batch_size} (median of {args.steps} steps)", jumprelu["rows"], ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.write_result(args, "train", {
         "target": "ours_speedup >= 1.5 over dictionary_learning's StandardTrainer; ours_bf16_speedup >= 2 over StandardTrainerAprilUpdate",
         "d_in": store.dim, "d_hidden": args.d_hidden, "batch_size": args.batch_size, "lr": args.lr, "l1": args.l1,
         "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16,
         "flops_per_token": flops_per_token, "rows": rows,
         "step_times_s": times, "topk_k": args.k, "matryoshka_prefixes": prefixes, "topk_rows": topk_rows, "topk_step_times_s": topk_times,
-        "trained": {**trained, "rows": trained_rows},
+        "trained": {**trained, "rows": trained_rows}, "jumprelu": jumprelu,
     })  # fmt: skip
     return 0
 
