@@ -110,8 +110,8 @@ def trained_weights(pipeline) -> dict:
 def ours_resumed(args, config, weights: dict, name: str, prepare=lambda sae: None) -> tuple[dict, list[float], list]:
     """``(runners, nonzero, states)``: ours in fp32 and bf16 (``name``, ``name bf16``) with ``config``,
     resumed at step :data:`TRAINED_STEPS` from ``weights`` (after ``prepare(sae)``), past the warm-ups
-    and ramps as a run spends most of its steps; the fp32 runner appends each step's share of
-    nonzero activations to ``nonzero``."""
+    and ramps as a run spends most of its steps; the fp32 runner appends each timed step's share of
+    nonzero activations to ``nonzero`` (the warm-up steps', untimed, are left out)."""
     from interplm_plugins.core.sae.train import TrainConfig, make_training_state, train_step
 
     total = args.warmup + args.steps
@@ -126,7 +126,7 @@ def ours_resumed(args, config, weights: dict, name: str, prepare=lambda sae: Non
 
         def run(step, x, state=state, precision=precision):
             metrics = train_step(state, x)
-            if precision == "fp32":
+            if precision == "fp32" and step >= args.warmup:
                 nonzero.append(metrics["l0"] / config.d_hidden)
 
         runners[f"{name}{' bf16' if precision == 'bf16' else ''}"] = run

@@ -14,7 +14,7 @@ is set with them at the first training step, relative to the inputs' scale.
 
 A step's straight-through gradients are nonzero only at the entries that fire and in the
 thresholds' band (``|pre - threshold| < bandwidth / 2``), so on a CPU training runs its products
-over those alone once few enough entries are there, as through most of a run
+over those alone once few enough entries are there, as in a trained JumpReLU SAE
 (:func:`~interplm_plugins.core.sae.sparse_topk.jumprelu_forward`, with :func:`straight_through_l0`
 for the L0 term).
 """

@@ -551,7 +551,7 @@ def _jumprelu_loss(
     ``forward``: the activations ``[B, d_hidden]`` of dense autograd through
     :func:`~interplm_plugins.core.sae.jumprelu.jumprelu_training`, or, ``sparse`` (default: on a CPU,
     when under :data:`SPARSE_JUMPRELU_MAX_DENSITY` of the entries fire or lie in the thresholds'
-    band, as through most of a run), the :class:`SparseForward` of products over those entries
+    band, as in a trained SAE), the :class:`SparseForward` of products over those entries
     only (:func:`~interplm_plugins.core.sae.sparse_topk.jumprelu_forward`). Both give the same loss
     and gradients up to the order of float32 sums. The encoder product runs in
     ``config.precision``, the dense path's decoder too; the sparse products in float32."""
