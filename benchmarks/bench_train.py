@@ -34,9 +34,11 @@ bf16, against dictionary_learning's ``TopKTrainer``, ``BatchTopKTrainer`` and
 ``MatryoshkaBatchTopKTrainer`` (dense autograd), interleaved the same way. No target is set for it; the
 model-FLOPs fraction is not given because the sparse path does not do the dense path's FLOPs.
 
-A fourth table times JumpReLU SAEs the same way, from the embedded default's trained weights (so
-about as few entries fire as in a trained SAE): ours (sparse products over the entries that fire
-and those in the thresholds' band, ``SPARSE_JUMPRELU_MAX_DENSITY``), fp32 and bf16, against
+Two more tables time JumpReLU SAEs the same way: of the first table's shape from a fresh SAE (about
+half fire: dense products on both sides), and from the embedded default's trained weights (so
+about as few entries fire as in a trained SAE): ours (ReLU's hand-written products; in fp32 the
+sparse ones, over the entries that fire and those in the thresholds' band, under
+``SPARSE_RELU_MAX_DENSITY``; in bf16 the dense ones, faster there), fp32 and bf16, against
 dictionary_learning's ``JumpReluTrainer`` (dense autograd). No target is set for it.
 
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import
@@ -169,13 +171,13 @@ def jumprelu_times(args, demo, JumpReluTrainer) -> dict:
     who fires; thresholds and bandwidth at 0.001 of the first batch's norm, ours' initialisation and
     the paper's; theirs' encoder bias takes in our pre-encoder bias so both compute the same
     pre-activations), on the demo PLM's embeddings: so about as few entries fire as in a trained
-    SAE, and ours runs sparse products (``SPARSE_JUMPRELU_MAX_DENSITY``). Theirs penalises
+    SAE, and ours runs sparse products in fp32 (``SPARSE_RELU_MAX_DENSITY``). Theirs penalises
     ``(L0 / target - 1)^2`` where ours penalises L0; both take the same products."""
     import torch
 
     from interplm_plugins.core.sae.jumprelu import initialise_thresholds
     from interplm_plugins.core.sae.model import SAEConfig
-    from interplm_plugins.core.sae.train import SPARSE_JUMPRELU_MAX_DENSITY
+    from interplm_plugins.core.sae.train import SPARSE_RELU_MAX_DENSITY
 
     pipeline, store, batches = demo
     trained = pipeline.sae
@@ -196,7 +198,7 @@ def jumprelu_times(args, demo, JumpReluTrainer) -> dict:
     runners["dictionary_learning JumpReluTrainer"] = lambda step, x: trainer.update(TRAINED_STEPS + step, x)
     times = _common.interleaved_step_times(runners, batches, args.warmup)
     return {"sae": f"{config.d_in}->{config.d_hidden} (the embedded default's weights)", "store_residues": store.num_residues,
-            "fired_fraction": float(np.mean(fired)), "sparse_jumprelu_max_density": SPARSE_JUMPRELU_MAX_DENSITY,
+            "fired_fraction": float(np.mean(fired)), "sparse_max_density": SPARSE_RELU_MAX_DENSITY,
             "step_times_s": times, "rows": speed_rows(times, list(times), args.batch_size)}  # fmt: skip
 
 
@@ -266,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"ours: train_step {label} bf16": lambda step, x, state=bf16_state: train_step(state, x),
                 f"dictionary_learning {Trainer.__name__}": lambda step, x, t=theirs_kind: t.update(step, x),
             }, batches, args.warmup))  # fmt: skip
+        # JumpReLU from a fresh SAE (about half fire: dense products) on the same batches
+        jumprelu_config = SAEConfig(d_in=store.dim, d_hidden=args.d_hidden, kind="jumprelu", l1_coefficient=args.l1)
+        jumprelu_runners = {f"ours: train_step JumpReLU{' bf16' if p == 'bf16' else ''}": (lambda state: lambda step, x: train_step(state, x))(
+            make_training_state(jumprelu_config, dataclasses.replace(train_config, precision=p))) for p in ("fp32", "bf16")}  # fmt: skip
+        theirs_jumprelu = JumpReluTrainer(steps=total + 1, activation_dim=store.dim, dict_size=args.d_hidden, layer=3, lm_name="esm2_t6_8M_random",
+                                          lr=args.lr, warmup_steps=lr_warmup, sparsity_warmup_steps=l1_ramp, device="cpu", seed=0)  # fmt: skip
+        jumprelu_runners["dictionary_learning JumpReluTrainer"] = lambda step, x: theirs_jumprelu.update(step, x)
+        fresh_jumprelu_times = _common.interleaved_step_times(jumprelu_runners, batches, args.warmup)
         demo = demo_batches(args, work)
         trained = trained_relu_times(args, demo, StandardTrainer, StandardTrainerAprilUpdate)
         jumprelu = jumprelu_times(args, demo, JumpReluTrainer)
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     _common.print_table(f"SAE training, ReLU from a trained SAE: {trained['sae']}, resumed at step {trained['resumed_at_step']}, "
                         f"{trained['active_fraction']:.1%} of its activations nonzero, batch {args.batch_size} (median of {args.steps} steps)",
                         trained_rows, ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
+    fresh_jumprelu = {"step_times_s": fresh_jumprelu_times, "rows": speed_rows(fresh_jumprelu_times, list(fresh_jumprelu_times), args.batch_size)}
+    _common.print_table(f"SAE training, JumpReLU {store.dim} -> {args.d_hidden} from a fresh SAE, batch {args.batch_size}, the same batches (median of {args.steps} steps)",
+                        fresh_jumprelu["rows"], ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.print_table(f"SAE training, JumpReLU from the trained weights: {jumprelu['sae']}, {jumprelu['fired_fraction']:.1%} of its activations nonzero, "
                         f"batch {args.batch_size} (median of {args.steps} steps)", jumprelu["rows"], ["trainer", "tokens_per_s", "ours_speedup", "ours_bf16_speedup", "ms_per_step"])  # fmt: skip
     _common.write_result(args, "train", {
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "timed_steps": args.steps, "store_residues": store.num_residues, "matmul_peak_gflops": peak, "matmul_peak_gflops_bf16": peak_bf16,
         "flops_per_token": flops_per_token, "rows": rows,
         "step_times_s": times, "topk_k": args.k, "matryoshka_prefixes": prefixes, "topk_rows": topk_rows, "topk_step_times_s": topk_times,
-        "trained": {**trained, "rows": trained_rows}, "jumprelu": jumprelu,
+        "trained": {**trained, "rows": trained_rows}, "jumprelu": {"fresh": fresh_jumprelu, "trained": jumprelu},
     })  # fmt: skip
     return 0
 

@@ -15,6 +15,7 @@ from interplm_plugins.core.plm.embed import embed_to_store
 from interplm_plugins.core.sae import train as train_module
 from interplm_plugins.core.sae.evaluate import evaluate_sae, loss_recovered, masked_lm_loss
 from interplm_plugins.core.sae.files import load_sae, save_sae
+from interplm_plugins.core.sae.jumprelu import jumprelu_training
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
 from interplm_plugins.core.sae.normalize import feature_max_activations, normalize_sae
 from interplm_plugins.core.sae.train import TrainConfig, train_sae
@@ -412,54 +413,69 @@ def test_sparse_training_equals_dense_autograd(kind, precision, scaled):
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
+def _jumprelu_autograd(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float) -> dict[str, torch.Tensor]:
+    """The definition: autograd through jumprelu_training, loss = MSE + coefficient * L0."""
+    f, l0 = jumprelu_training(sae.pre_activations(x).to(x.dtype), sae.threshold, sae.bandwidth)
+    mse = (x - sae.decode(f)).pow(2).sum(dim=-1).mean()
+    loss = mse + coefficient * l0
+    sae.zero_grad(set_to_none=True)
+    loss.backward()
+    return {"loss": loss.detach(), "mse": mse.detach(), "l0": (f > 0).sum(dim=-1).float().mean(), **{name: p.grad.clone() for name, p in sae.named_parameters()}}
+
+
+def _jumprelu_by_hand(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, **kw) -> dict[str, torch.Tensor]:
+    out = train_module.jumprelu_loss_and_grads(sae, x, coefficient, **kw)
+    return {"loss": out["loss"], "mse": out["mse"], "l0": out["l0"], **{name: p.grad.clone() for name, p in sae.named_parameters()}}
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("thresholds", [(0.1, 1.5), (-0.3, 1.0)], ids=["above-half-band", "near-and-below-zero"])
-def test_sparse_jumprelu_equals_dense_autograd(precision, thresholds):
-    """JumpReLU's sparse products (fired entries, and the thresholds' band for their straight-through
-    gradient) give dense autograd's loss and gradients, the thresholds' included: with every
-    threshold at least half the bandwidth (the usual case, read in fewer passes) and with some below
-    zero or within half a bandwidth of it (where the JumpReLU's and the step's kernels differ)."""
-    state = train_module.make_training_state(SAEConfig(d_in=24, d_hidden=96, kind="jumprelu", l1_coefficient=0.3),
-                                             TrainConfig(steps=100, batch_size=64, precision=precision))  # fmt: skip
-    state.step = 50  # past the thresholds' initialisation and the L0 ramp's start
+def test_hand_written_jumprelu_equals_autograd(precision, thresholds):
+    """JumpReLU's hand-written step, dense and over the fired entries (and the thresholds' band for
+    their straight-through gradient), gives autograd's loss and gradients, the thresholds' included:
+    with every threshold at least half the bandwidth (the usual case, read in fewer passes) and with
+    some below zero or within half a bandwidth of it (where the JumpReLU's and the step's kernels differ)."""
+    sae = SparseAutoencoder(SAEConfig(d_in=24, d_hidden=96, kind="jumprelu", l1_coefficient=0.3), generator=torch.Generator().manual_seed(0))
     x = torch.randn(64, 24, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        state.sae.bias.copy_(x.mean(dim=0) + 0.1)
-        state.sae.encoder.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(4))
-        state.sae.threshold.uniform_(*thresholds, generator=torch.Generator().manual_seed(5))
-        state.sae.bandwidth.fill_(0.2)
-    assert ((state.sae.threshold.abs() < 0.1).any() and (state.sae.threshold < 0).any()) == (thresholds[0] < 0)
-    sync = train_module.StepSync()
-    params = dict(state.sae.named_parameters())
-
-    def loss_and_grads(sparse):
-        for p in params.values():
-            p.grad = None
-        loss, mse, forward = train_module._jumprelu_loss(state, x, sync, sparse=sparse)
-        assert isinstance(forward, train_module.SparseForward) == sparse
-        loss.backward()
-        return {"loss": loss.detach(), "mse": mse.detach(), **{name: p.grad.clone() for name, p in params.items()}}
-
-    dense, sparse = loss_and_grads(False), loss_and_grads(True)
-    assert float(dense["threshold"].abs().min()) >= 0 and int((dense["threshold"] != 0).sum()) > 48  # most thresholds get a gradient
-    # fp32: equal up to the order of sums; bf16: autocast rounds the dense decoder's product to bfloat16
+        sae.bias.copy_(x.mean(dim=0) + 0.1)
+        sae.encoder.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(4))
+        sae.threshold.uniform_(*thresholds, generator=torch.Generator().manual_seed(5))
+        sae.bandwidth.fill_(0.2)
+    assert ((sae.threshold.abs() < 0.1).any() and (sae.threshold < 0).any()) == (thresholds[0] < 0)
+    with train_module.compute_precision(precision, x):
+        expected = _jumprelu_autograd(sae, x, 0.3)
+    assert int((expected["threshold"] != 0).sum()) > 48  # most thresholds get a gradient
+    # fp32: equal up to the order of sums; bf16: autocast rounds the decoder's product to bfloat16,
+    # which the hand-written step keeps in float32 (the sparse products) or casts otherwise
     tolerance = 1e-5 if precision == "fp32" else 1e-2
-    for name, expected in dense.items():
-        assert float((sparse[name] - expected).norm() / expected.norm()) < tolerance, name
+    for sparse in (False, True):
+        got = _jumprelu_by_hand(sae, x, 0.3, workspace={}, precision=precision, sparse=sparse)
+        assert float(got["l0"]) == float(expected["l0"])
+        for name, want in expected.items():
+            assert float((got[name] - want).norm() / want.norm()) < tolerance, (sparse, name)
 
 
-def test_trained_jumprelu_steps_take_the_sparse_products():
-    """On a CPU a step runs sparse products once few entries fire and lie in the band (as in a trained
-    JumpReLU SAE), and the dense ones while many do (as at the start); training through both learns."""
+def test_few_firing_jumprelu_entries_take_the_sparse_products():
+    """By default a CPU step runs sparse products once few entries fire and lie in the band (as in a
+    trained JumpReLU SAE) and dense ones while many do (as at the start: thresholds at 0.001 of the
+    inputs' norm, half fire); training through both learns."""
     state = train_module.make_training_state(SAEConfig(d_in=32, d_hidden=512, kind="jumprelu", l1_coefficient=0.3),
                                              TrainConfig(steps=40, batch_size=256, warmup_steps=2, lr=1e-3))  # fmt: skip
-    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
-    sync = train_module.StepSync()
-    first = train_module.train_step(state, x)  # initialises the thresholds at 0.001 of the inputs' norm: half fire
-    assert isinstance(train_module._jumprelu_loss(state, x, sync)[2], torch.Tensor) and first["l0"] > 0.3 * 512
+    sae, x = state.sae, torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
+    first = train_module.train_step(state, x)
+    assert first["l0"] > 0.3 * 512
+
+    def path_taken() -> str:
+        runs = {mode: _jumprelu_by_hand(sae, x, 0.3, sparse=mode) for mode in (None, False, True)}
+        same = [mode for mode in (False, True) if all(torch.equal(runs[None][k], runs[mode][k]) for k in runs[None])]
+        assert len(same) == 1  # (the two paths' float32 sums differ, so the default's bits say which ran)
+        return "sparse" if same[0] else "dense"
+
+    assert path_taken() == "dense"
     with torch.no_grad():
-        state.sae.threshold.fill_(float(torch.quantile(state.sae.pre_activations(x), 0.99)))
-    assert isinstance(train_module._jumprelu_loss(state, x, sync)[2], train_module.SparseForward)
+        sae.threshold.fill_(float(torch.quantile(sae.pre_activations(x), 0.98)))
+    assert path_taken() == "sparse"
     losses = [train_module.train_step(state, x)["loss"] for _ in range(30)]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
-    assert 0 < losses[-1] and train_module.train_step(state, x)["l0"] < 0.08 * 512
+    assert train_module.train_step(state, x)["l0"] < train_module.SPARSE_RELU_MAX_DENSITY["fp32"] * 512

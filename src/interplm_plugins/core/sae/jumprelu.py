@@ -12,11 +12,11 @@ The thresholds live in the SAE's ``threshold`` parameter ``[d_hidden]`` in the u
 (:mod:`interplm_plugins.core.sae.normalize`) leaves them as they are; ``bandwidth`` (a scalar buffer)
 is set with them at the first training step, relative to the inputs' scale.
 
-A step's straight-through gradients are nonzero only at the entries that fire and in the
-thresholds' band (``|pre - threshold| < bandwidth / 2``), so on a CPU training runs its products
-over those alone once few enough entries are there, as in a trained JumpReLU SAE
-(:func:`~interplm_plugins.core.sae.sparse_topk.jumprelu_forward`, with :func:`straight_through_l0`
-for the L0 term).
+:func:`jumprelu_training` is the definition, in autograd; training runs the same gradients
+written out by hand (:func:`~interplm_plugins.core.sae.train.jumprelu_loss_and_grads`, ReLU's
+products), where the thresholds' gradient needs values only in their band
+(``|pre - threshold| < bandwidth / 2``,
+:func:`~interplm_plugins.core.sae.sparse_topk.jumprelu_band`).
 """
 
 from __future__ import annotations
@@ -71,32 +71,11 @@ def jumprelu_inference(pre: torch.Tensor, ranking: torch.Tensor, threshold: torc
 
 
 def jumprelu_training(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(activations, mean L0 per row)`` with the straight-through gradients (training, unnormalised SAE)."""
+    """``(activations, mean L0 per row)`` with the straight-through gradients (training, unnormalised
+    SAE): the autograd definition that the hand-written training step is tested against."""
     f = _JumpReLU.apply(torch.relu(pre), threshold, bandwidth)  # ReLU first: a threshold below 0 is a plain ReLU
     l0 = _Step.apply(pre, threshold, bandwidth).sum(dim=-1).mean()
     return f, l0
-
-
-class _StraightThroughL0(torch.autograd.Function):
-    """The L0 term's value (counted outside), with :class:`_Step`'s threshold gradient from band counts."""
-
-    @staticmethod
-    def forward(ctx, threshold, l0, band_counts, bandwidth, rows):  # noqa: D102
-        ctx.save_for_backward(band_counts, bandwidth)
-        ctx.rows = rows
-        return l0.clone()
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        band_counts, bandwidth = ctx.saved_tensors
-        return -grad * band_counts / (bandwidth * ctx.rows), None, None, None, None
-
-
-def straight_through_l0(threshold: torch.Tensor, bandwidth: torch.Tensor, l0: torch.Tensor, band_counts: torch.Tensor, rows: int) -> torch.Tensor:
-    """:func:`jumprelu_training`'s L0 term from counts made outside: value ``l0`` (the mean over
-    ``rows`` of the entries above their threshold) and threshold gradient ``-band_counts / (bandwidth * rows)``
-    (``band_counts`` ``[d_hidden]``: per feature the rows within half a bandwidth of its threshold)."""
-    return _StraightThroughL0.apply(threshold, l0, band_counts, bandwidth, rows)
 
 
 @torch.no_grad()

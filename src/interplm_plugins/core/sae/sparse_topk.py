@@ -1,4 +1,4 @@
-"""TopK, BatchTopK, Matryoshka and JumpReLU training with sparse products: only the encoder's forward product is dense.
+"""TopK, BatchTopK and Matryoshka training with sparse products: only the encoder's forward product is dense.
 
 A TopK SAE keeps ``k`` of ``d_hidden`` features per residue (32 of 10,240 in the benchmarks;
 BatchTopK and Matryoshka BatchTopK ``k`` per residue on average, chosen over the batch), yet
@@ -20,9 +20,9 @@ order of float32 sums (``tests/test_sae_kinds.py``).
 (``benchmarks/bench_train.py``); on a GPU it keeps the dense products until they are measured there.
 The ReLU SAE's hand-written step (:func:`~interplm_plugins.core.sae.train.relu_loss_and_grads`)
 runs its products over :class:`KeptEntries` too once few enough features fire (a trained one's
-1-4 %), and so does JumpReLU (:func:`jumprelu_forward`): its kept entries are those that fire,
-and its thresholds' straight-through gradient needs the activations' gradient only in the band
-around each threshold, computed there alone.
+1-4 %), and so does JumpReLU's (:func:`~interplm_plugins.core.sae.train.jumprelu_loss_and_grads`),
+whose thresholds' straight-through gradient needs the activations' gradient only in the band
+around each threshold (:func:`jumprelu_band`), sampled there alone.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from typing import Callable, NamedTuple
 import torch
 
 from interplm_plugins.core.plm.precision import compute_precision
-from interplm_plugins.core.sae.jumprelu import straight_through_l0
 from interplm_plugins.core.sae.model import SparseAutoencoder
 
 
@@ -201,74 +200,31 @@ def sparse_forward(
     return SparseForward(pieces, crow, cols, activations, pre, xc)
 
 
-class _ThresholdBand(torch.autograd.Function):
-    """The identity on the decoder's output, back-propagating the JumpReLU's straight-through
-    threshold gradient ``sum_b -threshold_j / bandwidth * d loss / d f[b, j]`` over the band entries
-    ``(crow, cols)`` (:class:`~interplm_plugins.core.sae.jumprelu._JumpReLU`'s, where its rectangle
-    kernel is ``1 / bandwidth``), ``d loss / d f`` computed only there."""
+class JumpReLUBand(NamedTuple):
+    """Where :func:`~interplm_plugins.core.sae.jumprelu.jumprelu_training`'s straight-through
+    kernels are nonzero, for pre-activations ``[n, d_hidden]``: ``entries``, those of the JumpReLU's
+    kernel (on ``relu(pre)``: there ``d loss / d f`` reaches the thresholds, fired or not);
+    ``counts`` ``[d_hidden]``, per feature the rows where the L0 step's kernel (on ``pre``) is nonzero;
+    ``above``, the count of entries above their threshold (the L0 term), or None when no threshold is
+    negative (then they are the entries that fire)."""
 
-    @staticmethod
-    def forward(ctx, output, threshold, dec_weight, crow, cols, bandwidth):  # noqa: D102 - autograd protocol
-        ctx.save_for_backward(threshold, dec_weight, crow, cols, bandwidth)
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx, grad_output):  # noqa: D102
-        threshold, dec_weight, crow, cols, bandwidth = ctx.saved_tensors
-        band = KeptEntries(crow, cols, dec_weight.shape[1])
-        grad_f = band.sampled(grad_output, dec_weight)  # <grad_output[b], W_dec[:, j]> at each band entry
-        return grad_output, band.column_sums(grad_f) * (-threshold / bandwidth), None, None, None, None
-
-
-class JumpReLUEntries(NamedTuple):
-    """Where a JumpReLU training step has nonzero values or gradients, for pre-activations ``[n, d_hidden]``,
-    as :func:`~interplm_plugins.core.sae.jumprelu.jumprelu_training` reads them (its JumpReLU acts on
-    ``relu(pre)``, its step on ``pre``): ``fired`` (the activation is nonzero) and ``band`` (the
-    JumpReLU's kernel is nonzero: there the reconstruction's gradient reaches the thresholds), each
-    CSR ``(crow, cols)``; ``band_counts`` ``[d_hidden]``, per feature the rows where the L0 step's
-    kernel is nonzero; ``l0``, the mean over rows of the entries above their threshold."""
-
-    fired: tuple[torch.Tensor, torch.Tensor]
-    band: tuple[torch.Tensor, torch.Tensor]
-    band_counts: torch.Tensor
-    l0: torch.Tensor
+    entries: KeptEntries
+    counts: torch.Tensor
+    above: torch.Tensor | None
 
 
 @torch.no_grad()
-def jumprelu_entries(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: torch.Tensor, max_entries: int, scratch: torch.Tensor | None = None) -> JumpReLUEntries | None:
-    """:class:`JumpReLUEntries` of ``pre``; None when the fired and the band entries together
-    number more than ``max_entries`` (then dense products are faster). Comparisons run in float32
-    (a bfloat16 ``pre`` is promoted exactly); ``scratch``, a float32 tensor of ``pre``'s shape
-    reused between steps, saves a fresh one's page faults."""
-    fired = pre > threshold.clamp_min(0)
-    n_fired = int(torch.count_nonzero(fired))
-    if n_fired > max_entries:
-        return None
+def jumprelu_band(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: torch.Tensor, scratch: torch.Tensor | None = None) -> JumpReLUBand:
+    """:class:`JumpReLUBand` of ``pre``, compared in float32 (a bfloat16 ``pre`` is promoted exactly);
+    ``scratch``, a float32 tensor of ``pre``'s shape reused between steps, saves a fresh one's page faults."""
     half = bandwidth / 2
     step_band = torch.lt(torch.sub(pre, threshold, out=scratch).abs_(), half)
-    if bool((threshold >= half).all()):
-        # Then every band entry has pre > 0 (so relu(pre) = pre: both kernels agree) and
-        # "above the threshold" is "fired": no further pass over pre.
-        band, step_cols, n_above = rows_of_mask(step_band), None, n_fired
-    else:
-        band = rows_of_mask((step_band & (pre > 0)) | ((pre <= 0) & (threshold.abs() < half)))
-        step_cols, n_above = step_band.nonzero(as_tuple=True)[1], int(torch.count_nonzero(pre > threshold))
-    if n_fired + len(band[1]) > max_entries:
-        return None
-    band_counts = torch.bincount(band[1] if step_cols is None else step_cols, minlength=pre.shape[1])
-    return JumpReLUEntries(rows_of_mask(fired), band, band_counts, threshold.new_tensor(n_above / len(pre)))
-
-
-def jumprelu_forward(sae: SparseAutoencoder, xc: torch.Tensor, pre: torch.Tensor, entries: JumpReLUEntries) -> tuple[SparseForward, torch.Tensor]:
-    """A JumpReLU SAE's training forward pass through the entries that fire (``entries`` of the
-    no-grad ``pre``, the encoder's output on ``xc = x - bias``), and its L0 term: the decoder's
-    output also back-propagates into the thresholds from the band entries, the L0 term from the
-    band counts."""
-    crow, cols = entries.fired
-    output, activations = kept_reconstruction(sae, xc, pre, crow, cols)
-    output = _ThresholdBand.apply(output, sae.threshold, sae.decoder.weight.detach(), *entries.band, sae.bandwidth)
-    l0 = straight_through_l0(sae.threshold, sae.bandwidth, entries.l0, entries.band_counts, len(pre))
-    return SparseForward([output], crow, cols, activations, pre, xc), l0
+    above = None if bool((threshold >= 0).all()) else torch.count_nonzero(pre > threshold)
+    if bool((threshold >= half).all()):  # every band entry has pre > 0: relu(pre) = pre, both kernels agree
+        entries = KeptEntries(*rows_of_mask(step_band), pre.shape[1])
+        return JumpReLUBand(entries, torch.bincount(entries.cols, minlength=pre.shape[1]), above)
+    band = (step_band & (pre > 0)) | ((pre <= 0) & (threshold.abs() < half))
+    return JumpReLUBand(KeptEntries(*rows_of_mask(band), pre.shape[1]), step_band.sum(dim=0), above)
 
 
 def topk_forward(sae: SparseAutoencoder, x: torch.Tensor, precision: str) -> SparseForward:

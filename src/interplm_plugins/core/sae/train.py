@@ -27,8 +27,8 @@ Losses (per residue, averaged over the batch):
 - JumpReLU (:mod:`~interplm_plugins.core.sae.jumprelu`): ``|x - x_hat|^2 + l1 * L0`` with
   straight-through gradients for the per-feature thresholds, unit-norm decoder columns, the
   sparsity coefficient ramped up as ReLU's L1; thresholds and bandwidth set from the first batch.
-  On the CPU, once few entries fire (under :data:`SPARSE_JUMPRELU_MAX_DENSITY`), its products run
-  over those and the thresholds' band only (:func:`_jumprelu_loss`): 3-6x faster at 0.5-5 % fired.
+  Its gradients are written out by hand with ReLU's products (:func:`jumprelu_loss_and_grads`),
+  sparse ones too once few entries fire (under :data:`SPARSE_RELU_MAX_DENSITY`, as ReLU).
 
 A feature is dead when it has not fired on the last ``dead_after_tokens`` training residues.
 Adam; learning rate warmed up linearly over ``warmup_steps`` and decayed linearly to 0 over the
@@ -49,8 +49,7 @@ reconstruction error and loss; the saved SAE is float32 either way
 (:mod:`~interplm_plugins.core.plm.precision` says what runs in which). The ReLU SAE's hand-written
 products are cast explicitly (:func:`relu_loss_and_grads`); the TopK kinds' one dense product
 (the encoder's forward; TopK, BatchTopK, Matryoshka) runs in the precision, their sparse products
-in float32; JumpReLU runs its forward pass under autocast and backpropagates outside it, or runs
-as ReLU's sparse products once few entries fire. The
+in float32; JumpReLU's hand-written products are ReLU's, cast the same way. The
 precision is part of the training settings, so the checkpoint records it and a run resumes only
 in the precision it started in.
 """
@@ -72,11 +71,11 @@ from tqdm.auto import tqdm
 from interplm_plugins.core.atomic import atomic_path, write_text_atomic
 from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision, compute_precision, matmul_dtype
 from interplm_plugins.core.sae.files import save_sae
-from interplm_plugins.core.sae.jumprelu import initialise_thresholds, jumprelu_training
+from interplm_plugins.core.sae.jumprelu import initialise_thresholds
 from interplm_plugins.core.sae.kinds import BATCH_KINDS
 from interplm_plugins.core.sae.matryoshka import nested_losses, nested_reconstruction_losses, prefix_segments
 from interplm_plugins.core.sae.model import SAEConfig, SparseAutoencoder
-from interplm_plugins.core.sae.sparse_topk import KeptEntries, SparseForward, jumprelu_entries, jumprelu_forward, kept_reconstruction, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
+from interplm_plugins.core.sae.sparse_topk import KeptEntries, SparseForward, jumprelu_band, kept_reconstruction, rows_of_indices, rows_of_mask, sparse_forward, topk_forward
 from interplm_plugins.errors import InterPLMError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -380,6 +379,10 @@ _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torc
 #: 2,048, 2 threads (Zen 4): the step's time sparse / dense is, fp32, 0.38x at 0.5 % active, 0.49x
 #: at 2 %, 0.68x at 5 %, 1.02x at 10 %; bf16 (its dense products twice as fast) 0.62x at 0.5 %,
 #: 0.82x at 2 %, 1.16x at 5 %. A trained ReLU SAE has 1-4 % active (the demo's 3.7 %).
+#: JumpReLU's step (:func:`jumprelu_loss_and_grads`, the same products) uses it too, counting the
+#: entries that fire and those in its thresholds' band together; measured the same way: fp32
+#: 0.42x at 0.5 %, 0.73x at 5 %, 0.89x at 8 %, 1.21x at 12 %; bf16 0.70x at 0.5 %, 0.83x at 2 %,
+#: 1.13x at 5 %.
 SPARSE_RELU_MAX_DENSITY = {"fp32": 0.08, "bf16": 0.03}
 
 
@@ -413,13 +416,10 @@ def relu_loss_and_grads(
     ``out=``, so the casts are written out; with ``"fp32"`` they are no-ops and the arithmetic is
     exactly the float32 one.)
     """
-    n, d_hidden = len(x), sae.d_hidden
-    d_in = x.shape[1]
+    n = len(x)
     low = matmul_dtype(precision, x)  # the products' dtype: x's own for fp32
-    w_enc, b_enc, w_dec, b_pre = sae.encoder.weight, sae.encoder.bias, sae.decoder.weight, sae.bias
-    centred = torch.cat([x - b_pre, x.new_ones(n, 1)], dim=1)  # [n, d_in + 1]
-    encoder = torch.cat([w_enc, b_enc[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
-    f = torch.mm(centred.to(low), encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low))
+    w_enc, w_dec = sae.encoder.weight, sae.decoder.weight
+    centred, f = _encoder_product(sae, x, low, workspace)
     torch.threshold_(f, 0.0, 0.0)  # the ReLU, writing +0.0 where relu_ would keep a -0.0
     # Active = nonzero bits: with no -0.0 left, counting f's bits as integers is the exact count
     # (several times faster than comparing floats, or than count_nonzero on them).
@@ -429,19 +429,72 @@ def relu_loss_and_grads(
     norms = (w_dec * w_dec).sum(dim=0).sqrt_()  # the columns' norms (norm(dim=0) is 7x slower on a row-major matrix)
     l1_grad = norms * (l1_coefficient / n)  # d loss / d f_i of the L1 term, at every active entry
     products = _relu_sparse_products if sparse else _relu_dense_products
-    mse, f_sum, grad_w_dec, grad_w_enc, grad_b_enc, grad_x_hat_sum = products(f, centred, x, sae, l1_grad, low, workspace)
+    mse, f_sum, grad_w_dec, grad_w_enc, grad_b_enc, grad_x_hat = products(f, centred, x, sae, l1_grad, low, workspace)
     l1 = f_sum.dot(norms) / n
     grad_w_dec.addcmul_(w_dec, (f_sum * (l1_coefficient / n) / norms.clamp_min(torch.finfo(norms.dtype).tiny))[None, :])
-    grad_b_pre = grad_x_hat_sum - grad_b_enc @ w_enc
-    for param, grad in ((w_enc, grad_w_enc), (b_enc, grad_b_enc), (w_dec, grad_w_dec), (b_pre, grad_b_pre)):
-        if param.grad is None or param.grad.shape != param.shape:
-            param.grad = torch.empty_like(param)
-        param.grad.copy_(grad)  # (never an alias of the workspace, which the next step overwrites)
+    _set_gradients(sae, grad_w_enc, grad_b_enc, grad_w_dec, grad_x_hat)
     return {"loss": mse + l1_coefficient * l1, "mse": mse, "l1": l1, "l0": active.to(x.dtype) / n, "f_sum": f_sum.clone()}
 
 
+def _encoder_product(sae: SparseAutoencoder, x: torch.Tensor, low: torch.dtype, workspace: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(centred, pre)`` of a hand-written step: ``[x - bias, 1]`` ``[n, d_in + 1]`` and the encoder's
+    output ``[n, d_hidden]`` in ``low`` (the bias as the column of ones' weight), in the workspace."""
+    n, (d_hidden, d_in) = len(x), sae.encoder.weight.shape
+    centred = torch.cat([x - sae.bias, x.new_ones(n, 1)], dim=1)
+    encoder = torch.cat([sae.encoder.weight, sae.encoder.bias[:, None]], dim=1, out=_buffer(workspace, "encoder", (d_hidden, d_in + 1), x))
+    return centred, torch.mm(centred.to(low), encoder.t().to(low), out=_buffer(workspace, "f", (n, d_hidden), x, low))
+
+
+def _set_gradients(sae: SparseAutoencoder, grad_w_enc, grad_b_enc, grad_w_dec, grad_x_hat, **others: torch.Tensor) -> None:
+    """Writes a hand-written step's gradients to ``.grad``: the pre-encoder bias's from ``d loss / d x_hat``
+    ``[n, d_in]`` and the encoder bias's (``x - bias`` feeds the encoder); ``others`` by parameter name."""
+    grad_b_pre = grad_x_hat.sum(dim=0) - grad_b_enc @ sae.encoder.weight
+    pairs = [(sae.encoder.weight, grad_w_enc), (sae.encoder.bias, grad_b_enc), (sae.decoder.weight, grad_w_dec), (sae.bias, grad_b_pre)]
+    for param, grad in pairs + [(sae.get_parameter(name), grad) for name, grad in others.items()]:
+        if param.grad is None or param.grad.shape != param.shape:
+            param.grad = torch.empty_like(param)
+        param.grad.copy_(grad)  # (never an alias of the workspace, which the next step overwrites)
+
+
+@torch.no_grad()
+def jumprelu_loss_and_grads(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    l0_coefficient: float,
+    workspace: dict | None = None,
+    precision: str = DEFAULT_PRECISION,
+    sparse: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """The JumpReLU SAE's loss ``mean_b |x - x_hat|^2 + l0_coefficient * L0`` and the gradients
+    autograd takes through :func:`~interplm_plugins.core.sae.jumprelu.jumprelu_training` (the
+    straight-through ones for the thresholds), written out by hand as :func:`relu_loss_and_grads`
+    writes ReLU's, with its products (no L1 term; the activations ``relu(pre)`` above their
+    thresholds, whose gradient is zero where they are zero, as the ReLU's): dense, or ``sparse``
+    (default: on a CPU, when under :data:`SPARSE_RELU_MAX_DENSITY` of the entries fire or lie in
+    the thresholds' band together) over the fired entries only. The thresholds' gradient needs
+    ``d loss / d f`` only in the band, a product sampled there.
+    Returns 0-d ``loss``, ``mse``, ``l0`` (mean active features per row) and ``f_sum`` ``[d_hidden]``."""
+    n = len(x)
+    low = matmul_dtype(precision, x)
+    w_dec, threshold, bandwidth = sae.decoder.weight, sae.threshold, sae.bandwidth
+    centred, f = _encoder_product(sae, x, low, workspace)
+    band = jumprelu_band(f, threshold, bandwidth, _buffer(workspace, "band", tuple(f.shape), x))
+    f.masked_fill_(f <= threshold.clamp_min(0), 0.0)  # the JumpReLU of relu(pre); +0.0 where it is zero
+    active = torch.count_nonzero(f.view(_SAME_WIDTH_INT[f.dtype]))
+    if sparse is None:
+        density = SPARSE_RELU_MAX_DENSITY[check_precision(precision)]
+        sparse = x.device.type == "cpu" and int(active) + len(band.entries.cols) < density * f.numel()
+    products = _relu_sparse_products if sparse else _relu_dense_products
+    mse, f_sum, grad_w_dec, grad_w_enc, grad_b_enc, grad_x_hat = products(f, centred, x, sae, x.new_zeros(f.shape[1]), low, workspace)
+    grad_f_band = band.entries.sampled(grad_x_hat, w_dec)  # d loss / d f in the band, fired or not
+    grad_threshold = band.entries.column_sums(grad_f_band).mul_(-threshold / bandwidth).sub_(band.counts * (l0_coefficient / (n * bandwidth)))
+    _set_gradients(sae, grad_w_enc, grad_b_enc, grad_w_dec, grad_x_hat, threshold=grad_threshold)
+    l0 = (active if band.above is None else band.above).to(x.dtype) / n
+    return {"loss": mse + l0_coefficient * l0, "mse": mse, "l0": active.to(x.dtype) / n, "f_sum": f_sum.clone()}
+
+
 #: What a ReLU step's products after the encoder's give back: ``(mse, f_sum, grad_w_dec`` (the
-#: reconstruction term only), ``grad_w_enc, grad_b_enc, d loss / d x_hat`` summed over rows).
+#: reconstruction term only), ``grad_w_enc, grad_b_enc, d loss / d x_hat`` ``[n, d_in]``).
 _ReluProducts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -464,7 +517,7 @@ def _relu_dense_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluPr
     torch.ops.aten.threshold_backward.grad_input(grad_pre, f, 0.0, grad_input=grad_pre)
     # The encoder's gradient and, in the column of ones, the encoder bias gradient.
     encoder_product = torch.mm(grad_pre.t(), centred.to(low), out=_buffer(workspace, "encoder_product", (d_hidden, d_in_1), x, low)).to(x.dtype)
-    return mse, product[-1], product[:-1], encoder_product[:, :-1], encoder_product[:, -1], grad_out[:, :-1].sum(dim=0)
+    return mse, product[-1], product[:-1], encoder_product[:, :-1], encoder_product[:, -1], grad_out[:, :-1]
 
 
 def _relu_sparse_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluProducts:  # noqa: ARG001 (low, workspace: the dense path's)
@@ -478,7 +531,7 @@ def _relu_sparse_products(f, centred, x, sae, l1_grad, low, workspace) -> _ReluP
     grad_x_hat = error.mul_(2.0 / n)
     grad_kept = kept.sampled(grad_x_hat, w_dec).add_(l1_grad[kept.cols])  # d loss / d f where f > 0
     return (mse, kept.column_sums(values), kept.transpose_times(values, grad_x_hat).t(),
-            kept.transpose_times(grad_kept, centred[:, :-1]), kept.column_sums(grad_kept), grad_x_hat.sum(dim=0))  # fmt: skip
+            kept.transpose_times(grad_kept, centred[:, :-1]), kept.column_sums(grad_kept), grad_x_hat)  # fmt: skip
 
 
 def _clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
@@ -495,6 +548,9 @@ def _clip_gradients(module: torch.nn.Module, max_norm: float) -> None:
         clip_with_norm(module.parameters(), max_norm, total)
 
 
+#: Kinds whose gradients are written out by hand (:func:`relu_loss_and_grads`, :func:`jumprelu_loss_and_grads`).
+HAND_WRITTEN_KINDS = ("relu", "jumprelu")
+
 #: Kinds trained with Gao et al.'s AuxK loss for dead features.
 AUXK_KINDS = ("topk", *BATCH_KINDS)
 
@@ -502,79 +558,32 @@ AUXK_KINDS = ("topk", *BATCH_KINDS)
 def _sparse_loss_and_backward(
     state: TrainingState, x: torch.Tensor, sync: StepSync, dead: torch.Tensor, extra: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss of a TopK, BatchTopK, Matryoshka or JumpReLU SAE on ``x``, backpropagated (autograd);
+    """The loss of a TopK, BatchTopK or Matryoshka SAE on ``x``, backpropagated (autograd);
     returns the detached ``(loss, mse, l0, fired, kept)`` (``kept``: the positive activations, for
     BatchTopK's threshold) and adds extra metrics to ``extra``.
 
     On the CPU, TopK, BatchTopK and Matryoshka run the sparse products of
     :mod:`~interplm_plugins.core.sae.sparse_topk` (which keeps the precision to its one dense
-    product), and JumpReLU does once few enough entries fire (:func:`_jumprelu_loss`). Otherwise
-    the forward pass runs in ``config.precision`` (bf16: the encoder and decoder products under
-    autocast; pre-activations cast to float32 before the selection; the error against the float32
-    ``x`` and the loss in float32), the backward pass outside the autocast block, as autocast asks.
+    product). On a GPU they run their forward pass in ``config.precision``
+    (bf16: the encoder and decoder products under autocast; pre-activations cast to float32 before
+    the selection; the error against the float32 ``x`` and the loss in float32), the backward pass
+    outside the autocast block, as autocast asks.
     """
-    if state.sae.kind == "jumprelu":
-        loss, mse, forward = _jumprelu_loss(state, x, sync)
-    elif state.sae.kind in SPARSE_KINDS and x.device.type in SPARSE_DEVICES:
+    if state.sae.kind in SPARSE_KINDS and x.device.type in SPARSE_DEVICES:
         loss, mse, forward, extra_terms = _kept_loss(state, x, sync, dead)
         extra.update(extra_terms)
-    else:
-        with compute_precision(state.config.precision, x):
-            loss, mse, forward, extra_terms = _sparse_loss(state, x, sync, dead)
-        extra.update(extra_terms)
-    loss.backward()
-    if isinstance(forward, SparseForward):
+        loss.backward()
         active = forward.activations > 0
         fired = torch.zeros(state.sae.d_hidden, dtype=torch.bool, device=x.device)
         fired[forward.cols[active]] = True
         return loss.detach(), mse.detach(), active.sum().to(mse.dtype) / len(x), fired, forward.activations[active]
-    f = forward.detach()
+    with compute_precision(state.config.precision, x):
+        loss, mse, f, extra_terms = _sparse_loss(state, x, sync, dead)
+    extra.update(extra_terms)
+    loss.backward()
+    f = f.detach()
     l0 = (f > 0).sum(dim=-1).to(mse.dtype).mean()
     return loss.detach(), mse.detach(), l0, (f > 0).any(dim=0), f[f > 0]
-
-
-#: Per compute precision, the share of a JumpReLU step's entries, fired and in the thresholds'
-#: band together, under which a CPU step runs sparse products (:func:`_jumprelu_loss`). Higher
-#: than ReLU's: the dense alternative is autograd's six products, not five written by hand.
-#: Measured at 320 -> 10,240, batch 2,048, 2 threads (Zen 4), the step's time sparse / dense:
-#: fp32 0.17x at 0.5 % fired, 0.22x at 2 %, 0.30x at 5 %, 0.51x at 12 %, 0.85x at 20 %, 1.07x
-#: at 30 %; bf16 0.25x at 0.5 %, 0.41x at 5 %, 0.70x at 12 %, 1.17x at 20 %.
-SPARSE_JUMPRELU_MAX_DENSITY = {"fp32": 0.2, "bf16": 0.12}
-
-
-def _jumprelu_loss(
-    state: TrainingState, x: torch.Tensor, sync: StepSync, sparse: bool | None = None
-) -> tuple[torch.Tensor, torch.Tensor, "torch.Tensor | SparseForward"]:
-    """A JumpReLU SAE's ``(loss, mse, forward)`` on ``x``, loss = ``mse + l1 * L0`` (the L0's
-    coefficient ramped up as ReLU's L1; thresholds and bandwidth set from the first batch).
-
-    ``forward``: the activations ``[B, d_hidden]`` of dense autograd through
-    :func:`~interplm_plugins.core.sae.jumprelu.jumprelu_training`, or, ``sparse`` (default: on a CPU,
-    when under :data:`SPARSE_JUMPRELU_MAX_DENSITY` of the entries fire or lie in the thresholds'
-    band, as in a trained SAE), the :class:`SparseForward` of products over those entries
-    only (:func:`~interplm_plugins.core.sae.sparse_topk.jumprelu_forward`). Both give the same loss
-    and gradients up to the order of float32 sums. The encoder product runs in
-    ``config.precision``, the dense path's decoder too; the sparse products in float32."""
-    sae, config = state.sae, state.config
-    if state.step == 0:
-        initialise_thresholds(sae, sync.global_batch(x))
-    coefficient = sae.config.l1_coefficient * l1_scale(config, state.step)
-    xc = x - sae.bias
-    with compute_precision(config.precision, x):
-        pre = sae.encoder(xc)
-        entries = None
-        if sparse or (sparse is None and x.device.type in SPARSE_DEVICES):
-            limit = 2 * pre.numel() if sparse else int(SPARSE_JUMPRELU_MAX_DENSITY[check_precision(config.precision)] * pre.numel())
-            scratch = _buffer(state.workspace, "jumprelu", tuple(pre.shape), x)
-            entries = jumprelu_entries(pre.detach(), sae.threshold, sae.bandwidth, limit, scratch)
-        if entries is None:
-            f, l0 = jumprelu_training(pre.to(x.dtype), sae.threshold, sae.bandwidth)
-            x_hat = sae.decode(f)
-    if entries is not None:
-        f, l0 = jumprelu_forward(sae, xc, pre.detach(), entries)
-        x_hat = f.pieces[0] + sae.bias
-    mse = (x - x_hat).pow(2).sum(dim=-1).mean()
-    return mse + coefficient * l0, mse, f
 
 
 #: Kinds trained through sparse products (:mod:`~interplm_plugins.core.sae.sparse_topk`), and the
@@ -671,15 +680,22 @@ def train_step(state: TrainingState, x: torch.Tensor, sync: StepSync | None = No
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     dead_before = state.dead_mask()
-    if sae.kind != "relu":  # relu_loss_and_grads overwrites every gradient (in place: no new buffers)
+    if sae.kind not in HAND_WRITTEN_KINDS:  # the hand-written steps overwrite every gradient (in place: no new buffers)
         state.optimizer.zero_grad(set_to_none=True)
 
     extra: dict[str, torch.Tensor] = {}
-    if sae.kind == "relu":
-        parts = relu_loss_and_grads(sae, x, sae.config.l1_coefficient * l1_scale(config, step), state.workspace, config.precision)
+    if sae.kind in HAND_WRITTEN_KINDS:
+        coefficient = sae.config.l1_coefficient * l1_scale(config, step)
+        if sae.kind == "relu":
+            parts = relu_loss_and_grads(sae, x, coefficient, state.workspace, config.precision)
+            extra["l1"] = parts["l1"]
+        else:
+            if step == 0:
+                initialise_thresholds(sae, sync.global_batch(x))
+            parts = jumprelu_loss_and_grads(sae, x, coefficient, state.workspace, config.precision)
+            _remove_parallel_gradient(sae)
         loss, mse, l0 = parts["loss"], parts["mse"], parts["l0"]
         fired = parts["f_sum"] > 0
-        extra["l1"] = parts["l1"]
     else:
         loss, mse, l0, fired, kept = _sparse_loss_and_backward(state, x, sync, dead_before, extra)
         _remove_parallel_gradient(sae)  # linear in the gradient: may precede the reduction
