@@ -37,8 +37,8 @@ model-FLOPs fraction is not given because the sparse path does not do the dense 
 Two more tables time JumpReLU SAEs the same way: of the first table's shape from a fresh SAE (about
 half fire: dense products on both sides), and from the embedded default's trained weights (so
 about as few entries fire as in a trained SAE): ours (ReLU's hand-written products; in fp32 the
-sparse ones, over the entries that fire and those in the thresholds' band, under
-``SPARSE_RELU_MAX_DENSITY``; in bf16 the dense ones, faster there), fp32 and bf16, against
+sparse ones, over the entries that fire, under ``SPARSE_RELU_MAX_DENSITY``; in bf16 the dense
+ones, faster there), fp32 and bf16, against
 dictionary_learning's ``JumpReluTrainer`` (dense autograd). No target is set for it.
 
 dictionary-learning's package imports nnsight (for its activation buffer, not used here) at import

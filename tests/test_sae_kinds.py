@@ -457,7 +457,7 @@ def test_hand_written_jumprelu_equals_autograd(precision, thresholds):
 
 
 def test_few_firing_jumprelu_entries_take_the_sparse_products():
-    """By default a CPU step runs sparse products once few entries fire and lie in the band (as in a
+    """By default a CPU step runs sparse products once few entries fire (as in a
     trained JumpReLU SAE) and dense ones while many do (as at the start: thresholds at 0.001 of the
     inputs' norm, half fire); training through both learns."""
     state = train_module.make_training_state(SAEConfig(d_in=32, d_hidden=512, kind="jumprelu", l1_coefficient=0.3),

@@ -379,11 +379,17 @@ _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torc
 #: 2,048, 2 threads (Zen 4): the step's time sparse / dense is, fp32, 0.38x at 0.5 % active, 0.49x
 #: at 2 %, 0.68x at 5 %, 1.02x at 10 %; bf16 (its dense products twice as fast) 0.62x at 0.5 %,
 #: 0.82x at 2 %, 1.16x at 5 %. A trained ReLU SAE has 1-4 % active (the demo's 3.7 %).
-#: JumpReLU's step (:func:`jumprelu_loss_and_grads`, the same products) uses it too, counting the
-#: entries that fire and those in its thresholds' band together; measured the same way: fp32
+#: JumpReLU's step (:func:`jumprelu_loss_and_grads`, the same products) uses it too (its band's
+#: sampled product runs on either path, so only the entries that fire count); measured the same way: fp32
 #: 0.42x at 0.5 %, 0.73x at 5 %, 0.89x at 8 %, 1.21x at 12 %; bf16 0.70x at 0.5 %, 0.83x at 2 %,
 #: 1.13x at 5 %.
 SPARSE_RELU_MAX_DENSITY = {"fp32": 0.08, "bf16": 0.03}
+
+
+def _sparse_products_pay(f: torch.Tensor, active: torch.Tensor, precision: str) -> bool:
+    """Whether a hand-written step on ``f`` (``active`` of its entries nonzero) runs the sparse
+    products: on a CPU, under :data:`SPARSE_RELU_MAX_DENSITY` of the entries."""
+    return f.device.type == "cpu" and int(active) < SPARSE_RELU_MAX_DENSITY[check_precision(precision)] * f.numel()
 
 
 @torch.no_grad()
@@ -425,7 +431,7 @@ def relu_loss_and_grads(
     # (several times faster than comparing floats, or than count_nonzero on them).
     active = torch.count_nonzero(f.view(_SAME_WIDTH_INT[f.dtype]))
     if sparse is None:
-        sparse = x.device.type == "cpu" and int(active) < SPARSE_RELU_MAX_DENSITY[check_precision(precision)] * f.numel()
+        sparse = _sparse_products_pay(f, active, precision)
     norms = (w_dec * w_dec).sum(dim=0).sqrt_()  # the columns' norms (norm(dim=0) is 7x slower on a row-major matrix)
     l1_grad = norms * (l1_coefficient / n)  # d loss / d f_i of the L1 term, at every active entry
     products = _relu_sparse_products if sparse else _relu_dense_products
@@ -470,9 +476,9 @@ def jumprelu_loss_and_grads(
     straight-through ones for the thresholds), written out by hand as :func:`relu_loss_and_grads`
     writes ReLU's, with its products (no L1 term; the activations ``relu(pre)`` above their
     thresholds, whose gradient is zero where they are zero, as the ReLU's): dense, or ``sparse``
-    (default: on a CPU, when under :data:`SPARSE_RELU_MAX_DENSITY` of the entries fire or lie in
-    the thresholds' band together) over the fired entries only. The thresholds' gradient needs
-    ``d loss / d f`` only in the band, a product sampled there.
+    (default: on a CPU, when under :data:`SPARSE_RELU_MAX_DENSITY` of the entries fire) over the
+    fired entries only. The thresholds' gradient needs ``d loss / d f`` only in the band, a
+    product sampled there on either path.
     Returns 0-d ``loss``, ``mse``, ``l0`` (mean active features per row) and ``f_sum`` ``[d_hidden]``."""
     n = len(x)
     low = matmul_dtype(precision, x)
@@ -482,8 +488,7 @@ def jumprelu_loss_and_grads(
     f.masked_fill_(f <= threshold.clamp_min(0), 0.0)  # the JumpReLU of relu(pre); +0.0 where it is zero
     active = torch.count_nonzero(f.view(_SAME_WIDTH_INT[f.dtype]))
     if sparse is None:
-        density = SPARSE_RELU_MAX_DENSITY[check_precision(precision)]
-        sparse = x.device.type == "cpu" and int(active) + len(band.entries.cols) < density * f.numel()
+        sparse = _sparse_products_pay(f, active, precision)
     products = _relu_sparse_products if sparse else _relu_dense_products
     mse, f_sum, grad_w_dec, grad_w_enc, grad_b_enc, grad_x_hat = products(f, centred, x, sae, x.new_zeros(f.shape[1]), low, workspace)
     grad_f_band = band.entries.sampled(grad_x_hat, w_dec)  # d loss / d f in the band, fired or not
