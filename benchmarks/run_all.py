@@ -82,6 +82,15 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                          f"**{std_t['ours_speedup']:.2f}x** / **{std_t['ours_bf16_speedup']:.2f}x**", ">= 1.5x (fp32)"))  # fmt: skip
             rows.append(("SAE training", "... vs StandardTrainerAprilUpdate",
                          f"{_fmt(april_t['tokens_per_s'])} = **{april_t['ours_speedup']:.2f}x** / **{april_t['ours_bf16_speedup']:.2f}x**", ">= 2x (fastest)"))  # fmt: skip
+        jumprelu = t.get("jumprelu")
+        if jumprelu is not None:
+            for start, what in (("fresh", f"from a fresh SAE {t['d_in']}->{t['d_hidden']}"),
+                                ("trained", f"from {jumprelu['trained']['sae']}, {jumprelu['trained']['fired_fraction']:.1%} of activations nonzero")):
+                jr = {r["trainer"]: r for r in jumprelu[start]["rows"]}
+                theirs = jr["dictionary_learning JumpReluTrainer"]
+                rows.append(("SAE training", f"JumpReLU {what}: tokens/s ours fp32 / bf16 vs dictionary_learning JumpReluTrainer",
+                             f"{_fmt(jr['ours: train_step JumpReLU']['tokens_per_s'])} / {_fmt(jr['ours: train_step JumpReLU bf16']['tokens_per_s'])} vs "
+                             f"{_fmt(theirs['tokens_per_s'])} = **{theirs['ours_speedup']:.2f}x** / **{theirs['ours_bf16_speedup']:.2f}x**", ""))  # fmt: skip
     if "concepts" in results:
         c = results["concepts"]
         ours, interplm, row = c["rows"]
