@@ -217,6 +217,15 @@ def engine_agreement(models: dict, records, layers: int, dumps: dict[str, Path])
     return out
 
 
+ENGINE_CALIBRATION_PROTEINS = 16
+
+
+def engine_records(data: Path, count: int, quick: bool) -> tuple[list, list]:
+    """The engines' ``count`` timed proteins, and the 16 after them that calibrate esm.cpp's INT8."""
+    pool = _common.benchmark_records(data, count + ENGINE_CALIBRATION_PROTEINS, max_length=200 if quick else 1022)
+    return pool[:count], pool[count:]
+
+
 def measure_engines(args, work: Path) -> tuple[list[dict], dict]:
     """One row per architecture: each engine's residues/s (median of alternating rounds) and the ratios."""
     import torch
@@ -228,8 +237,7 @@ def measure_engines(args, work: Path) -> tuple[list[dict], dict]:
     for name in args.engine_models.split(","):
         layers, dim, heads = MODELS[name]
         count = int(dict(item.split("=") for item in args.engine_proteins.split(","))[name])
-        pool = _common.benchmark_records(args.data, count + 16, max_length=200 if args.quick else 1022)
-        records, calibration = pool[:count], pool[count:]
+        records, calibration = engine_records(args.data, count, args.quick)
         residues = sum(len(r.sequence) for r in records)
         folder = hf_esm2_folder(work / f"hf_esm2_{name}", layers, dim, heads)
         fasta, calibration_fasta = work / f"engines_{name}.fasta", work / f"calibration_{name}.fasta"

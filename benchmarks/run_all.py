@@ -6,7 +6,9 @@
     python benchmarks/run_all.py --summary-only   # re-summarise existing results
 
 Each benchmark runs in its own process (``benchmarks/bench_<name>.py``); one that fails is
-reported and the others still run; the exit status is non-zero if any failed.
+reported and the others still run; the exit status is non-zero if any failed. After them,
+``roofline.py`` derives ``roofline.json`` (the engine targets against the measured matmul peak)
+from the embed, train and precision results, when the embed and train results are there.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+import roofline  # noqa: E402
 
 BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision", "scaling"]
+DERIVED = ["roofline"]  # computed from the benchmarks' results, nothing timed
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -144,6 +148,25 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"max change **{c['max_abs_f1_change']:.4f}**, {c['matches_changed_over_tolerance']} over 0.01", "<= 0.01"))  # fmt: skip
     if "scaling" in results:
         rows += scaling_rows(results["scaling"])
+    if "roofline" in results:
+        rows += roofline_rows(results["roofline"])
+    return rows
+
+
+def roofline_rows(rl: dict) -> list[tuple[str, str, str, str]]:
+    """What the engine targets need of the measured matmul peak, and what bf16 embedding can gain."""
+    rows = []
+    for r in rl["rows"]:
+        rows.append(("roofline", f"{r['model']}: {r['mflop_per_residue']:.1f} MFLOP per residue ({r['attention_flop_share']:.0%} attention); "
+                                 f"fractions of the measured {_fmt(rl['matmul_peak_gflops'])} GFLOP/s fp32 peak",
+                     f"ours fp32 {r['ours_fp32_fraction_of_fp32_peak']:.0%}; 2x esm.cpp fp32 needs {r['fp32_target_fraction_of_fp32_peak']:.0%}; "
+                     f"1.5x esm.cpp's fastest ({_fmt(r['esm_cpp_best_gflops'])} GFLOP/s) needs **{r['best_target_fraction_of_fp32_peak']:.0%}** "
+                     f"(fp32 at the peak: {r['fp32_peak_vs_esm_cpp_best']:.2f}x esm.cpp's fastest), {r['best_target_fraction_of_bf16_peak']:.0%} of the bf16 peak", ""))  # fmt: skip
+    for r in rl["bf16_embedding"]:
+        needed = r["attention_speedup_needed"]
+        rows.append(("roofline", f"bf16 embedding, {r['model']}: attention {r['fp32_attention_share']:.0%} of fp32 op time, gains {r['attention_speedup']:.2f}x",
+                     f"at most **{r['bound_speedup']:.2f}x** with the rest at {r['rest_speedup']:.2f}x (measured {r['measured_speedup']:.2f}x); "
+                     + (f"1.8x needs attention at {needed:.2f}x" if needed is not None else "1.8x out of reach whatever attention gains"), ""))  # fmt: skip
     return rows
 
 
@@ -185,7 +208,7 @@ def scaling_rows(sc: dict) -> list[tuple[str, str, str, str]]:
 
 def summarise(results_dir: Path) -> str:
     results = {}
-    for name in BENCHMARKS:
+    for name in [*BENCHMARKS, *DERIVED]:
         path = results_dir / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
@@ -219,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument("--results-dir", type=Path, default=_common.RESULTS_DIR)
     p.add_argument("--summary-only", action="store_true", help="only rewrite SUMMARY.md from existing results")
+    p.add_argument("--data", type=Path, default=_common.SHARED_DATA, help=f"the shared data folder, passed to each benchmark (default {_common.SHARED_DATA})")
     args, extra = p.parse_known_args(argv)
     names = BENCHMARKS if not args.only else [n.strip() for n in args.only.split(",")]
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -227,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     if not args.summary_only:
         for name in names:
-            cmd = [sys.executable, str(Path(__file__).with_name(f"bench_{name}.py")), "--results-dir", str(args.results_dir), *extra]
+            cmd = [sys.executable, str(Path(__file__).with_name(f"bench_{name}.py")), "--results-dir", str(args.results_dir), "--data", str(args.data), *extra]
             if args.quick:
                 cmd.append("--quick")
             print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -235,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             if subprocess.run(cmd).returncode != 0:
                 failed.append(name)
             print(f"=== {name}: {'FAILED' if name in failed else 'done'} in {time.perf_counter() - start:.0f} s", flush=True)
+        if all((args.results_dir / f"{name}.json").is_file() for name in roofline.NEEDED):
+            try:
+                roofline.write_roofline(args.results_dir, args.data)
+            except roofline.ResultMismatch as exc:  # e.g. embed.json of an earlier run on another machine
+                print(f"roofline: {exc}", file=sys.stderr)
+                failed.append("roofline")
     from interplm_plugins.core.atomic import write_text_atomic
 
     text = summarise(args.results_dir)

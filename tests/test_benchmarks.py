@@ -1,6 +1,6 @@
 """Smoke run of the benchmarks (benchmarks/run_all.py --quick): every script runs end to end,
 checks its own correctness (same embeddings as esm-extract, identical concept counts, equal
-distributed results) and writes its JSON and the summary. Timings are never asserted."""
+distributed results) and writes its JSON, then roofline.json and the summary. Timings are never asserted."""
 
 from __future__ import annotations
 
@@ -55,5 +55,8 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     if "pymol" in results:
         assert results["pymol"]["residues"] == 732
         assert results["pymol"]["sessions"][0]["max_bfactor"] <= 1.0  # activations replaced the pLDDT b-factors
+    rl = json.loads((tmp_path / "roofline.json").read_text())  # derived after them: the engines' FLOP/s against the measured peak
+    assert rl["mode"] == "quick" and [row["residues"] for row in rl["rows"]] == [row["residues"] for row in results["embed"]["engines"]]
+    assert all(0 < row["ours_fp32_fraction_of_fp32_peak"] and row["mflop_per_residue"] > 0 for row in rl["rows"])
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "| benchmark | what | result | target |" in summary and "quick" in summary
