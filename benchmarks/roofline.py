@@ -38,13 +38,17 @@ ENGINE_BEST_TARGET = 1.5  # a path with fp32's conclusions vs esm.cpp's fastest 
 ENGINE_FP32_TARGET = 2.0  # our fp32 vs esm.cpp fp32
 
 
+def attention_flops(lengths: Sequence[int], layers: int, dim: int) -> int:
+    """FLOPs of the two attention products (q k^T and weights v: 4 * tokens * dim per token and
+    block) on proteins of these residue counts, each with its BOS and EOS tokens."""
+    return layers * sum(4 * (n + 2) ** 2 * dim for n in lengths)
+
+
 def forward_flops(lengths: Sequence[int], layers: int, dim: int) -> int:
     """Model FLOPs (2 per multiply-add) of an ESM-2 forward pass through ``layers`` blocks of width
-    ``dim`` on proteins of these residue counts, each with its BOS and EOS tokens: q/k/v, output
-    projection and the 4 * dim feed-forward (24 * dim^2 per token), and the two attention products
-    (4 * tokens * dim per token)."""
-    tokens = [n + 2 for n in lengths]
-    return layers * sum(24 * dim * dim * t + 4 * t * t * dim for t in tokens)
+    ``dim``: q/k/v, output projection and the 4 * dim feed-forward (24 * dim^2 per token, BOS and
+    EOS included), and attention (:func:`attention_flops`)."""
+    return layers * sum(24 * dim * dim * (n + 2) for n in lengths) + attention_flops(lengths, layers, dim)
 
 
 class ResultMismatch(ValueError):
@@ -75,14 +79,13 @@ def engine_rows(embed: dict, train: dict, data: Path) -> list[dict[str, Any]]:
     fp32_peak, bf16_peak = train["matmul_peak_gflops"], train["matmul_peak_gflops_bf16"]
     quick = embed["mode"] == "quick"
     rows = []
-    for row in embed.get("engines", []):
-        name = row["model"].split()[1]  # "ESM-2 8M (6x320)"
+    for name, row in embed.get("engine_details", {}).items():  # {"8M": that architecture's row, ...}
         layers, dim, _heads = MODELS[name]
         lengths = [len(r.sequence) for r in engine_records(data, row["proteins"], quick)[0]]
         if sum(lengths) != row["residues"]:
             raise ResultMismatch(f"embed.json: engine proteins of {row['model']} rebuilt from {data} have {sum(lengths):,} residues, the result says {row['residues']:,}")
         flops = forward_flops(lengths, layers, dim) / row["residues"]
-        attention = 4 * layers * dim * sum((n + 2) ** 2 for n in lengths) / row["residues"]
+        attention = attention_flops(lengths, layers, dim) / row["residues"]
 
         def gflops(residues_per_s: float) -> float:
             return residues_per_s * flops / 1e9
@@ -110,7 +113,7 @@ def bf16_embedding_rows(precision: dict, train: dict) -> list[dict[str, Any]]:
         profile = row.get("profile")
         if profile is None:
             continue
-        share = profile["fp32"]["attention_s"] / profile["fp32"]["total_s"]
+        share = profile["fp32_attention_share"]
         rest = max(peak_ratio, profile["matmul_speedup"])
         bound = 1 / (share / profile["attention_speedup"] + (1 - share) / rest)
         left = 1 / EMBEDDING_BF16_TARGET - (1 - share) / rest  # the time attention may take, per fp32 second, for 1.8x

@@ -61,7 +61,7 @@ def test_results_of_two_machines_or_other_proteins_are_refused(tmp_path, shared_
 
     results = _copy_results(tmp_path)
     embed = json.loads((results / "embed.json").read_text())
-    embed["engines"][0]["residues"] += 1
+    embed["engine_details"]["8M"]["residues"] += 1  # the row roofline reads for ESM-2 8M
     (results / "embed.json").write_text(json.dumps(embed))
     with pytest.raises(roofline.ResultMismatch, match="embed.json: engine proteins of ESM-2 8M"):
         roofline.roofline(results, shared_data)
