@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,11 @@ LETTERS = "".join(sorted(PROTEIN_LETTERS))
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def _scratch() -> Path:
-    """A fresh folder per example (pytest's tmp_path is per test, hypothesis runs many examples)."""
-    return Path(tempfile.mkdtemp(prefix="interplm_props_"))
+def _scratch(factory: pytest.TempPathFactory) -> Path:
+    """A fresh folder per example under pytest's temp root, which pytest prunes to its last runs
+    (tmp_path is per test and hypothesis runs many examples; tempfile.mkdtemp left ~300 folders
+    in /tmp on every run)."""
+    return factory.mktemp("props")
 
 
 # ------------------------------------------------------------------------------------- FASTA
@@ -73,8 +74,8 @@ records = st.lists(
 
 @SETTINGS
 @given(records=records, width=st.integers(1, 130))
-def test_fasta_round_trip(records, width):
-    path = _scratch() / "x.fasta"
+def test_fasta_round_trip(records, width, tmp_path_factory):
+    path = _scratch(tmp_path_factory) / "x.fasta"
     write_fasta(records, path, width=width)
     back = read_fasta(path)
     assert back == [ProteinRecord(r.id, r.sequence, r.description.strip()) for r in records]
@@ -167,7 +168,7 @@ def feature_specs(draw, length: int):
 
 @SETTINGS
 @given(data=st.data(), sequence=st.text(STANDARD, min_size=5, max_size=250))
-def test_flat_feature_locations(data, sequence):
+def test_flat_feature_locations(data, sequence, tmp_path_factory):
     length = len(sequence)
     specs = data.draw(st.lists(feature_specs(length), max_size=12))
     keys = data.draw(st.lists(st.sampled_from(["DOMAIN", "HELIX", "BINDING", "REGION", "DISULFID"]), min_size=len(specs), max_size=len(specs)))
@@ -177,7 +178,7 @@ def test_flat_feature_locations(data, sequence):
         table += f"FT   {key:<16}{loc}\n"
         if note.strip():
             table += f'FT                   /note="{note.strip()}"\n'
-    path = _scratch() / "entry.dat"
+    path = _scratch(tmp_path_factory) / "entry.dat"
     path.write_text(ENTRY.format(length=length, features=table, sequence=_sq_lines(sequence)))
     (entry,) = read_uniprot(path)
     assert entry.sequence == sequence
@@ -256,7 +257,7 @@ def chain_specs(draw, chain: str):
 @SETTINGS
 @given(chains=st.lists(st.sampled_from("ABXZ"), min_size=1, max_size=3, unique=True).flatmap(
     lambda ids: st.tuples(*(chain_specs(c) for c in ids))))  # fmt: skip
-def test_generated_pdb_reads_back_as_its_residues(chains):
+def test_generated_pdb_reads_back_as_its_residues(chains, tmp_path_factory):
     lines, expected, serial, x = [], {}, 1, 0.0
     ca_x: dict[tuple, float] = {}
     for chain, residues in chains:
@@ -273,7 +274,7 @@ def test_generated_pdb_reads_back_as_its_residues(chains):
                 residue = StructureResidue(chain, resi, icode, resn, letter)
                 expected.setdefault(chain, []).append(residue)
                 ca_x[(chain, resi, icode)] = x
-    path = _scratch() / "generated.pdb"
+    path = _scratch(tmp_path_factory) / "generated.pdb"
     path.write_text("\n".join(lines) + "\nEND\n")
     want = {c: r for c, r in expected.items() if r}
     if not want:
@@ -295,7 +296,7 @@ def test_generated_pdb_reads_back_as_its_residues(chains):
     data=st.data(),
     offset=st.integers(-80, 80),
 )
-def test_alignment_recovers_offset_and_deleted_loop(reference, data, offset):
+def test_alignment_recovers_offset_and_deleted_loop(reference, data, offset, tmp_path_factory):
     """A structure of reference[a:b] with reference[c:c+d] unmodelled, numbered as the
     reference plus ``offset`` (negative numbers included): every residue maps to its own
     reference position, the mapping that the residue numbers say."""
@@ -311,7 +312,7 @@ def test_alignment_recovers_offset_and_deleted_loop(reference, data, offset):
     assume(reference.count(reference[a : a + 12]) == 1)  # the chain's start occurs once in the reference
     three = {v: k for k, v in STANDARD_AMINO_ACIDS.items()}
     lines = [_atom(k + 1, "CA", three[reference[i]], "A", i + offset, x=float(k)) for k, i in enumerate(kept)]
-    path = _scratch() / "chain.pdb"
+    path = _scratch(tmp_path_factory) / "chain.pdb"
     path.write_text("\n".join(lines) + "\nEND\n")
     (chain,) = read_structure(path)
     assert chain.sequence == "".join(reference[i] for i in kept)
