@@ -200,66 +200,95 @@ def activation_error(pipelines: dict, records) -> dict:
     return result
 
 
-def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, recount_validation: bool) -> dict:
-    """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
-    from scipy import sparse
-
-    from interplm_plugins.core.concepts.counts import THRESHOLDS, ConceptMatchCounter
-    from interplm_plugins.core.concepts.selection import choose_on_validation
-    from interplm_plugins.core.inputs.sequences import ProteinRecord
-    from interplm_plugins.core.sae.encode import iter_feature_activations
-
-    fp32 = pipelines["fp32"]
-    db = fp32.database
-    thresholds = tuple(float(t) for t in db.provenance.get("thresholds", THRESHOLDS))
-    names = [c.name for c in halves.concepts]
-    index = {name: i for i, name in enumerate(names)}
+def chosen_matches(db, halves) -> tuple[dict, list[str]]:
+    """The (concept, feature, threshold) matches the database chose, ``{key: (chosen as, stored test F1)}``
+    (each feature's best concept, as every surface shows it, and each evaluated concept's best
+    feature, chosen on validation), and the evaluated concepts."""
     chosen = {}
-    for match in db.best_concepts(range(db.num_features)).values():  # each feature's concept, as every surface shows it
+    for match in db.best_concepts(range(db.num_features)).values():
         chosen[(match.concept, match.feature, match.threshold)] = ("feature's best concept", match.f1)
     evaluated = [n for n in db.concept_names() if (db.concept_summary(n) or {}).get("evaluated")]
-    for name in evaluated:  # each evaluated concept's best feature, chosen on validation
+    for name in evaluated:
         for match in db.features_for_concept(name, k=1, min_valid_f1=0.0):
             key = (match.concept, match.feature, match.threshold)
             chosen[key] = ("concept's best feature" if key not in chosen else "both", match.f1)
+    index = {c.name for c in halves.concepts}
     missing = sorted({c for c, _, _ in chosen if c not in index})
     if missing:
         raise AssertionError(f"{len(missing)} database concepts are not in the rebuilt halves (first: {missing[0]}): the halves differ from the build's")
+    return chosen, evaluated
 
-    halves_used = ("test", "valid") if recount_validation else ("test",)
-    records = {h: [ProteinRecord(p, s) for p, s in halves.labels(h).sequences.items()] for h in halves_used}
-    if max_test_proteins is not None:
-        records = {h: r[:max_test_proteins] for h, r in records.items()}
-    counts = {}
-    for precision, pipeline in pipelines.items():
-        for half, recs in records.items():
-            counter = ConceptMatchCounter(halves.labels(half), pipeline.num_features, thresholds)
-            for record, acts in iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, recs, precision=precision):
-                counter.add(record.id, sparse.csr_matrix(acts))
-            counts[precision, half] = counter.result()
-    f1 = {p: counts[p, "test"].metrics()["selection_f1"] for p in pipelines}
+
+def half_records(halves, recount_validation: bool, max_test_proteins: int | None) -> dict[str, list]:
+    """The proteins of the test half (and of the validation half), as records."""
+    from interplm_plugins.core.inputs.sequences import ProteinRecord
+
+    used = ("test", "valid") if recount_validation else ("test",)
+    records = {h: [ProteinRecord(p, s) for p, s in halves.labels(h).sequences.items()] for h in used}
+    return {h: r[:max_test_proteins] for h, r in records.items()} if max_test_proteins is not None else records
+
+
+def count_half(halves, half: str, num_features: int, thresholds: tuple[float, ...], activations) -> object:
+    """The concept counts (``ConceptCounts``) of one half from ``(record, [L, F] activations)`` pairs."""
+    from scipy import sparse
+
+    from interplm_plugins.core.concepts.counts import ConceptMatchCounter
+
+    counter = ConceptMatchCounter(halves.labels(half), num_features, thresholds)
+    for record, acts in activations:
+        counter.add(record.id, sparse.csr_matrix(acts))
+    return counter.result()
+
+
+def compare_f1(counts: dict, names: tuple[str, str], chosen: dict, evaluated: list[str], halves, thresholds: tuple[float, ...], test_proteins: int) -> dict:
+    """The test F1 of each chosen match from ``counts[name, half]`` of the reference ``names[0]`` and of
+    ``names[1]``: the changes, the matches moving by more than :data:`F1_TOLERANCE`, the fp32
+    recount against the database, and (when the validation half was counted) whether the
+    validation choice stays the same."""
+    from interplm_plugins.core.concepts.selection import choose_on_validation
+
+    ref, other = names
+    index = {c.name: i for i, c in enumerate(halves.concepts)}
+    f1 = {n: counts[n, "test"].metrics()["selection_f1"] for n in names}
     rows = []
     for (concept, feature, threshold), (why, stored) in sorted(chosen.items()):
         at = (index[concept], feature, thresholds.index(float(threshold)))
         rows.append({"concept": concept, "feature": feature, "threshold": threshold, "chosen_as": why, "database_test_f1": stored,
-                     "fp32_test_f1": float(f1["fp32"][at]), "bf16_test_f1": float(f1["bf16"][at])})  # fmt: skip
-    change = np.array([abs(r["bf16_test_f1"] - r["fp32_test_f1"]) for r in rows])
-    recount = np.array([abs(r["fp32_test_f1"] - r["database_test_f1"]) for r in rows])
+                     f"{ref}_test_f1": float(f1[ref][at]), f"{other}_test_f1": float(f1[other][at])})  # fmt: skip
+    change = np.array([abs(r[f"{other}_test_f1"] - r[f"{ref}_test_f1"]) for r in rows])
+    recount = np.array([abs(r[f"{ref}_test_f1"] - r["database_test_f1"]) for r in rows])
     worst = rows[int(change.argmax())] if rows else {}
     out = {
-        "test_proteins_counted": len(records["test"]), "test_proteins_in_half": len(halves.test.proteins),
+        "test_proteins_counted": test_proteins, "test_proteins_in_half": len(halves.test.proteins),
         "chosen_matches": len(rows), "concepts_evaluated": len(evaluated),
         "max_abs_f1_change": float(change.max()) if rows else 0.0, "mean_abs_f1_change": float(change.mean()) if rows else 0.0,
         "matches_changed_over_tolerance": int((change > F1_TOLERANCE).sum()),
-        "worst_match": worst, "fp32_recount_vs_database_max_abs_diff": float(recount.max()) if rows else 0.0,
+        "worst_match": worst, f"{ref}_recount_vs_database_max_abs_diff": float(recount.max()) if rows else 0.0,
         "matches": rows,
     }  # fmt: skip
-    if recount_validation:  # would the choice itself change? (the rule of the database build: rank 0 on validation)
-        picks = {p: choose_on_validation(counts[p, "valid"]) for p in pipelines}
+    if all((n, "valid") in counts for n in names):  # would the choice itself change? (the rule of the database build: rank 0 on validation)
+        picks = {n: choose_on_validation(counts[n, "valid"]) for n in names}
         concepts = [index[n] for n in evaluated]
-        same = [(picks["fp32"][0][c], picks["fp32"][1][c]) == (picks["bf16"][0][c], picks["bf16"][1][c]) for c in concepts]
+        same = [(picks[ref][0][c], picks[ref][1][c]) == (picks[other][0][c], picks[other][1][c]) for c in concepts]
         out["evaluated_concepts_with_the_same_choice"] = float(np.mean(same)) if same else 1.0
     return out
+
+
+def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, recount_validation: bool) -> dict:
+    """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
+    from interplm_plugins.core.concepts.counts import THRESHOLDS
+    from interplm_plugins.core.sae.encode import iter_feature_activations
+
+    fp32 = pipelines["fp32"]
+    thresholds = tuple(float(t) for t in fp32.database.provenance.get("thresholds", THRESHOLDS))
+    chosen, evaluated = chosen_matches(fp32.database, halves)
+    records = half_records(halves, recount_validation, max_test_proteins)
+    counts = {}
+    for precision, pipeline in pipelines.items():
+        for half, recs in records.items():
+            activations = iter_feature_activations(pipeline.plm, pipeline.sae, pipeline.layer, recs, precision=precision)
+            counts[precision, half] = count_half(halves, half, pipeline.num_features, thresholds, activations)
+    return compare_f1(counts, ("fp32", "bf16"), chosen, evaluated, halves, thresholds, len(records["test"]))
 
 
 def main(argv: list[str] | None = None) -> int:
