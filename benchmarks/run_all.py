@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import roofline  # noqa: E402
 
-BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision", "scaling"]
+BENCHMARKS = ["embed", "train", "concepts", "pymol", "mutate", "memory", "distributed", "precision", "rounding", "scaling"]
 DERIVED = ["roofline"]  # computed from the benchmarks' results, nothing timed
 
 
@@ -146,6 +146,11 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"active features per residue Jaccard {e['active_set_jaccard_mean']:.3f} (worst {e['active_set_jaccard_min']:.2f})", ""))  # fmt: skip
         rows.append(("bf16 compute", f"test F1 of the {c['chosen_matches']} matches the demo database chose, bf16 vs fp32",
                      f"max change **{c['max_abs_f1_change']:.4f}**, {c['matches_changed_over_tolerance']} over 0.01", "<= 0.01"))  # fmt: skip
+    if "rounding" in results:
+        ro = {r["embeddings"]: r for r in results["rounding"]["rows"]}
+        rows.append(("bf16 compute", "... the same check on other embeddings: fp32 rounded to float16 / to bfloat16; fair-esm's own fp32 blocks",
+                     " / ".join(f"{ro[n]['matches_changed_over_tolerance']} over 0.01" for n in ("float16", "bfloat16", "fair-esm blocks"))
+                     + f" (bf16 compute: {ro['bf16 compute']['matches_changed_over_tolerance']})", ""))  # fmt: skip
     if "scaling" in results:
         rows += scaling_rows(results["scaling"])
     if "roofline" in results:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, shared_data):
-    names = ["embed", "train", "concepts", "pymol", "memory", "distributed", "scaling"]
+    names = ["embed", "train", "concepts", "pymol", "memory", "distributed", "rounding", "scaling"]
     cmd = [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--results-dir", str(tmp_path), "--only", ",".join(names)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -38,6 +38,11 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     for table in results["train"]["jumprelu"].values():  # and from a fresh SAE
         assert {row["trainer"] for row in table["rows"]} == {"ours: train_step JumpReLU", "ours: train_step JumpReLU bf16", "dictionary_learning JumpReluTrainer"}
     assert 0 < jumprelu["fired_fraction"] < jumprelu["sparse_max_density"]["fp32"]  # ours ran sparse products (fp32)
+    rounding = {row["embeddings"]: row for row in results["rounding"]["rows"]}  # the conclusion check on known perturbations
+    assert set(rounding) == {"fair-esm blocks", "float16", "bfloat16", "bf16 compute"}
+    assert 0 < rounding["fair-esm blocks"]["embedding_max_abs_diff"] < 1e-4 and rounding["fair-esm blocks"]["matches_changed_over_tolerance"] == 0
+    assert 0 < rounding["float16"]["embedding_mean_relative_diff"] < 2**-11 < rounding["bfloat16"]["embedding_mean_relative_diff"] < 2**-8  # round to nearest
+    assert all(results["rounding"]["comparisons"][name]["chosen_matches"] == results["rounding"]["chosen_matches"] > 0 for name in rounding)
     assert results["distributed"]["check"]["max_abs_weight_diff"] < 1e-4
     assert all(run["peak_rss"] > 0 for run in results["memory"]["runs"])
     scaling, rows = results["scaling"], results["scaling"]["rows"]
@@ -60,3 +65,4 @@ def test_quick_benchmarks_run_check_themselves_and_write_results(tmp_path, share
     assert all(0 < row["ours_fp32_fraction_of_fp32_peak"] and row["mflop_per_residue"] > 0 for row in rl["rows"])
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "| benchmark | what | result | target |" in summary and "quick" in summary
+    assert "fp32 rounded to float16 / to bfloat16" in summary
