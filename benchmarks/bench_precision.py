@@ -205,6 +205,13 @@ def activation_error(pipelines: dict, records) -> dict:
     return result
 
 
+def database_thresholds(db) -> tuple[float, ...]:
+    """The activation thresholds the database's matches were counted at."""
+    from interplm_plugins.core.concepts.counts import THRESHOLDS
+
+    return tuple(float(t) for t in db.provenance.get("thresholds", THRESHOLDS))
+
+
 def chosen_matches(db, halves) -> tuple[dict, list[str]]:
     """The (concept, feature, threshold) matches the database chose, ``{key: (chosen as, stored test F1)}``
     (each feature's best concept, as every surface shows it, and each evaluated concept's best
@@ -281,11 +288,10 @@ def compare_f1(counts: dict, names: tuple[str, str], chosen: dict, evaluated: li
 
 def concept_f1_change(pipelines: dict, halves, max_test_proteins: int | None, recount_validation: bool) -> dict:
     """Test F1 of the features the database chose, recounted from fp32 and from bf16 activations."""
-    from interplm_plugins.core.concepts.counts import THRESHOLDS
     from interplm_plugins.core.sae.encode import iter_feature_activations
 
     fp32 = pipelines["fp32"]
-    thresholds = tuple(float(t) for t in fp32.database.provenance.get("thresholds", THRESHOLDS))
+    thresholds = database_thresholds(fp32.database)
     chosen, evaluated = chosen_matches(fp32.database, halves)
     records = half_records(halves, recount_validation, max_test_proteins)
     counts = {}

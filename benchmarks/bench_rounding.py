@@ -57,8 +57,9 @@ def rounded(dtype) -> Callable[[np.ndarray], np.ndarray]:
     return lambda emb: torch.from_numpy(emb).to(torch.bfloat16).float().numpy()
 
 
-def embedding_sources(pipeline, fp32_embeddings: dict[str, dict[str, np.ndarray]]) -> dict[str, EmbeddingSource]:
-    """Each source: records -> ``(protein id, [L, D] embeddings)``; the roundings start from the fp32 embeddings."""
+def embedding_sources(pipeline, fp32_embeddings: dict[str, np.ndarray]) -> dict[str, EmbeddingSource]:
+    """Each source: records -> ``(protein id, [L, D] embeddings)``; the roundings start from the fp32
+    embeddings (``{protein id: embeddings}``)."""
     from interplm_plugins.core.plm.embed import embed_sequences
 
     layer = pipeline.layer
@@ -74,7 +75,7 @@ def embedding_sources(pipeline, fp32_embeddings: dict[str, dict[str, np.ndarray]
     def of_fp32(transform: Callable[[np.ndarray], np.ndarray]) -> EmbeddingSource:
         def stream(records):
             for record in records:
-                yield record.id, transform(_find(fp32_embeddings, record.id))
+                yield record.id, transform(fp32_embeddings[record.id])
 
         return stream
 
@@ -84,10 +85,6 @@ def embedding_sources(pipeline, fp32_embeddings: dict[str, dict[str, np.ndarray]
         "bfloat16": of_fp32(rounded("bfloat16")),
         "bf16 compute": computed("bf16", hooked=False),
     }
-
-
-def _find(embeddings: dict[str, dict[str, np.ndarray]], pid: str) -> np.ndarray:
-    return next(half[pid] for half in embeddings.values() if pid in half)
 
 
 def embedding_difference(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
@@ -103,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from interplm_plugins.core.concepts.counts import THRESHOLDS
     from interplm_plugins.core.interpret.pipeline import load_pipeline
     from interplm_plugins.core.plm.embed import embed_sequences
     from interplm_plugins.core.sae.encode import encode_features
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     pipeline = load_pipeline()
     halves = bench_precision.demo_halves(args.data)
-    thresholds = tuple(float(t) for t in pipeline.database.provenance.get("thresholds", THRESHOLDS))
+    thresholds = bench_precision.database_thresholds(pipeline.database)
     chosen, evaluated = bench_precision.chosen_matches(pipeline.database, halves)
     records = bench_precision.half_records(halves, recount_validation=not args.quick, max_test_proteins=30 if args.quick else None)
 
@@ -124,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {("fp32", half): bench_precision.count_half(halves, half, pipeline.num_features, thresholds, activations(half, fp32[half].items()))
               for half in records}  # fmt: skip
     rows, comparisons = [], {}
-    for name, source in embedding_sources(pipeline, fp32).items():
+    every_fp32 = {pid: emb for half in fp32.values() for pid, emb in half.items()}  # (the halves share no protein)
+    for name, source in embedding_sources(pipeline, every_fp32).items():
         test_embeddings = {}
         for half, recs in records.items():
             stream = source(recs)
