@@ -42,7 +42,7 @@ def hand_attention(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     qb = q.to(torch.bfloat16).transpose(0, 1).contiguous()
     kb = F.pad(k.to(torch.bfloat16), (0, 0, 0, 0, 0, padded - length)).view(padded // 16, 16, heads, dim // 2, 2).permute(2, 0, 3, 1, 4).contiguous()
     vb = F.pad(v.to(torch.bfloat16), (0, chunks * 16 - dim, 0, 0, 0, padded - length)).view(padded // 2, 2, heads, chunks * 16).permute(2, 0, 3, 1).contiguous()
-    return kernel.attention_packed(qb, kb, vb, length, 4)
+    return kernel.attention_packed(qb, kb, vb, length)
 
 
 def main(argv: list[str] | None = None) -> int:
