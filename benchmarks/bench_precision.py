@@ -8,13 +8,16 @@ Speed (the two precisions alternate, so a busy machine slows both alike):
 
 - embedding, residues/s: ``embed_sequences`` in fp32 and in bf16 on the same proteins, best of
   ``--repeats``; also on the ESM-2 8M and 35M architectures (random weights: speed depends on the
-  shapes only). Target: bf16 >= 1.8x fp32.
+  shapes only). Target: bf16 >= 1.8x fp32. Where bf16 runs our attention kernel
+  (``core/plm/bf16_attention.py``), bf16 with PyTorch's attention is timed too, alternating with
+  the others (``pytorch_attention_speedup``): what the kernel adds.
 - SAE training, tokens/s: ``train_step`` in fp32 and in bf16 on the same batches of the demo's
   layer-3 embeddings, steps interleaved, median step time; ReLU (hand-written products) and TopK
   (sparse products, bf16 in its one dense product). Target: bf16 >= 1.5x fp32.
 - where embedding time goes: ``--profile-passes`` extra passes per model and precision under
   ``torch.profiler``, alternating (first ``--profile-proteins``), the pass with the least profiled
-  time kept per precision: the CPU seconds of the fused attention kernel, of the matrix products
+  time kept per precision: the CPU seconds of the attention kernel (PyTorch's fused one, or ours
+  under bf16; its input packing counts as the rest), of the matrix products
   and of everything else, so the speed-up of each part is a number, not a guess (one pass alone
   swings by a tenth on this VM: docs/PRECISION.md).
 
@@ -40,7 +43,9 @@ the database, whose F1 is over the whole test half).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,29 +96,62 @@ def random_plm(name: str, work: Path):
     return load_plm(save_esm2_checkpoint(new_esm2(layers, dim, heads, seed=0), work / f"esm2_t{layers}_{name}_random.pt"))
 
 
+@contextlib.contextmanager
+def pytorch_bf16_attention():
+    """bf16 with PyTorch's fused attention in place of our kernel (its own switch, ``INTERPLM_BF16_ATTENTION``)."""
+    from interplm_plugins.core.plm import bf16_attention
+
+    before = os.environ.get(bf16_attention.ENV)
+    os.environ[bf16_attention.ENV] = "pytorch"
+    bf16_attention.kernel.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[bf16_attention.ENV]
+        else:
+            os.environ[bf16_attention.ENV] = before
+        bf16_attention.kernel.cache_clear()
+
+
 def embedding_speed(plm, records, repeats: int, toks_per_batch: int) -> dict:
+    """fp32 and bf16 embedding, alternating, the fastest of ``repeats`` each; where bf16 runs our own
+    attention kernel, also bf16 with PyTorch's attention (what that kernel adds)."""
+    from interplm_plugins.core.plm import bf16_attention
     from interplm_plugins.core.plm.embed import embed_sequences
 
     layer = max(1, plm.num_layers - 1)
     residues = sum(len(r.sequence) for r in records)
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for _ in embed_sequences(plm, records[:2], [layer], precision="bf16"):  # warm both paths up (untimed)
-        pass
-    for _ in embed_sequences(plm, records[:2], [layer]):
-        pass
-    for repeat in range(repeats):
-        for precision in ("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32"):
+    modes = {"fp32": ("fp32", contextlib.nullcontext), "bf16": ("bf16", contextlib.nullcontext)}
+    if bf16_attention.unavailable_reason() is None:
+        modes["bf16_pytorch_attention"] = ("bf16", pytorch_bf16_attention)
+
+    def seconds(mode: str, batch: list) -> float:
+        precision, context = modes[mode]
+        with context():
             start = time.perf_counter()
-            for _ in embed_sequences(plm, records, [layer], toks_per_batch=toks_per_batch, precision=precision):
+            for _ in embed_sequences(plm, batch, [layer], toks_per_batch=toks_per_batch, precision=precision):
                 pass
-            times[precision].append(time.perf_counter() - start)
-    fp32_s, bf16_s = min(times["fp32"]), min(times["bf16"])
-    return {"layer": layer, "fp32_res_per_s": residues / fp32_s, "bf16_res_per_s": residues / bf16_s, "speedup": fp32_s / bf16_s,
-            "fp32_runs_s": times["fp32"], "bf16_runs_s": times["bf16"]}  # fmt: skip
+            return time.perf_counter() - start
+
+    for mode in modes:  # warm every path up (untimed)
+        seconds(mode, records[:2])
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(repeats):
+        for mode in list(modes) if repeat % 2 == 0 else list(modes)[::-1]:
+            times[mode].append(seconds(mode, records))
+    best = {mode: min(runs) for mode, runs in times.items()}
+    out = {"layer": layer, "bf16_attention": "ours" if "bf16_pytorch_attention" in modes else f"PyTorch's ({bf16_attention.unavailable_reason()})"}
+    for mode in modes:
+        out[f"{mode}_res_per_s"] = residues / best[mode]
+    out["speedup"] = best["fp32"] / best["bf16"]
+    if "bf16_pytorch_attention" in modes:
+        out["pytorch_attention_speedup"] = best["fp32"] / best["bf16_pytorch_attention"]
+    return out | {f"{mode}_runs_s": runs for mode, runs in times.items()}
 
 
-#: Profiler op names of the fused attention kernel (CPU flash attention, or any other SDPA backend).
-ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention")
+#: Profiler op names of attention: PyTorch's fused kernel (CPU flash attention, or any other SDPA backend), or ours under bf16.
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "interplm::bf16_attention")
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
@@ -351,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     concepts = concept_f1_change(pipelines, halves, args.test_proteins or None, recount_validation=not args.quick)
 
     _common.print_table("Embedding throughput (residues/s, in process, best of the runs)", embed_rows,
-                        ["model", "layer", "fp32_res_per_s", "bf16_res_per_s", "speedup"])  # fmt: skip
+                        ["model", "layer", "bf16_attention", "fp32_res_per_s", "bf16_res_per_s", "speedup"]
+                        + (["bf16_pytorch_attention_res_per_s", "pytorch_attention_speedup"] if "pytorch_attention_speedup" in embed_rows[0] else []))  # fmt: skip
     profile_rows = [{"model": r["model"], **{f"{p}_{part}": r["profile"][p][part] for p in ("fp32", "bf16") for part in ("attention_s", "matmul_s", "other_s")},
                      "attention_speedup": r["profile"]["attention_speedup"], "matmul_speedup": r["profile"]["matmul_speedup"]} for r in embed_rows]  # fmt: skip
     _common.print_table(f"Where embedding time goes (CPU seconds under torch.profiler, first {min(args.profile_proteins, len(records))} proteins)", profile_rows,

@@ -97,6 +97,9 @@ pip_install -e ".[${extras}]"
 # dependencies, which include nnsight, whose torchvision requirement would replace the CPU torch build.
 [ "$want_test" = 1 ] && pip_install --no-deps "dictionary-learning==0.1.0"
 "$PY" -c "import interplm_plugins, esm, torch; print('interplm-plugins', interplm_plugins.__version__, '| torch', torch.__version__)"
+# The bf16 attention kernel (`--precision bf16` on CPUs with AVX512-BF16), built now into torch's extension
+# cache rather than at first use; where it cannot be built, bf16 uses PyTorch's attention and this says why.
+"$PY" -m interplm_plugins.core.plm.bf16_attention
 if [ "$mode" = venv ]; then
     echo "install: installed into $VENV; use it with: source $VENV/bin/activate (then pymol, napari, interplm find the plugins)"
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System libraries that napari/Qt need on a headless machine (Xvfb, OpenGL, the xcb platform plugin),
-# and MMseqs2, which clusters sequences for the homology-aware splits.
+# MMseqs2, which clusters sequences for the homology-aware splits, and the compiler that builds the
+# bf16 attention kernel.
 #   bash scripts/install_system_deps.sh          # installs only what is missing
 #   bash scripts/install_system_deps.sh --check  # lists what is missing; exit 1 if anything is
 # Debian/Ubuntu only (apt-get); elsewhere it says so and exits 0 so that installs keep going.
@@ -14,6 +15,7 @@ PACKAGES=(
     libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
     libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
     mmseqs2                         # sequence clustering for homology-aware splits (core/inputs/homology.py; its tests require it)
+    g++ ninja-build                 # build the bf16 attention kernel (core/plm/bf16_attention.cpp) with torch's extension builder
 )
 
 check_only=0

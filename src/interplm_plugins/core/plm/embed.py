@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplm_plugins.core.inputs.sequences import ProteinRecord
+from interplm_plugins.core.plm import bf16_attention
 from interplm_plugins.core.plm.model import PLM
 from interplm_plugins.core.plm.precision import DEFAULT_PRECISION, check_precision, compute_precision
 from interplm_plugins.core.plm.store import EmbeddingStore, _StoreWriter
@@ -163,10 +164,15 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packi
 
     One fused ``scaled_dot_product_attention`` per run of equal-length sequences, without a mask:
     no padded keys and no masked kernel (with the padded rows of the linear layers, padding cost
-    6-15 % of a forward pass on real proteins, measured). Tail rows stay zero."""
+    6-15 % of a forward pass on real proteins, measured). Under bf16 autocast, our AVX512-BF16
+    kernel instead where it runs (:mod:`~interplm_plugins.core.plm.bf16_attention`). Tail rows stay zero."""
     out = q.new_zeros(q.shape)
+    own_bf16 = v.dtype == torch.bfloat16 and bf16_attention.usable(q)  # v is bf16 only under bf16 autocast
     for first, count, length in packing.runs():
         rows = slice(first, first + count * length)
+        if own_bf16:
+            out[rows] = bf16_attention.attention(q[rows], k[rows], v[rows], count)
+            continue
         view = lambda t: t[rows].unflatten(0, (count, length)).transpose(1, 2)  # noqa: E731  (count, heads, length, head_dim)
         out[rows] = torch.nn.functional.scaled_dot_product_attention(view(q), view(k), view(v), scale=1.0).transpose(1, 2).flatten(0, 1)
     return out

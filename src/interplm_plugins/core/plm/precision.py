@@ -9,14 +9,16 @@ PLM forward pass (:func:`~interplm_plugins.core.plm.embed.embed_sequences`, so e
 :class:`~interplm_plugins.core.interpret.pipeline.Pipeline` and the commands built on them), under
 ``torch.autocast(device, dtype=torch.bfloat16)``:
 
-- in bf16: the matrix products, i.e. the fused q/k/v projection, the attention itself
-  (``scaled_dot_product_attention``), the output projection and the feed-forward ``fc1``/``fc2``.
-  Their kernels take bf16 inputs and accumulate in float32, returning bf16.
+- in bf16: the matrix products, i.e. the fused q/k/v projection, the attention itself, the output
+  projection and the feed-forward ``fc1``/``fc2``. Their kernels take bf16 inputs and accumulate in
+  float32, returning bf16. Attention is our own AVX512-BF16 kernel where the CPU has that
+  instruction (:mod:`~interplm_plugins.core.plm.bf16_attention`: its q.k and p.v products in bf16,
+  its softmax in float32, float32 out), PyTorch's ``scaled_dot_product_attention`` elsewhere.
 - in float32: the residual stream (each block's bf16 output is added to the float32 residual, so
   the sum is float32 and rounding does not compound over the layers), the layer norms (they read
   the float32 residual, and autocast leaves an op it does not list in its input's dtype; on CUDA
-  autocast lists ``layer_norm`` as float32 in any case), the attention softmax (inside the fused
-  attention kernel, which accumulates in float32; fair-esm's own attention, used for hooked
+  autocast lists ``layer_norm`` as float32 in any case), the attention softmax (inside either
+  attention kernel, which accumulate in float32; fair-esm's own attention, used for hooked
   blocks, calls ``softmax(x.float())``), the rotary rotation (complex float32), the token
   embedding and its scaling, and the final layer norm.
 - the layer outputs are cast to float32 before they are stored (then to ``--dtype``) or fed to
