@@ -56,6 +56,22 @@ def test_kernel_matches_exact_attention_to_bf16_rounding(sequences, length, head
     assert our_error <= 2 * pytorch_error + 1e-6, (our_error, pytorch_error)
 
 
+@needs_bf16_cpu
+def test_kernel_reads_strided_bf16_rows_and_writes_into_out():
+    """As embedding calls it: v a strided bf16 view of the fused q/k/v product, the result written into a slice."""
+    torch.manual_seed(1)
+    sequences, length, heads, dim = 2, 37, 4, 24
+    qkv = torch.randn(sequences * length, 3 * heads * dim)
+    q, k = (qkv[:, i * heads * dim : (i + 1) * heads * dim].unflatten(-1, (heads, dim)) for i in range(2))
+    v = qkv.bfloat16()[:, 2 * heads * dim :].unflatten(-1, (heads, dim))
+    assert not v.is_contiguous()
+    out = torch.zeros(sequences * length + 5, heads, dim)
+    returned = bf16_attention.attention(q, k, v, sequences, out=out[:-5])
+    assert returned.data_ptr() == out.data_ptr() and out[-5:].abs().max() == 0
+    torch.testing.assert_close(out[:-5], bf16_attention.attention(q.contiguous(), k.contiguous(), v.float().contiguous(), sequences), rtol=0, atol=0)
+    assert float((out[:-5].double() - exact_attention(q, k, v, sequences)).abs().max()) < 0.02 * float(v.abs().max())
+
+
 @pytest.fixture(scope="module")
 def demo_plm():
     return load_plm("demo")
@@ -78,9 +94,9 @@ def kernel_calls(monkeypatch):
     calls = []
     real = bf16_attention.attention
 
-    def counted(q, k, v, sequences):
+    def counted(q, k, v, sequences, out=None):
         calls.append(sequences)
-        return real(q, k, v, sequences)
+        return real(q, k, v, sequences, out=out)
 
     monkeypatch.setattr(bf16_attention, "attention", counted)
     return calls

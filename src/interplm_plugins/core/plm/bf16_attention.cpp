@@ -3,11 +3,11 @@
 //
 // q.k and p.v are vdpbf16ps dot products (bf16 pairs in, float32 accumulation); the softmax is float32
 // (max-subtracted, a degree-5 polynomial exp, its probabilities rounded to bf16 for p.v, the division
-// by their float32 sum after p.v). No mask, scale 1 (ESM-2 scales q before). Inputs are packed in bf16
-// by bf16_attention.py, for S sequences of one length L with H heads of size D (even, <= 64):
-//   Q (S*H, L, D/2) pairs, K (S*H, Lp/16, D/2, 16) pairs, V (S*H, Lp/2, DV*16) pairs,
-// Lp = L rounded up to 16 (padded keys score -inf, padded values are 0), DV = ceil(D / 16).
-// Output: (S, L, H, D) float32, the rows layout the caller's q came in.
+// by their float32 sum after p.v). No mask, scale 1 (ESM-2 scales q before). For S sequences of one
+// length L laid end to end as rows (S*L, H, D) (H heads of size D, even, <= 64), q, k and v as the
+// caller has them (float32 or bf16, rounded here as torch rounds): each (sequence, head) packs its
+// keys and values in bf16 into its thread's buffers (no packing passes in Python), and the result
+// goes straight into the caller's float32 rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -38,63 +38,110 @@ inline __m512 exp_nonpositive(__m512 x) {
 
 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
 
+// Rows of q, k or v as the caller has them: (S*L, H, D) with any row stride, float32 or bf16.
+struct Rows {
+    const char* data;
+    bool bf16;
+    int64_t row_stride;  // elements
+    // The bf16 pair of features (2p, 2p+1) of head h at row i, rounded to nearest even as torch's .to(bfloat16).
+    inline uint32_t pair(int64_t i, int64_t h, int64_t D, int64_t p) const {
+        const int64_t at = i * row_stride + h * D + 2 * p;
+        if (bf16) {
+            const uint16_t* x = (const uint16_t*)data + at;
+            return (uint32_t)x[0] | ((uint32_t)x[1] << 16);
+        }
+        const float* x = (const float*)data + at;
+        return (uint32_t)round_bf16(x[0]) | ((uint32_t)round_bf16(x[1]) << 16);
+    }
+    inline uint16_t value(int64_t i, int64_t h, int64_t D, int64_t d) const {
+        const int64_t at = i * row_stride + h * D + d;
+        return bf16 ? ((const uint16_t*)data)[at] : round_bf16(((const float*)data)[at]);
+    }
+    static inline uint16_t round_bf16(float f) {
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+        return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    }
+};
+
+Rows rows_of(const torch::Tensor& t) {
+    TORCH_CHECK(t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2), "q, k, v: (rows, heads, head_dim), each row's heads contiguous");
+    TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16, "q, k, v: float32 or bf16");
+    return Rows{(const char*)t.data_ptr(), t.scalar_type() == torch::kBFloat16, t.stride(0)};
+}
+
+// One task per (sequence, head): pack its keys and values into this thread's buffers, then every
+// block of kRows queries against them.
+//   keys:   (Lp/16, D/2, 16) pairs: 16 consecutive keys' feature pair p side by side (one register);
+//   values: (Lp/2, DV*16) pairs: two consecutive keys' value of one feature (features padded to 16).
 template <int DV>
-void attend(const uint32_t* Q, const uint32_t* K, const uint32_t* V, float* out, int64_t S, int64_t H, int64_t L, int64_t D) {
+void attend(const Rows& Q, const Rows& K, const Rows& V, float* out, int64_t S, int64_t H, int64_t L, int64_t D) {
     const int64_t Lp = (L + 15) / 16 * 16, pairs = D / 2;
-    const int64_t blocks = (L + kRows - 1) / kRows;
-    at::parallel_for(0, S * H * blocks, 1, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, S * H, 1, [&](int64_t first, int64_t last) {
+        std::vector<uint32_t> keys(Lp / 16 * pairs * 16), values(Lp / 2 * DV * 16), queries(kRows * pairs);
         std::vector<float> scores(kRows * Lp);
         std::vector<uint16_t> probs(kRows * Lp);
-        for (int64_t task = first; task < last; ++task) {
-            const int64_t sh = task / blocks, i0 = (task % blocks) * kRows;
-            const int rows = (int)std::min<int64_t>(kRows, L - i0);
-            const uint32_t* q[kRows];
-            for (int r = 0; r < kRows; ++r) q[r] = Q + (sh * L + i0 + std::min(r, rows - 1)) * pairs;  // spare rows repeat the last
-            const uint32_t* k = K + sh * (Lp / 16) * pairs * 16;
-            for (int64_t c = 0; c < Lp / 16; ++c) {  // scores of 16 keys at a time
-                __m512 acc[kRows];
-                for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-                const uint32_t* kc = k + c * pairs * 16;
-                for (int64_t p = 0; p < pairs; ++p) {
-                    const __m512i kp = _mm512_loadu_si512(kc + p * 16);
-                    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(kp), as_bh(_mm512_set1_epi32((int)q[r][p])));
+        for (int64_t sh = first; sh < last; ++sh) {
+            const int64_t s = sh / H, h = sh % H, row0 = s * L;
+            std::fill(keys.begin(), keys.end(), 0u);
+            for (int64_t j = 0; j < L; ++j)
+                for (int64_t p = 0; p < pairs; ++p) keys[((j / 16) * pairs + p) * 16 + j % 16] = K.pair(row0 + j, h, D, p);
+            std::fill(values.begin(), values.end(), 0u);
+            uint16_t* values16 = (uint16_t*)values.data();
+            for (int64_t j = 0; j < L; ++j)
+                for (int64_t d = 0; d < D; ++d) values16[((j / 2) * DV * 16 + d) * 2 + j % 2] = V.value(row0 + j, h, D, d);
+            for (int64_t i0 = 0; i0 < L; i0 += kRows) {
+                const int rows = (int)std::min<int64_t>(kRows, L - i0);
+                for (int r = 0; r < kRows; ++r)  // spare rows repeat the last
+                    for (int64_t p = 0; p < pairs; ++p) queries[r * pairs + p] = Q.pair(row0 + i0 + std::min(r, rows - 1), h, D, p);
+                __m512 top_lanes[kRows];
+                for (int r = 0; r < kRows; ++r) top_lanes[r] = _mm512_set1_ps(-INFINITY);
+                for (int64_t c = 0; c < Lp / 16; ++c) {  // scores of 16 keys at a time, and each row's running maximum
+                    __m512 acc[kRows];
+                    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+                    const uint32_t* kc = keys.data() + c * pairs * 16;
+                    for (int64_t p = 0; p < pairs; ++p) {
+                        const __m512i kp = _mm512_loadu_si512(kc + p * 16);
+                        for (int r = 0; r < kRows; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(kp), as_bh(_mm512_set1_epi32((int)queries[r * pairs + p])));
+                    }
+                    const __mmask16 real = c + 1 < Lp / 16 || L % 16 == 0 ? (__mmask16)0xffff : (__mmask16)((1u << (L % 16)) - 1);
+                    for (int r = 0; r < kRows; ++r) {
+                        acc[r] = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), acc[r]);  // padded keys score -inf
+                        top_lanes[r] = _mm512_max_ps(top_lanes[r], acc[r]);
+                        _mm512_storeu_ps(&scores[r * Lp + c * 16], acc[r]);
+                    }
                 }
-                for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(&scores[r * Lp + c * 16], acc[r]);
-            }
-            float inverse_sum[kRows];
-            for (int r = 0; r < kRows; ++r) {
-                float* s = &scores[r * Lp];
-                if (r >= rows) { std::memset(&probs[r * Lp], 0, Lp * sizeof(uint16_t)); inverse_sum[r] = 0; continue; }
-                for (int64_t j = L; j < Lp; ++j) s[j] = -INFINITY;
-                __m512 m = _mm512_set1_ps(-INFINITY);
-                for (int64_t j = 0; j < Lp; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
-                const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-                __m512 sum = _mm512_setzero_ps();
-                for (int64_t j = 0; j < Lp; j += 16) {
-                    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), top));
-                    sum = _mm512_add_ps(sum, e);
-                    _mm256_storeu_si256((__m256i*)&probs[r * Lp + j], (__m256i)_mm512_cvtneps_pbh(e));
-                }
-                inverse_sum[r] = 1.0f / _mm512_reduce_add_ps(sum);
-            }
-            const uint32_t* v = V + sh * (Lp / 2) * DV * 16;
-            const uint32_t* p32 = (const uint32_t*)probs.data();
-            __m512 o[kRows][DV];
-            for (int r = 0; r < kRows; ++r)
-                for (int d = 0; d < DV; ++d) o[r][d] = _mm512_setzero_ps();
-            for (int64_t t = 0; t < Lp / 2; ++t) {  // two keys' probabilities per bf16 pair
-                __m512i vt[DV];
-                for (int d = 0; d < DV; ++d) vt[d] = _mm512_loadu_si512(v + (t * DV + d) * 16);
+                float inverse_sum[kRows];
                 for (int r = 0; r < kRows; ++r) {
-                    const __m512bh pr = as_bh(_mm512_set1_epi32((int)p32[r * (Lp / 2) + t]));
-                    for (int d = 0; d < DV; ++d) o[r][d] = _mm512_dpbf16_ps(o[r][d], as_bh(vt[d]), pr);
+                    float* sc = &scores[r * Lp];
+                    if (r >= rows) { std::memset(&probs[r * Lp], 0, Lp * sizeof(uint16_t)); inverse_sum[r] = 0; continue; }
+                    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(top_lanes[r]));
+                    __m512 sum = _mm512_setzero_ps();
+                    for (int64_t j = 0; j < Lp; j += 16) {
+                        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sc + j), top));
+                        sum = _mm512_add_ps(sum, e);
+                        _mm256_storeu_si256((__m256i*)&probs[r * Lp + j], (__m256i)_mm512_cvtneps_pbh(e));
+                    }
+                    inverse_sum[r] = 1.0f / _mm512_reduce_add_ps(sum);
                 }
-            }
-            const int64_t s_index = sh / H, h = sh % H;
-            float row[DV * 16];
-            for (int r = 0; r < rows; ++r) {
-                for (int d = 0; d < DV; ++d) _mm512_storeu_ps(row + d * 16, _mm512_mul_ps(o[r][d], _mm512_set1_ps(inverse_sum[r])));
-                std::memcpy(out + ((s_index * L + i0 + r) * H + h) * D, row, D * sizeof(float));
+                const uint32_t* p32 = (const uint32_t*)probs.data();
+                __m512 o[kRows][DV];
+                for (int r = 0; r < kRows; ++r)
+                    for (int d = 0; d < DV; ++d) o[r][d] = _mm512_setzero_ps();
+                for (int64_t t = 0; t < Lp / 2; ++t) {  // two keys' probabilities per bf16 pair
+                    __m512i vt[DV];
+                    for (int d = 0; d < DV; ++d) vt[d] = _mm512_loadu_si512(values.data() + (t * DV + d) * 16);
+                    for (int r = 0; r < kRows; ++r) {
+                        const __m512bh pr = as_bh(_mm512_set1_epi32((int)p32[r * (Lp / 2) + t]));
+                        for (int d = 0; d < DV; ++d) o[r][d] = _mm512_dpbf16_ps(o[r][d], as_bh(vt[d]), pr);
+                    }
+                }
+                float row[DV * 16];
+                for (int r = 0; r < rows; ++r) {
+                    for (int d = 0; d < DV; ++d) _mm512_storeu_ps(row + d * 16, _mm512_mul_ps(o[r][d], _mm512_set1_ps(inverse_sum[r])));
+                    std::memcpy(out + ((row0 + i0 + r) * H + h) * D, row, D * sizeof(float));
+                }
             }
         }
     });
@@ -102,22 +149,23 @@ void attend(const uint32_t* Q, const uint32_t* K, const uint32_t* V, float* out,
 
 }  // namespace
 
-torch::Tensor attention(torch::Tensor Q, torch::Tensor K, torch::Tensor V, int64_t sequences, int64_t heads) {
-    TORCH_CHECK(Q.dim() == 3 && Q.scalar_type() == torch::kBFloat16 && Q.is_contiguous(), "Q: contiguous (S*H, L, D) bf16");
-    TORCH_CHECK(K.scalar_type() == torch::kBFloat16 && K.is_contiguous() && V.scalar_type() == torch::kBFloat16 && V.is_contiguous(), "K, V: contiguous bf16");
-    const int64_t L = Q.size(1), D = Q.size(2), Lp = (L + 15) / 16 * 16, DV = (D + 15) / 16;
-    TORCH_CHECK(Q.size(0) == sequences * heads && D % 2 == 0 && D <= 64 && L > 0, "Q shape");
-    TORCH_CHECK(K.numel() == sequences * heads * Lp * D && V.numel() == sequences * heads * Lp * DV * 16, "K or V packed for another shape");
-    auto out = torch::empty({sequences, L, heads, D}, torch::kFloat32);
-    const auto q = (const uint32_t*)Q.data_ptr(), k = (const uint32_t*)K.data_ptr(), v = (const uint32_t*)V.data_ptr();
+// q, k, v: (S*L, H, D) rows, float32 or bf16, each row's heads contiguous (any row stride); out:
+// contiguous float32 of the same shape, written in place.
+void attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor out, int64_t sequences) {
+    const Rows Q = rows_of(q), K = rows_of(k), V = rows_of(v);
+    const int64_t N = q.size(0), H = q.size(1), D = q.size(2);
+    TORCH_CHECK(sequences > 0 && N % sequences == 0 && N > 0, "rows: sequences of one length");
+    TORCH_CHECK(D % 2 == 0 && D <= 64, "head size: even, at most 64");
+    TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes() && out.sizes() == q.sizes(), "q, k, v and out: one shape");
+    TORCH_CHECK(out.scalar_type() == torch::kFloat32 && out.is_contiguous(), "out: contiguous float32");
+    const int64_t L = N / sequences, DV = (D + 15) / 16;
     float* o = out.data_ptr<float>();
     switch (DV) {
-        case 1: attend<1>(q, k, v, o, sequences, heads, L, D); break;
-        case 2: attend<2>(q, k, v, o, sequences, heads, L, D); break;
-        case 3: attend<3>(q, k, v, o, sequences, heads, L, D); break;
-        default: attend<4>(q, k, v, o, sequences, heads, L, D); break;
+        case 1: attend<1>(Q, K, V, o, sequences, H, L, D); break;
+        case 2: attend<2>(Q, K, V, o, sequences, H, L, D); break;
+        case 3: attend<3>(Q, K, V, o, sequences, H, L, D); break;
+        default: attend<4>(Q, K, V, o, sequences, H, L, D); break;
     }
-    return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("attention", &attention, "bf16 softmax attention of equal-length sequences (see the file header)"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("attention", &attention, "bf16 softmax attention of equal-length sequences, into out (see the file header)"); }

@@ -27,7 +27,6 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("bf16_attention.cpp")
 #: ``INTERPLM_BF16_ATTENTION``: ``pytorch`` keeps PyTorch's attention under bf16.
@@ -81,25 +80,24 @@ def usable(q: torch.Tensor) -> bool:
     )
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sequences: int) -> torch.Tensor:
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the kernel reads it: float32 or bf16, each row's heads contiguous (any row stride)."""
+    t = t if t.dtype in (torch.float32, torch.bfloat16) else t.float()
+    return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sequences: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of ``sequences`` equal-length sequences laid end to end, unscaled, unmasked.
 
-    ``q``, ``k``, ``v``: ``(sequences * length, heads, head_dim)``, any float dtype (rounded to
-    bf16 here); returns the same shape in float32. Only where :func:`usable` says so."""
-    rows, heads, dim = q.shape
-    length = rows // sequences
-    padded, chunks = (length + 15) // 16 * 16, (dim + 15) // 16
-    as_bf16 = lambda t: t.to(torch.bfloat16).unflatten(0, (sequences, length))  # noqa: E731  (S, L, H, D)
-    q_packed = as_bf16(q).transpose(1, 2).reshape(sequences * heads, length, dim)
-    # keys: 16 consecutive keys' (2i, 2i+1) feature pairs side by side, one vector register each
-    k_packed = F.pad(as_bf16(k), (0, 0, 0, 0, 0, padded - length)).view(sequences, padded // 16, 16, heads, dim // 2, 2)
-    k_packed = k_packed.permute(0, 3, 1, 4, 2, 5).contiguous()
-    # values: two consecutive keys' values of 16 features side by side, features padded to 16
-    v_packed = F.pad(as_bf16(v), (0, chunks * 16 - dim, 0, 0, 0, padded - length)).view(sequences, padded // 2, 2, heads, chunks * 16)
-    v_packed = v_packed.permute(0, 3, 1, 4, 2).contiguous()
-    # Named for torch.profiler (bench_precision.py counts it as attention; the packing above is ATen's own ops).
+    ``q``, ``k``, ``v``: ``(sequences * length, heads, head_dim)`` rows (float32 or bf16 are read
+    as they are, rounded to bf16 inside the kernel); returns float32 rows of the same shape,
+    written into ``out`` when given (contiguous float32). Only where :func:`usable` says so."""
+    direct = out is not None and out.dtype == torch.float32 and out.is_contiguous()
+    result = out if direct else torch.empty(q.shape, dtype=torch.float32)
+    # Named for torch.profiler: bench_precision.py counts it as attention.
     with torch.profiler.record_function(PROFILER_NAME):
-        return kernel().attention(q_packed.contiguous(), k_packed, v_packed, sequences, heads).flatten(0, 1)
+        kernel().attention(_rows(q), _rows(k), _rows(v), result, sequences)
+    return result if out is None or direct else out.copy_(result)
 
 
 def main() -> int:

@@ -171,7 +171,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packi
     for first, count, length in packing.runs():
         rows = slice(first, first + count * length)
         if own_bf16:
-            out[rows] = bf16_attention.attention(q[rows], k[rows], v[rows], count)
+            bf16_attention.attention(q[rows], k[rows], v[rows], count, out=out[rows])
             continue
         view = lambda t: t[rows].unflatten(0, (count, length)).transpose(1, 2)  # noqa: E731  (count, heads, length, head_dim)
         out[rows] = torch.nn.functional.scaled_dot_product_attention(view(q), view(k), view(v), scale=1.0).transpose(1, 2).flatten(0, 1)
