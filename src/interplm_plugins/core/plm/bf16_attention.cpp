@@ -71,6 +71,31 @@ Rows rows_of(const torch::Tensor& t) {
     return Rows{(const char*)t.data_ptr(), t.scalar_type() == torch::kBFloat16, t.stride(0)};
 }
 
+// Scores of NC chunks of 16 keys from chunk c on, for kRows query rows (NC * kRows independent
+// sums, so that the dot products' latency overlaps), padded keys set to -inf, each row's running
+// maximum kept in top_lanes.
+template <int NC>
+inline void score_chunks(const uint32_t* keys, const uint32_t* queries, int64_t pairs, int64_t c, int64_t chunks, int64_t L, int64_t Lp,
+                         float* scores, __m512* top_lanes) {
+    __m512 acc[NC][kRows];
+    for (int n = 0; n < NC; ++n)
+        for (int r = 0; r < kRows; ++r) acc[n][r] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; ++p) {
+        for (int n = 0; n < NC; ++n) {
+            const __m512i kp = _mm512_loadu_si512(keys + ((c + n) * pairs + p) * 16);
+            for (int r = 0; r < kRows; ++r) acc[n][r] = _mm512_dpbf16_ps(acc[n][r], as_bh(kp), as_bh(_mm512_set1_epi32((int)queries[r * pairs + p])));
+        }
+    }
+    for (int n = 0; n < NC; ++n) {
+        const __mmask16 real = c + n + 1 < chunks || L % 16 == 0 ? (__mmask16)0xffff : (__mmask16)((1u << (L % 16)) - 1);
+        for (int r = 0; r < kRows; ++r) {
+            const __m512 sc = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), acc[n][r]);  // padded keys score -inf
+            top_lanes[r] = _mm512_max_ps(top_lanes[r], sc);
+            _mm512_storeu_ps(scores + r * Lp + (c + n) * 16, sc);
+        }
+    }
+}
+
 // One task per (sequence, head): pack its keys and values into this thread's buffers, then every
 // block of kRows queries against them.
 //   keys:   (Lp/16, D/2, 16) pairs: 16 consecutive keys' feature pair p side by side (one register);
@@ -97,21 +122,10 @@ void attend(const Rows& Q, const Rows& K, const Rows& V, float* out, int64_t S, 
                     for (int64_t p = 0; p < pairs; ++p) queries[r * pairs + p] = Q.pair(row0 + i0 + std::min(r, rows - 1), h, D, p);
                 __m512 top_lanes[kRows];
                 for (int r = 0; r < kRows; ++r) top_lanes[r] = _mm512_set1_ps(-INFINITY);
-                for (int64_t c = 0; c < Lp / 16; ++c) {  // scores of 16 keys at a time, and each row's running maximum
-                    __m512 acc[kRows];
-                    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-                    const uint32_t* kc = keys.data() + c * pairs * 16;
-                    for (int64_t p = 0; p < pairs; ++p) {
-                        const __m512i kp = _mm512_loadu_si512(kc + p * 16);
-                        for (int r = 0; r < kRows; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(kp), as_bh(_mm512_set1_epi32((int)queries[r * pairs + p])));
-                    }
-                    const __mmask16 real = c + 1 < Lp / 16 || L % 16 == 0 ? (__mmask16)0xffff : (__mmask16)((1u << (L % 16)) - 1);
-                    for (int r = 0; r < kRows; ++r) {
-                        acc[r] = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), acc[r]);  // padded keys score -inf
-                        top_lanes[r] = _mm512_max_ps(top_lanes[r], acc[r]);
-                        _mm512_storeu_ps(&scores[r * Lp + c * 16], acc[r]);
-                    }
-                }
+                const int64_t chunks = Lp / 16;
+                int64_t c = 0;
+                for (; c + 1 < chunks; c += 2) score_chunks<2>(keys.data(), queries.data(), pairs, c, chunks, L, Lp, scores.data(), top_lanes);
+                if (c < chunks) score_chunks<1>(keys.data(), queries.data(), pairs, c, chunks, L, Lp, scores.data(), top_lanes);
                 float inverse_sum[kRows];
                 for (int r = 0; r < kRows; ++r) {
                     float* sc = &scores[r * Lp];
@@ -126,20 +140,29 @@ void attend(const Rows& Q, const Rows& K, const Rows& V, float* out, int64_t S, 
                     inverse_sum[r] = 1.0f / _mm512_reduce_add_ps(sum);
                 }
                 const uint32_t* p32 = (const uint32_t*)probs.data();
-                __m512 o[kRows][DV];
+                // kPartials independent sums per output register, so that the dot products' latency
+                // overlaps (one chain per (row, register) would wait on each vdpbf16ps in turn).
+                constexpr int kPartials = DV == 1 ? 4 : DV == 2 ? 2 : 1;
+                __m512 o[kRows][DV][kPartials];
                 for (int r = 0; r < kRows; ++r)
-                    for (int d = 0; d < DV; ++d) o[r][d] = _mm512_setzero_ps();
-                for (int64_t t = 0; t < Lp / 2; ++t) {  // two keys' probabilities per bf16 pair
-                    __m512i vt[DV];
-                    for (int d = 0; d < DV; ++d) vt[d] = _mm512_loadu_si512(values.data() + (t * DV + d) * 16);
-                    for (int r = 0; r < kRows; ++r) {
-                        const __m512bh pr = as_bh(_mm512_set1_epi32((int)p32[r * (Lp / 2) + t]));
-                        for (int d = 0; d < DV; ++d) o[r][d] = _mm512_dpbf16_ps(o[r][d], as_bh(vt[d]), pr);
+                    for (int d = 0; d < DV; ++d)
+                        for (int u = 0; u < kPartials; ++u) o[r][d][u] = _mm512_setzero_ps();
+                for (int64_t t = 0; t < Lp / 2; t += kPartials) {  // two keys' probabilities per bf16 pair; Lp / 2 is a multiple of 8
+                    for (int u = 0; u < kPartials; ++u) {
+                        __m512i vt[DV];
+                        for (int d = 0; d < DV; ++d) vt[d] = _mm512_loadu_si512(values.data() + ((t + u) * DV + d) * 16);
+                        for (int r = 0; r < kRows; ++r) {
+                            const __m512bh pr = as_bh(_mm512_set1_epi32((int)p32[r * (Lp / 2) + t + u]));
+                            for (int d = 0; d < DV; ++d) o[r][d][u] = _mm512_dpbf16_ps(o[r][d][u], as_bh(vt[d]), pr);
+                        }
                     }
                 }
+                for (int r = 0; r < kRows; ++r)
+                    for (int d = 0; d < DV; ++d)
+                        for (int u = 1; u < kPartials; ++u) o[r][d][0] = _mm512_add_ps(o[r][d][0], o[r][d][u]);
                 float row[DV * 16];
                 for (int r = 0; r < rows; ++r) {
-                    for (int d = 0; d < DV; ++d) _mm512_storeu_ps(row + d * 16, _mm512_mul_ps(o[r][d], _mm512_set1_ps(inverse_sum[r])));
+                    for (int d = 0; d < DV; ++d) _mm512_storeu_ps(row + d * 16, _mm512_mul_ps(o[r][d][0], _mm512_set1_ps(inverse_sum[r])));
                     std::memcpy(out + ((row0 + i0 + r) * H + h) * D, row, D * sizeof(float));
                 }
             }
