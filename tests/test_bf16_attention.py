@@ -147,8 +147,10 @@ def test_no_kernel_where_a_gradient_is_wanted():
 
 def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monkeypatch, demo_plm, proteins, kernel_calls):
     broken = tmp_path / "bf16_attention.cpp"
-    broken.write_text("#include <torch/extension.h>\nthis is not C++;\n")
+    broken.write_text("this is not C++;\n")  # fails at once (torch's headers alone take ~15 s to compile)
     monkeypatch.setattr(bf16_attention, "SOURCE", broken)
+    # its own name: torch versions a name's builds per process, and the real kernel's would be rebuilt after this one
+    monkeypatch.setattr(bf16_attention, "EXTENSION_NAME", "interplm_bf16_attention_broken")
     monkeypatch.setattr(bf16_attention, "cpu_has_avx512_bf16", lambda: True)  # so that the build is tried on any CPU
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # the real kernel's cache stays as it is
     bf16_attention.kernel.cache_clear()

@@ -29,6 +29,8 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("bf16_attention.cpp")
+#: The module name torch's extension builder builds it as (and its cache folder's name).
+EXTENSION_NAME = "interplm_bf16_attention"
 #: ``INTERPLM_BF16_ATTENTION``: ``pytorch`` keeps PyTorch's attention under bf16.
 ENV = "INTERPLM_BF16_ATTENTION"
 MAX_HEAD_DIM = 64
@@ -60,7 +62,7 @@ def kernel() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="interplm_bf16_attention", sources=[str(SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"])
+        return load(name=EXTENSION_NAME, sources=[str(SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"])
     except Exception as error:  # no compiler, no ninja, a compiler without AVX512-BF16: PyTorch's kernel is still right
         message = str(error).strip().splitlines()
         warnings.warn(f"bf16 attention kernel not built ({message[-1] if message else type(error).__name__}); "
