@@ -33,7 +33,7 @@ SOURCE = Path(__file__).with_name("bf16_attention.cpp")
 EXTENSION_NAME = "interplm_bf16_attention"
 #: ``INTERPLM_BF16_ATTENTION``: ``pytorch`` keeps PyTorch's attention under bf16.
 ENV = "INTERPLM_BF16_ATTENTION"
-MAX_HEAD_DIM = 64
+MAX_HEAD_DIM = 64  # the kernel's own bound (bf16_attention.cpp: four 16-lane output registers)
 #: The kernel's name in torch.profiler traces.
 PROFILER_NAME = "interplm::bf16_attention"
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp"]
@@ -45,19 +45,25 @@ def cpu_has_avx512_bf16() -> bool:
     return bool(probe()) if probe else False
 
 
-def unavailable_reason() -> str | None:
-    """Why bf16 attention falls back to PyTorch's here, or None when the kernel runs."""
+def _reason_not_to_build() -> str | None:
+    """Why the kernel is not even tried here (the switch, the CPU), or None."""
     if os.environ.get(ENV, "").lower() == "pytorch":
         return f"{ENV}=pytorch"
-    if not cpu_has_avx512_bf16():
-        return "this CPU has no AVX512-BF16"
-    return None if kernel() is not None else "the kernel did not build (see the message above)"
+    return None if cpu_has_avx512_bf16() else "this CPU has no AVX512-BF16"
+
+
+def unavailable_reason() -> str | None:
+    """Why bf16 attention falls back to PyTorch's here, or None when the kernel runs."""
+    reason = _reason_not_to_build()
+    if reason is None and kernel() is None:
+        reason = "the kernel did not build (see the message above)"
+    return reason
 
 
 @functools.cache
 def kernel() -> ModuleType | None:
     """The built kernel (built or loaded from torch's extension cache), or None where it cannot run."""
-    if os.environ.get(ENV, "").lower() == "pytorch" or not cpu_has_avx512_bf16():
+    if _reason_not_to_build() is not None:
         return None
     try:
         from torch.utils.cpp_extension import load
@@ -93,13 +99,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sequences: int,
 
     ``q``, ``k``, ``v``: ``(sequences * length, heads, head_dim)`` rows (float32 or bf16 are read
     as they are, rounded to bf16 inside the kernel); returns float32 rows of the same shape,
-    written into ``out`` when given (contiguous float32). Only where :func:`usable` says so."""
-    direct = out is not None and out.dtype == torch.float32 and out.is_contiguous()
-    result = out if direct else torch.empty(q.shape, dtype=torch.float32)
+    written into ``out`` when given (contiguous float32, as embedding's attention output is).
+    Only where :func:`usable` says so."""
+    out = torch.empty(q.shape, dtype=torch.float32) if out is None else out
     # Named for torch.profiler: bench_precision.py counts it as attention.
     with torch.profiler.record_function(PROFILER_NAME):
-        kernel().attention(_rows(q), _rows(k), _rows(v), result, sequences)
-    return result if out is None or direct else out.copy_(result)
+        kernel().attention(_rows(q), _rows(k), _rows(v), out, sequences)
+    return out
 
 
 def main() -> int:
